@@ -1,0 +1,80 @@
+/* fastctc/rows_scalar.inl: the portable (scalar) row kernels of the CTC trellis.
+ *
+ * The trellis (trellis.inl) is written against six row operations; each ISA provides
+ * them (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) and dispatch.h picks one set
+ * at run time.  This file is the reference every vector version must match, and the
+ * fallback on any CPU.
+ *
+ * Row conventions (S = number of extended states, 2L+1):
+ *  - alpha/beta rows are padded: row[-2], row[-1] and row[S], row[S+1] exist, and the
+ *    trellis keeps the two cells on each side of the computed band at -inf, so the
+ *    s-1, s-2 (alpha) and s+1, s+2 (beta) neighbours are always readable.
+ *  - skip[s] is 0 where the transition s-2 -> s is allowed (s odd, label differs from
+ *    the label two states back) and -inf elsewhere, so "prev[s-2] + skip[s]" needs no
+ *    branch; skip[S], skip[S+1] are -inf.
+ * Instantiated for float and double through template.h.
+ */
+
+/* cur[s] = emit[s] + lse(prev[s], prev[s-1], prev[s-2] + skip[s]) - shift for s in [lo, hi);
+ * returns max over [lo, hi) of cur (-inf when the band is empty or all -inf).  The
+ * caller passes the previous row's maximum as shift, which keeps every stored row's
+ * maximum near 0 (the removed offsets are summed in double by the trellis). */
+static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *emit,
+                                             const FCTC_T *skip, int lo, int hi, FCTC_T shift) {
+    FCTC_T best = FCTC_NEG_INF;
+    for (int s = lo; s < hi; ++s) {
+        FCTC_T a = prev[s], b = prev[s - 1], c = prev[s - 2] + skip[s];
+        FCTC_T m = a > b ? a : b;
+        m = m > c ? m : c;
+        FCTC_T v = (m == FCTC_NEG_INF)
+                       ? FCTC_NEG_INF
+                       : (emit[s] - shift) + m + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+        cur[s] = v;
+        best = v > best ? v : best;
+    }
+    return best;
+}
+
+/* cur[s] = lse(nb[s], nb[s+1], nb[s+2] + skip[s+2]) - shift for s in [lo, hi), where nb
+ * holds beta(t+1) + emit(t+1), the backward variable including its frame's emission;
+ * shift is nb's maximum (see alpha_row). */
+static void FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, const FCTC_T *skip,
+                                          int lo, int hi, FCTC_T shift) {
+    for (int s = lo; s < hi; ++s) {
+        FCTC_T a = nb[s], b = nb[s + 1], c = nb[s + 2] + skip[s + 2];
+        FCTC_T m = a > b ? a : b;
+        m = m > c ? m : c;
+        cur[s] = (m == FCTC_NEG_INF)
+                     ? FCTC_NEG_INF
+                     : (m - shift) + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+    }
+}
+
+/* out[s] = exp(a[s] + b[s] + offset) for s in [lo, hi): the state occupancy, where
+ * offset = (alpha and beta row offsets) - log p, formed in double by the trellis. */
+static void FCTC_FN(fctc_gamma_row_scalar)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset,
+                                           FCTC_T *out, int lo, int hi) {
+    for (int s = lo; s < hi; ++s) out[s] = FCTC_EXP(a[s] + b[s] + offset);
+}
+
+/* log(sum_c exp(x[c])) over one frame, max-shifted.  All -inf gives -inf. */
+static FCTC_T FCTC_FN(fctc_row_lse_scalar)(const FCTC_T *x, int C) {
+    FCTC_T m = FCTC_NEG_INF;
+    int c;
+    for (c = 0; c < C; ++c) m = x[c] > m ? x[c] : m;
+    if (m == FCTC_NEG_INF || m != m) return m;
+    FCTC_T sum = 0;
+    for (c = 0; c < C; ++c) sum += FCTC_EXP(x[c] - m);
+    return m + FCTC_LOG(sum);
+}
+
+/* out[c] = scale * exp(x[c] - shift): the softmax part of the logits gradient. */
+static void FCTC_FN(fctc_scaled_exp_row_scalar)(const FCTC_T *x, FCTC_T shift, FCTC_T scale,
+                                                FCTC_T *out, int C) {
+    for (int c = 0; c < C; ++c) out[c] = scale * FCTC_EXP(x[c] - shift);
+}
+
+/* out[c] = value for c in [0, C). */
+static void FCTC_FN(fctc_fill_row_scalar)(FCTC_T *out, FCTC_T value, int C) {
+    for (int c = 0; c < C; ++c) out[c] = value;
+}

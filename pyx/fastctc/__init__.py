@@ -1,0 +1,76 @@
+"""fastctc: fast, correct CTC (Connectionist Temporal Classification) on CPU and GPU.
+
+Public names only.  The PyTorch-style functions live in _engine.py; the other front
+ends (MindSpore, optax, alignment, GPU) are loaded on first use so that `import fastctc`
+stays light and never needs torch, jax or CUDA.
+"""
+import importlib as _importlib
+import os as _os
+
+from ._version import __version__
+from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError
+from ._engine import ctc_loss, ctc_loss_and_grad
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "CTCLossV2": "._mindspore",
+    "ctc_loss_with_forward_probs": "._optax",
+    "optax_ctc_loss": "._optax",
+    "forced_align": "._align",
+    "merge_tokens": "._align",
+    "TokenSpan": "._align",
+    "ctc_posteriors": "._align",
+}
+
+__all__ = [
+    "__version__", "ctc_loss", "ctc_loss_and_grad", "info", "get_include",
+    "CTCValueError", "CTCTypeError", "CTCRuntimeError", *sorted(_LAZY),
+]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastctc' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def get_include():
+    """The folder holding fastctc/fastctc.h (pass it to the compiler with -I)."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    packaged = _os.path.join(here, "include")
+    if _os.path.isfile(_os.path.join(packaged, "fastctc", "fastctc.h")):
+        return packaged
+    source_tree = _os.path.normpath(_os.path.join(here, "..", "..", "include"))
+    if _os.path.isfile(_os.path.join(source_tree, "fastctc", "fastctc.h")):
+        return source_tree
+    raise FileNotFoundError("fastctc's C headers are not installed next to the package")
+
+
+def info():
+    """A dict describing this build and machine: version, SIMD level in use and levels
+    available, OpenMP status and default threads, CUDA status."""
+    from . import _core
+    from ._engine import default_threads
+    return {
+        "version": __version__,
+        "simd_level": _core.simd_level(),
+        "simd_levels_available": _core.simd_levels_supported(),
+        "openmp": _core.openmp_enabled(),
+        "threads": default_threads() if _core.openmp_enabled() else 1,
+        "cuda": _cuda_status(),
+    }
+
+
+def _cuda_status():
+    try:
+        from . import _cuda
+    except ImportError:
+        return {"available": False, "reason": "the GPU path is not part of this build"}
+    return _cuda.status()

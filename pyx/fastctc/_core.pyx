@@ -1,0 +1,306 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""fastctc._core: the compiled bridge between the Python facade and the C engine.
+
+Design
+------
+The numerics live in the header-only C core (include/fastctc/fastctc.h, the same code
+the C API serves); this module only walks a batch.  ``run_batch`` receives arrays the
+facade has already validated and normalised:
+
+* acts: a (T, N, C) view whose class axis is contiguous and whose time and batch axes
+  may have any stride, so time-major and batch-major inputs are read in place;
+* labels: one flat int32 array plus per-sequence offsets;
+* optional outputs: grad (a (T, N, C) view, same rules), log_alpha (N, T, K).
+
+The loop over sequences is an OpenMP ``prange`` (dynamic schedule: lengths differ)
+running without the GIL; each thread gets its own slice of one scratch buffer allocated
+before the loop, so nothing is allocated, and no Python object touched, inside it.
+Nothing here checks values: every check happens in _validate.py, before this is called.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport uintptr_t
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fctc_openmp_enabled(void) { return 1; }
+    static int fctc_openmp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int fctc_openmp_enabled(void) { return 0; }
+    static int fctc_openmp_max_threads(void) { return 1; }
+    #endif
+    """
+    int fctc_openmp_enabled() nogil
+    int fctc_openmp_max_threads() nogil
+
+cdef extern from "fastctc/fastctc.h" nogil:
+    ctypedef struct fastctc_job_f32:
+        const float *acts
+        Py_ssize_t act_stride
+        const int *labels
+        int label_length
+        int input_length
+        int alphabet_size
+        int blank
+        int from_logits
+        float *grad
+        Py_ssize_t grad_stride
+        int grad_rows
+        double grad_scale
+        float *log_alpha
+        Py_ssize_t alpha_stride
+        int alpha_rows
+        int alpha_cols
+
+    ctypedef struct fastctc_job_f64:
+        const double *acts
+        Py_ssize_t act_stride
+        const int *labels
+        int label_length
+        int input_length
+        int alphabet_size
+        int blank
+        int from_logits
+        double *grad
+        Py_ssize_t grad_stride
+        int grad_rows
+        double grad_scale
+        double *log_alpha
+        Py_ssize_t alpha_stride
+        int alpha_rows
+        int alpha_cols
+
+    size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad, size_t elem_size)
+    float fastctc_sequence_f32(const fastctc_job_f32 *job, void *scratch)
+    double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratch)
+    int fastctc_simd_level()
+    int fastctc_simd_level_supported(int level)
+    const char *fastctc_simd_level_name(int level)
+    int fastctc_simd_set_level(int level)
+    int FASTCTC_SIMD_SCALAR, FASTCTC_SIMD_NEON, FASTCTC_SIMD_AVX2, FASTCTC_SIMD_AVX512
+
+SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
+
+
+def openmp_enabled():
+    """True when this extension was compiled with OpenMP."""
+    return bool(fctc_openmp_enabled())
+
+
+def openmp_max_threads():
+    """OpenMP's default team size (1 without OpenMP)."""
+    return fctc_openmp_max_threads()
+
+
+def simd_level():
+    """Name of the SIMD level in use."""
+    return fastctc_simd_level_name(fastctc_simd_level()).decode()
+
+
+def simd_levels_supported():
+    """Names of the levels this CPU and build can run, lowest first."""
+    return [name for i, name in enumerate(SIMD_LEVELS) if fastctc_simd_level_supported(i)]
+
+
+def set_simd_level(name):
+    """Force a supported level by name (tests, benchmarks); ValueError otherwise."""
+    if name not in SIMD_LEVELS or fastctc_simd_set_level(SIMD_LEVELS.index(name)) != 0:
+        raise ValueError(
+            f"SIMD level {name!r} is not supported here; supported: {simd_levels_supported()}")
+
+
+def scratch_bytes(int max_time, int max_label_length, bint want_grad, size_t elem_size):
+    """Per-thread scratch of one sequence; 0 when the size overflows."""
+    return fastctc_sequence_scratch_bytes(max_time, max_label_length, want_grad, elem_size)
+
+
+cdef inline Py_ssize_t _elem_stride(Py_ssize_t byte_stride, Py_ssize_t itemsize) noexcept nogil:
+    return byte_stride // itemsize
+
+
+def run_batch(acts, const int[::1] labels, const Py_ssize_t[::1] label_offsets,
+              const int[::1] label_lengths, const int[::1] input_lengths,
+              int blank, bint from_logits, grad, const double[::1] grad_scale,
+              log_alpha, out_costs, int num_threads):
+    """Run the engine over a validated batch; fills out_costs (N,), grad, log_alpha.
+
+    acts (T, N, C) float32/float64 with acts.strides[2] == itemsize; grad None or the
+    same shape and dtype, same rule; log_alpha None or (N, T_a, K) of the same dtype with
+    a contiguous last axis; out_costs (N,) of the same dtype, contiguous.
+    """
+    if acts.dtype == np.float32:
+        _run_f32(acts, labels, label_offsets, label_lengths, input_lengths, blank, from_logits,
+                 grad, grad_scale, log_alpha, out_costs, num_threads)
+    else:
+        _run_f64(acts, labels, label_offsets, label_lengths, input_lengths, blank, from_logits,
+                 grad, grad_scale, log_alpha, out_costs, num_threads)
+
+
+
+cdef float _one_f32(const float *acts, Py_ssize_t act_stride, const int *labels, int label_length,
+                    int input_length, int alphabet_size, int blank, int from_logits,
+                    float *grad, Py_ssize_t grad_stride, int grad_rows, double grad_scale,
+                    float *log_alpha, Py_ssize_t alpha_stride, int alpha_rows, int alpha_cols,
+                    void *scratch) noexcept nogil:
+    # The job lives on this thread's stack: prange bodies must not share it.
+    cdef fastctc_job_f32 job
+    job.acts = acts
+    job.act_stride = act_stride
+    job.labels = labels
+    job.label_length = label_length
+    job.input_length = input_length
+    job.alphabet_size = alphabet_size
+    job.blank = blank
+    job.from_logits = from_logits
+    job.grad = grad
+    job.grad_stride = grad_stride
+    job.grad_rows = grad_rows
+    job.grad_scale = grad_scale
+    job.log_alpha = log_alpha
+    job.alpha_stride = alpha_stride
+    job.alpha_rows = alpha_rows
+    job.alpha_cols = alpha_cols
+    return fastctc_sequence_f32(&job, scratch)
+
+
+cdef double _one_f64(const double *acts, Py_ssize_t act_stride, const int *labels, int label_length,
+                    int input_length, int alphabet_size, int blank, int from_logits,
+                    double *grad, Py_ssize_t grad_stride, int grad_rows, double grad_scale,
+                    double *log_alpha, Py_ssize_t alpha_stride, int alpha_rows, int alpha_cols,
+                    void *scratch) noexcept nogil:
+    # The job lives on this thread's stack: prange bodies must not share it.
+    cdef fastctc_job_f64 job
+    job.acts = acts
+    job.act_stride = act_stride
+    job.labels = labels
+    job.label_length = label_length
+    job.input_length = input_length
+    job.alphabet_size = alphabet_size
+    job.blank = blank
+    job.from_logits = from_logits
+    job.grad = grad
+    job.grad_stride = grad_stride
+    job.grad_rows = grad_rows
+    job.grad_scale = grad_scale
+    job.log_alpha = log_alpha
+    job.alpha_stride = alpha_stride
+    job.alpha_rows = alpha_rows
+    job.alpha_cols = alpha_cols
+    return fastctc_sequence_f64(&job, scratch)
+
+
+cdef object _scratch(int n_threads, int max_t, int max_l, bint want_grad, size_t elem, size_t *per_thread):
+    cdef size_t one = fastctc_sequence_scratch_bytes(max_t, max_l, want_grad, elem)
+    if one == 0:
+        raise MemoryError(f"scratch for T={max_t}, L={max_l} overflows the address space")
+    per_thread[0] = one
+    return np.empty(one * n_threads + 64, dtype=np.uint8)
+
+
+cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
+              const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
+              object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
+              int num_threads):
+    cdef const float[:, :, :] acts = acts_obj
+    cdef float[:, :, :] grad
+    cdef float[:, :, :] log_alpha
+    cdef float[::1] costs = costs_obj
+    cdef Py_ssize_t T = acts.shape[0], N = acts.shape[1], C = acts.shape[2]
+    cdef Py_ssize_t n
+    cdef bint want_grad = grad_obj is not None
+    cdef bint want_alpha = alpha_obj is not None
+    cdef Py_ssize_t t_stride = _elem_stride(acts.strides[0], 4), n_stride = _elem_stride(acts.strides[1], 4)
+    cdef Py_ssize_t gt_stride = 0, gn_stride = 0, an_stride = 0, at_stride = 0
+    cdef int alpha_rows = 0, alpha_cols = 0
+    cdef const float *acts_ptr
+    cdef float *grad_ptr = NULL
+    cdef float *alpha_ptr = NULL
+    cdef int max_t = 0, max_l = 0
+    cdef size_t per_thread = 0
+    cdef unsigned char *base
+    if N == 0:
+        return
+    for n in range(N):
+        max_t = max(max_t, input_lengths[n])
+        max_l = max(max_l, label_lengths[n])
+    n_threads = max(1, min(num_threads, N))
+    scratch = _scratch(n_threads, max_t, max_l, want_grad, 4, &per_thread)
+    base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
+    acts_ptr = <const float *>cnp.PyArray_DATA(<cnp.ndarray>acts_obj) if T > 0 and C > 0 else NULL
+    if want_grad:
+        grad = grad_obj
+        gt_stride = _elem_stride(grad.strides[0], 4)
+        gn_stride = _elem_stride(grad.strides[1], 4)
+        grad_ptr = <float *>cnp.PyArray_DATA(<cnp.ndarray>grad_obj)
+    if want_alpha:
+        log_alpha = alpha_obj
+        an_stride = _elem_stride(log_alpha.strides[0], 4)
+        at_stride = _elem_stride(log_alpha.strides[1], 4)
+        alpha_rows = <int>log_alpha.shape[1]
+        alpha_cols = <int>log_alpha.shape[2]
+        alpha_ptr = <float *>cnp.PyArray_DATA(<cnp.ndarray>alpha_obj)
+    for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
+        costs[n] = _one_f32(
+            acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
+            &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
+            label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
+            grad_ptr + n * gn_stride if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
+            alpha_ptr + n * an_stride if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
+            base + per_thread * threadid())
+
+
+cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
+              const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
+              object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
+              int num_threads):
+    cdef const double[:, :, :] acts = acts_obj
+    cdef double[:, :, :] grad
+    cdef double[:, :, :] log_alpha
+    cdef double[::1] costs = costs_obj
+    cdef Py_ssize_t T = acts.shape[0], N = acts.shape[1], C = acts.shape[2]
+    cdef Py_ssize_t n
+    cdef bint want_grad = grad_obj is not None
+    cdef bint want_alpha = alpha_obj is not None
+    cdef Py_ssize_t t_stride = _elem_stride(acts.strides[0], 8), n_stride = _elem_stride(acts.strides[1], 8)
+    cdef Py_ssize_t gt_stride = 0, gn_stride = 0, an_stride = 0, at_stride = 0
+    cdef int alpha_rows = 0, alpha_cols = 0
+    cdef const double *acts_ptr
+    cdef double *grad_ptr = NULL
+    cdef double *alpha_ptr = NULL
+    cdef int max_t = 0, max_l = 0
+    cdef size_t per_thread = 0
+    cdef unsigned char *base
+    if N == 0:
+        return
+    for n in range(N):
+        max_t = max(max_t, input_lengths[n])
+        max_l = max(max_l, label_lengths[n])
+    n_threads = max(1, min(num_threads, N))
+    scratch = _scratch(n_threads, max_t, max_l, want_grad, 8, &per_thread)
+    base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
+    acts_ptr = <const double *>cnp.PyArray_DATA(<cnp.ndarray>acts_obj) if T > 0 and C > 0 else NULL
+    if want_grad:
+        grad = grad_obj
+        gt_stride = _elem_stride(grad.strides[0], 8)
+        gn_stride = _elem_stride(grad.strides[1], 8)
+        grad_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>grad_obj)
+    if want_alpha:
+        log_alpha = alpha_obj
+        an_stride = _elem_stride(log_alpha.strides[0], 8)
+        at_stride = _elem_stride(log_alpha.strides[1], 8)
+        alpha_rows = <int>log_alpha.shape[1]
+        alpha_cols = <int>log_alpha.shape[2]
+        alpha_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>alpha_obj)
+    for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
+        costs[n] = _one_f64(
+            acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
+            &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
+            label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
+            grad_ptr + n * gn_stride if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
+            alpha_ptr + n * an_stride if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
+            base + per_thread * threadid())

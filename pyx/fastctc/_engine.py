@@ -1,0 +1,161 @@
+"""fastctc._engine: the one engine every front end maps onto, and the PyTorch-style API.
+
+    run(batch, blank, from_logits, want_grad, grad_weights, want_alpha, alpha_cols)
+
+takes a validated `Batch` (see _validate.py) and returns per-sequence negative
+log-likelihoods, optionally the gradient (same (T, N, C) layout as the batch view,
+each sequence's rows multiplied by its weight) and the forward variables (N, T, K).
+ctc_loss / ctc_loss_and_grad below are torch.nn.functional.ctc_loss's contract on top
+of it; CTCLossV2, the optax and torch front ends call `run` the same way.
+
+Threads: the call's num_threads, else OMP_NUM_THREADS, else every core this process
+may use.  Calls made at once from several Python threads share that budget rather than
+each taking all of it (no oversubscription).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from . import _core
+from ._validate import Batch, check_ctc_inputs, check_flag, check_num_threads, check_reduction
+
+_budget_lock = threading.Lock()
+_active_calls = 0
+
+
+def default_threads() -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _ThreadBudget:
+    """Context manager giving this call its share of the thread budget."""
+
+    def __init__(self, requested):
+        self.requested = requested
+
+    def __enter__(self) -> int:
+        global _active_calls
+        with _budget_lock:
+            _active_calls += 1
+            active = _active_calls
+        if self.requested is not None:
+            return self.requested
+        return max(1, default_threads() // active)
+
+    def __exit__(self, *exc):
+        global _active_calls
+        with _budget_lock:
+            _active_calls -= 1
+        return False
+
+
+def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
+        grad_weights=None, want_alpha: bool = False, alpha_cols: int = 0, num_threads=None,
+        alpha_rows: int | None = None):
+    """Runs the engine; returns (costs (N,), grad (T, N, C) or None, log_alpha (N, T, K) or None)."""
+    acts = batch.acts
+    T, N, C = acts.shape
+    dtype = acts.dtype
+    costs = np.empty(N, dtype=dtype)
+    grad = np.empty((T, N, C), dtype=dtype) if want_grad else None
+    log_alpha = None
+    if want_alpha:
+        rows = T if alpha_rows is None else alpha_rows
+        log_alpha = np.empty((N, rows, alpha_cols), dtype=dtype)
+    if grad_weights is None:
+        grad_weights = np.ones(N, dtype=np.float64)
+    else:
+        grad_weights = np.ascontiguousarray(grad_weights, dtype=np.float64)
+    if N == 0:
+        return costs, grad, log_alpha
+    with _ThreadBudget(num_threads) as threads:
+        _core.run_batch(acts, batch.labels, batch.offsets, batch.label_lengths, batch.input_lengths,
+                        blank, bool(from_logits), grad, grad_weights, log_alpha, costs, threads)
+    return costs, grad, log_alpha
+
+
+def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_infinity: bool):
+    """(reduced loss, per-sequence gradient weights) for torch's reductions."""
+    N = costs.shape[0]
+    if zero_infinity:
+        costs = np.where(np.isinf(costs) & (costs > 0), np.zeros((), costs.dtype), costs)
+    if reduction == "none":
+        return costs, np.ones(N)
+    if reduction == "sum":
+        return np.asarray(costs.sum(dtype=np.float64), dtype=costs.dtype), np.ones(N)
+    # mean: each loss divided by its target length (at least 1), then averaged over the batch
+    divisor = np.maximum(label_lengths.astype(np.float64), 1.0)
+    if N == 0:
+        return np.asarray(np.nan, dtype=costs.dtype), np.ones(0)
+    weights = 1.0 / (divisor * N)
+    return np.asarray((costs.astype(np.float64) * weights).sum(), dtype=costs.dtype), weights
+
+
+def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+             from_logits, num_threads):
+    reduction = check_reduction(reduction)
+    zero_infinity = check_flag(zero_infinity, "zero_infinity")
+    from_logits = check_flag(from_logits, "from_logits")
+    num_threads = check_num_threads(num_threads)
+    batch, blank = check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
+                                    acts_name="logits" if from_logits else "log_probs")
+    return batch, blank, reduction, zero_infinity, from_logits, num_threads
+
+
+def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+             zero_infinity=False, *, from_logits=False, num_threads=None):
+    """CTC loss with torch.nn.functional.ctc_loss's semantics, on NumPy arrays.
+
+    log_probs: (T, N, C) or unbatched (T, C), float32/float64 log-probabilities (or
+        unnormalised scores with from_logits=True: log_softmax is fused in).
+    targets: (N, S) padded or 1-D concatenated (sum(target_lengths),); (S,) when unbatched.
+    input_lengths, target_lengths: (N,) integers (sequences or arrays); scalars when unbatched.
+    reduction: 'none' -> (N,) (or () unbatched); 'sum'; 'mean' (each loss divided by
+        max(target_length, 1), then the batch mean).  Returns NumPy arrays of log_probs'
+        dtype (0-d for sum/mean).  Infeasible targets give +inf (0 with zero_infinity).
+    """
+    batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
+        log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+        from_logits, num_threads)
+    costs, _, _ = run(batch, blank, from_logits, num_threads=num_threads)
+    loss, _ = _reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    if batch.unbatched and reduction == "none":
+        loss = loss.reshape(())
+    return loss
+
+
+def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+                      zero_infinity=False, *, from_logits=False, num_threads=None):
+    """(loss, grad): ctc_loss's value and the gradient of the reduced loss (for
+    reduction='none', of the sum of the losses) with respect to the first argument, with
+    its shape and dtype, from one forward-backward pass.
+
+    from_logits=False: grad = d loss / d log_probs, the true partial derivative (no
+    normalisation assumed).  PyTorch's CTC backward returns this plus exp(log_probs)
+    times each sequence's weight; after a log_softmax both give the same gradient upstream.
+    from_logits=True: grad = d loss / d logits = weight * (softmax - occupancy).
+    Infeasible sequences: loss +inf (0 with zero_infinity), gradient rows 0.
+    """
+    batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
+        log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+        from_logits, num_threads)
+    N = batch.acts.shape[1]
+    # Weights depend only on the reduction and the lengths, so they are known before the pass.
+    _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)
+    costs, grad, _ = run(batch, blank, from_logits, want_grad=True, grad_weights=weights,
+                         num_threads=num_threads)
+    loss, _ = _reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    if batch.unbatched:
+        grad = grad[:, 0, :]
+        if reduction == "none":
+            loss = loss.reshape(())
+    return loss, grad

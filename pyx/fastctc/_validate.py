@@ -1,0 +1,222 @@
+"""fastctc._validate: every check on user input, made before any kernel runs.
+
+The compiled engine trusts what it is given (pointers, lengths, label values), so this
+module is the only thing between a user's arrays and an out-of-bounds read.  Each check
+raises one of the errors below, whose message names the argument, the offending index
+and value, and the bound it broke.  The result of a successful check is a `Batch`: the
+activations as a (T, N, C) view with a contiguous class axis (read in place whenever the
+input allows it), the targets flattened to int32 with per-sequence offsets, and int32
+lengths.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+INT32_MAX = 2**31 - 1
+
+
+class CTCValueError(ValueError):
+    """A value or shape is out of range (a ValueError)."""
+
+
+class CTCTypeError(TypeError):
+    """An argument has the wrong type or dtype (a TypeError)."""
+
+
+class CTCRuntimeError(RuntimeError):
+    """A run-time condition documented as RuntimeError by the API being matched."""
+
+
+@dataclass
+class Batch:
+    acts: np.ndarray            # (T, N, C) float32/float64, acts.strides[2] == itemsize
+    labels: np.ndarray          # flat int32 labels of every sequence, back to back
+    offsets: np.ndarray         # (N,) intp: where sequence n's labels start in `labels`
+    label_lengths: np.ndarray   # (N,) int32
+    input_lengths: np.ndarray   # (N,) int32
+    unbatched: bool             # the user passed (T, C)
+    original_shape: tuple       # shape of the user's activations
+
+
+def as_float_array(x, name: str) -> np.ndarray:
+    """The activations as a float32/float64 ndarray (no copy when already one)."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # e.g. a torch tensor that requires grad
+        raise CTCTypeError(f"{name} could not be read as an array: {exc}") from exc
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise CTCTypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    return arr
+
+
+def _readable_in_place(arr: np.ndarray) -> bool:
+    item = arr.itemsize
+    return (arr.dtype.isnative and arr.flags.aligned and arr.strides[-1] == item
+            and all(s % item == 0 for s in arr.strides))
+
+
+def class_contiguous(arr: np.ndarray) -> np.ndarray:
+    """arr itself when the engine can read it through strides, else one native copy."""
+    if arr.size and not _readable_in_place(arr):
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    elif not arr.dtype.isnative:  # empty, but the dtype should still be native
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def as_int_array(x, name: str) -> np.ndarray:
+    """An integer ndarray (bool and float rejected); empty Python sequences are int64."""
+    if isinstance(x, (list, tuple)) and len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:
+        raise CTCTypeError(f"{name} could not be read as an integer array: {exc}") from exc
+    if arr.dtype.kind not in "iu":
+        raise CTCTypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_index(value, name: str, upper: int) -> int:
+    """An integer in [0, upper)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise CTCTypeError(f"{name} must be an integer, got bool {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise CTCTypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if not 0 <= v < upper:
+        raise CTCValueError(f"{name} must be in [0, {upper}), got {v}")
+    return v
+
+
+def check_flag(value, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise CTCTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_reduction(reduction) -> str:
+    if not isinstance(reduction, str):
+        raise CTCTypeError(f"reduction must be a str ('none', 'mean' or 'sum'), got {type(reduction).__name__}")
+    if reduction not in ("none", "mean", "sum"):
+        raise CTCValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return reduction
+
+
+def check_num_threads(num_threads):
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, (bool, np.bool_)):
+        raise CTCTypeError("num_threads must be a positive integer or None, got a bool")
+    try:
+        v = operator.index(num_threads)
+    except TypeError:
+        raise CTCTypeError(f"num_threads must be a positive integer or None, got {num_threads!r}") from None
+    if v < 1:
+        raise CTCValueError(f"num_threads must be >= 1, got {v}")
+    return v
+
+
+def _lengths(x, name: str, n: int, unbatched: bool) -> np.ndarray:
+    arr = as_int_array(x, name)
+    if unbatched:
+        if arr.ndim > 1 or arr.size != 1:
+            raise CTCValueError(f"{name} must be a scalar (or hold one value) for unbatched (T, C) input, "
+                                f"got shape {arr.shape}")
+        return arr.reshape(1)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise CTCValueError(f"{name} must have shape (N,) = ({n},), got shape {arr.shape}")
+    return arr
+
+
+def _check_range(arr: np.ndarray, name: str, low: int, high: int, high_name: str, per_item_high=None):
+    """Every arr[i] in [low, high] (or [low, per_item_high[i]]), else name the first offender."""
+    if arr.size == 0:
+        return
+    bad = arr < low
+    if per_item_high is not None:
+        bad |= arr > per_item_high
+    else:
+        bad |= arr > high
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        v = int(arr[i])
+        bound = int(per_item_high[i]) if per_item_high is not None else high
+        raise CTCValueError(f"{name}[{i}] = {v} is outside [{low}, {bound}] ({high_name})")
+
+
+def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
+                     acts_name: str = "log_probs", allow_unbatched: bool = True) -> tuple[Batch, int]:
+    """Validates torch.nn.functional.ctc_loss-style arguments; returns (Batch, blank)."""
+    acts = as_float_array(log_probs, acts_name)
+    original_shape = acts.shape
+    allowed = (2, 3) if allow_unbatched else (3,)
+    if acts.ndim not in allowed:
+        want = "(T, N, C) or unbatched (T, C)" if allow_unbatched else "(T, N, C)"
+        raise CTCValueError(f"{acts_name} must have rank {' or '.join(map(str, allowed))}, shape {want}; "
+                            f"got shape {acts.shape}")
+    unbatched = acts.ndim == 2
+    if unbatched:
+        acts = acts[:, None, :]
+    T, N, C = acts.shape
+    for dim_name, dim in (("T", T), ("N", N), ("C", C)):
+        if dim > INT32_MAX:
+            raise CTCValueError(f"{acts_name} dimension {dim_name} = {dim} exceeds {INT32_MAX}")
+    if C < 1:
+        raise CTCValueError(f"{acts_name} must have at least one class (C >= 1), got C = 0")
+    blank = check_index(blank, "blank", C)
+
+    tg = as_int_array(targets, "targets")
+    il = _lengths(input_lengths, "input_lengths", N, unbatched)
+    tl = _lengths(target_lengths, "target_lengths", N, unbatched)
+    _check_range(il, "input_lengths", 0, T, f"T = {T}")
+
+    if unbatched:
+        if tg.ndim != 1:
+            raise CTCValueError(f"targets must have rank 1, shape (S,), for unbatched (T, C) input; got shape {tg.shape}")
+        tg = tg[None, :]
+    if tg.ndim == 2:
+        if tg.shape[0] != N:
+            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tg.shape}")
+        S = tg.shape[1]
+        _check_range(tl, "target_lengths", 0, S, f"the padded target width S = {S}")
+        tl32 = tl.astype(np.int32)
+        mask = np.arange(S)[None, :] < tl32[:, None]
+        flat = tg[mask]
+        if flat.size and ((flat < 0) | (flat >= C)).any():
+            rows, cols = np.nonzero(mask & ((tg < 0) | (tg >= C)))
+            n, s = int(rows[0]), int(cols[0])
+            raise CTCValueError(f"targets[{n}, {s}] = {int(tg[n, s])} is outside [0, {C}) (C = number of classes)")
+    elif tg.ndim == 1:
+        _check_range(tl, "target_lengths", 0, INT32_MAX // 2 - 8, "int32 range")
+        total = int(tl.astype(np.int64).sum())
+        if total != tg.shape[0]:
+            raise CTCValueError(f"concatenated targets must hold sum(target_lengths) = {total} values, "
+                                f"got {tg.shape[0]}")
+        flat = tg
+        if flat.size and ((flat < 0) | (flat >= C)).any():
+            k = int(np.flatnonzero((flat < 0) | (flat >= C))[0])
+            raise CTCValueError(f"targets[{k}] = {int(flat[k])} is outside [0, {C}) (C = number of classes)")
+        tl32 = tl.astype(np.int32)
+    else:
+        raise CTCValueError(f"targets must have rank 2 (N, S) padded or rank 1 (sum(target_lengths),) "
+                            f"concatenated; got shape {tg.shape}")
+
+    labels = np.ascontiguousarray(flat, dtype=np.int32).reshape(-1)
+    offsets = np.zeros(N, dtype=np.intp)
+    if N > 1:
+        np.cumsum(tl32[:-1], out=offsets[1:])
+    batch = Batch(
+        acts=class_contiguous(acts),
+        labels=labels,
+        offsets=offsets,
+        label_lengths=np.ascontiguousarray(tl32),
+        input_lengths=np.ascontiguousarray(il, dtype=np.int32),
+        unbatched=unbatched,
+        original_shape=original_shape,
+    )
+    return batch, blank

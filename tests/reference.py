@@ -1,0 +1,145 @@
+"""Independent float64 references for the tests: a straightforward NumPy CTC
+(forward, backward, occupancy, log_alpha) and brute-force path enumeration.
+
+Written for clarity, not speed, and sharing no code with the engine: the forward uses
+explicit per-state transitions, the brute force sums over every frame labelling.
+"""
+import itertools
+
+import numpy as np
+
+NEG_INF = -np.inf
+
+
+def log_softmax(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+
+
+def _lse(values):
+    values = [v for v in values if v != NEG_INF]
+    if not values:
+        return NEG_INF
+    m = max(values)
+    return m + np.log(sum(np.exp(v - m) for v in values))
+
+
+def extended(labels, blank):
+    ext = [blank]
+    for y in labels:
+        ext += [int(y), blank]
+    return ext
+
+
+def forward(lp, labels, blank):
+    """log_alpha (T, 2L+1) and log p for one sequence; lp is (T, C) float64 log-probs."""
+    lp = np.asarray(lp, dtype=np.float64)
+    T = lp.shape[0]
+    ext = extended(labels, blank)
+    S = len(ext)
+    alpha = np.full((T, S), NEG_INF)
+    if T == 0:
+        return alpha, (0.0 if len(labels) == 0 else NEG_INF)
+    alpha[0, 0] = lp[0, ext[0]]
+    if S > 1:
+        alpha[0, 1] = lp[0, ext[1]]
+    for t in range(1, T):
+        for s in range(S):
+            terms = [alpha[t - 1, s]]
+            if s >= 1:
+                terms.append(alpha[t - 1, s - 1])
+            if s >= 2 and s % 2 == 1 and ext[s] != ext[s - 2]:  # by position, as PyTorch does
+                terms.append(alpha[t - 1, s - 2])
+            alpha[t, s] = _lse(terms) + lp[t, ext[s]]
+    ll = _lse([alpha[T - 1, S - 1]] + ([alpha[T - 1, S - 2]] if S > 1 else []))
+    return alpha, ll
+
+
+def backward(lp, labels, blank):
+    """log_beta (T, 2L+1), emission at t excluded."""
+    lp = np.asarray(lp, dtype=np.float64)
+    T = lp.shape[0]
+    ext = extended(labels, blank)
+    S = len(ext)
+    beta = np.full((T, S), NEG_INF)
+    if T == 0:
+        return beta
+    beta[T - 1, S - 1] = 0.0
+    if S > 1:
+        beta[T - 1, S - 2] = 0.0
+    for t in range(T - 2, -1, -1):
+        for s in range(S):
+            terms = [beta[t + 1, s] + lp[t + 1, ext[s]]]
+            if s + 1 < S:
+                terms.append(beta[t + 1, s + 1] + lp[t + 1, ext[s + 1]])
+            if s + 2 < S and s % 2 == 1 and ext[s + 2] != ext[s]:
+                terms.append(beta[t + 1, s + 2] + lp[t + 1, ext[s + 2]])
+            beta[t, s] = _lse(terms)
+    return beta
+
+
+def nll(lp, labels, blank):
+    return -forward(lp, labels, blank)[1]
+
+
+def occupancy(lp, labels, blank):
+    """(T, C) expected count of each class at each frame: d log p / d lp."""
+    lp = np.asarray(lp, dtype=np.float64)
+    alpha, ll = forward(lp, labels, blank)
+    beta = backward(lp, labels, blank)
+    ext = extended(labels, blank)
+    occ = np.zeros_like(lp)
+    if ll == NEG_INF:
+        return occ
+    for t in range(lp.shape[0]):
+        for s, c in enumerate(ext):
+            occ[t, c] += np.exp(alpha[t, s] + beta[t, s] - ll)
+    return occ
+
+
+def grad_log_probs(lp, labels, blank):
+    """d nll / d lp (no normalisation assumed)."""
+    return -occupancy(lp, labels, blank)
+
+
+def grad_logits(logits, labels, blank):
+    """d nll(log_softmax(logits)) / d logits = softmax - occupancy."""
+    lp = log_softmax(logits)
+    occ = occupancy(lp, labels, blank)
+    if not occ.any() and forward(lp, labels, blank)[1] == NEG_INF:
+        return np.zeros_like(lp)
+    return np.exp(lp) - occ
+
+
+def collapse(path, blank):
+    out, prev = [], None
+    for c in path:
+        if c != prev and c != blank:
+            out.append(int(c))
+        prev = c
+    return out
+
+
+def brute_force_nll(lp, labels, blank):
+    """-log of the summed probability of every frame labelling that collapses to labels."""
+    lp = np.asarray(lp, dtype=np.float64)
+    T, C = lp.shape
+    total = []
+    for path in itertools.product(range(C), repeat=T):
+        if collapse(path, blank) == list(labels):
+            total.append(sum(lp[t, c] for t, c in enumerate(path)))
+    return -_lse(total)
+
+
+def batch_nll(lp_tnc, targets, input_lengths, target_lengths, blank, from_logits=False):
+    """Per-sequence nll of a (T, N, C) batch with padded (N, S) targets."""
+    lp_tnc = np.asarray(lp_tnc, dtype=np.float64)
+    out = []
+    for n in range(lp_tnc.shape[1]):
+        x = lp_tnc[: input_lengths[n], n, :]
+        if from_logits:
+            x = log_softmax(x)
+        out.append(nll(x, list(targets[n][: target_lengths[n]]), blank))
+    return np.array(out)
