@@ -1,0 +1,101 @@
+"""Every bad input to ctc_loss / ctc_loss_and_grad raises a clear Python exception
+(a subclass of the builtin ValueError/TypeError) naming the argument, the index, the
+value and the bound, before any kernel runs; nothing crashes or reads out of bounds."""
+import numpy as np
+import pytest
+
+import fastctc
+from fastctc import CTCTypeError, CTCValueError
+
+LP = np.log(np.full((6, 2, 4), 0.25))
+TG = np.array([[1, 2], [3, 3]])
+IL = [6, 5]
+TL = [2, 2]
+
+
+def _both(*args, **kwargs):
+    """Call both entry points; both must raise the same way."""
+    for fn in (fastctc.ctc_loss, fastctc.ctc_loss_and_grad):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("args,kwargs,exc,words", [
+    ((LP[0, 0], TG, IL, TL), {}, CTCValueError, ["log_probs", "rank"]),       # 1-D
+    ((LP[None], TG, IL, TL), {}, CTCValueError, ["log_probs", "rank", "(1, 6, 2, 4)"]),
+    ((LP.astype(np.float16), TG, IL, TL), {}, CTCTypeError, ["log_probs", "float16"]),
+    ((LP.astype(np.int64), TG, IL, TL), {}, CTCTypeError, ["log_probs", "int64"]),
+    ((LP.astype(np.complex128), TG, IL, TL), {}, CTCTypeError, ["log_probs"]),
+    ((LP, TG.astype(np.float64), IL, TL), {}, CTCTypeError, ["targets", "float64"]),
+    ((LP, TG.astype(bool), IL, TL), {}, CTCTypeError, ["targets", "bool"]),
+    ((LP, TG, [6.0, 5.0], TL), {}, CTCTypeError, ["input_lengths"]),
+    ((LP, TG, IL, np.array([2.0, 2.0])), {}, CTCTypeError, ["target_lengths"]),
+    ((LP, TG[None], IL, TL), {}, CTCValueError, ["targets", "rank"]),
+    ((LP, TG[:1], IL, TL), {}, CTCValueError, ["targets", "N = 2"]),
+    ((LP, TG, [6], TL), {}, CTCValueError, ["input_lengths", "(2,)"]),
+    ((LP, TG, IL, [2, 2, 2]), {}, CTCValueError, ["target_lengths", "(2,)"]),
+    ((LP, TG, [6, 7], TL), {}, CTCValueError, ["input_lengths[1] = 7", "6"]),
+    ((LP, TG, [-1, 5], TL), {}, CTCValueError, ["input_lengths[0] = -1"]),
+    ((LP, TG, IL, [2, 3]), {}, CTCValueError, ["target_lengths[1] = 3", "S = 2"]),
+    ((LP, TG, IL, [-2, 1]), {}, CTCValueError, ["target_lengths[0] = -2"]),
+    ((LP, [[1, 4], [3, 3]], IL, TL), {}, CTCValueError, ["targets[0, 1] = 4", "[0, 4)"]),
+    ((LP, [[1, 2], [-3, 3]], IL, TL), {}, CTCValueError, ["targets[1, 0] = -3"]),
+    ((LP, [1, 2, 3, 9], IL, TL), {}, CTCValueError, ["targets[3] = 9", "[0, 4)"]),
+    ((LP, [1, 2, 3], IL, TL), {}, CTCValueError, ["sum(target_lengths) = 4", "3"]),
+    ((LP, TG, IL, TL), {"blank": 4}, CTCValueError, ["blank", "[0, 4)", "4"]),
+    ((LP, TG, IL, TL), {"blank": -1}, CTCValueError, ["blank", "-1"]),
+    ((LP, TG, IL, TL), {"blank": 1.5}, CTCTypeError, ["blank"]),
+    ((LP, TG, IL, TL), {"reduction": "avg"}, CTCValueError, ["reduction", "avg"]),
+    ((LP, TG, IL, TL), {"reduction": None}, CTCTypeError, ["reduction"]),
+    ((LP, TG, IL, TL), {"zero_infinity": "yes"}, CTCTypeError, ["zero_infinity"]),
+    ((LP, TG, IL, TL), {"num_threads": 0}, CTCValueError, ["num_threads"]),
+    ((LP[:, 0], [1, 2], [6, 6], 2), {}, CTCValueError, ["input_lengths", "unbatched"]),
+    ((LP[:, 0], [[1, 2]], 6, 2), {}, CTCValueError, ["targets", "unbatched"]),
+    ((LP[:, :, :0], TG, IL, TL), {}, CTCValueError, ["C >= 1"]),
+    ((LP, TG, IL, [2**40, 1]), {}, CTCValueError, ["target_lengths[0]"]),
+    ((LP, TG, [2**40, 1], TL), {}, CTCValueError, ["input_lengths[0]"]),
+])
+def test_bad_inputs(args, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        _both(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_error_classes_are_builtin_subclasses():
+    assert issubclass(CTCValueError, ValueError)
+    assert issubclass(CTCTypeError, TypeError)
+    assert issubclass(fastctc.CTCRuntimeError, RuntimeError)
+
+
+def test_padding_values_past_target_length_are_ignored():
+    """Only the first target_length labels of each padded row are read (PyTorch does the same)."""
+    tg = np.array([[1, 2, -100, 99], [3, 3, 1234, -1]])
+    a = fastctc.ctc_loss(LP, tg, IL, TL, reduction="none")
+    b = fastctc.ctc_loss(LP, TG, IL, TL, reduction="none")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_values_do_not_crash():
+    lp = LP.copy()
+    lp[2, 0, 1] = np.nan
+    lp[3, 1, :] = -np.inf
+    lp[1, 1, 2] = np.inf
+    loss, grad = fastctc.ctc_loss_and_grad(lp, TG, IL, TL, reduction="none")
+    assert np.isnan(loss[0])
+    assert np.isposinf(loss[1]) or np.isnan(loss[1])
+    loss = fastctc.ctc_loss(lp, TG, IL, TL, reduction="none", from_logits=True)
+    assert loss.shape == (2,)
+
+
+def test_huge_label_values_and_lengths_are_rejected_not_read():
+    # int64 values beyond int32 must be caught before any narrowing cast
+    with pytest.raises(CTCValueError):
+        fastctc.ctc_loss(LP, np.array([[1, 2**33 + 1], [3, 3]]), IL, TL)
+    with pytest.raises(CTCValueError):
+        fastctc.ctc_loss(LP, np.array([1, 2, 3, 2**40]), IL, TL)
+
+
+def test_accepts_lists_and_unsigned():
+    a = fastctc.ctc_loss(LP.tolist(), TG.tolist(), IL, TL, reduction="none")
+    b = fastctc.ctc_loss(LP, TG.astype(np.uint8), np.array(IL, np.uint16), np.array(TL, np.int32), reduction="none")
+    np.testing.assert_allclose(a, b)
