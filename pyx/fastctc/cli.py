@@ -13,6 +13,7 @@ stderr, never a traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._version import __version__
@@ -101,7 +102,7 @@ def _bench(argv):
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [os.fspath(a) for a in (sys.argv[1:] if argv is None else argv)]
     if argv and argv[0] == "bench":       # everything after `bench` belongs to _bench
         return _bench(argv[1:])
     parser = build_parser()
