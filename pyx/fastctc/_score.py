@@ -192,23 +192,24 @@ class EmissionLoader:
         try:
             if key is None and not path.lower().endswith(".npz"):
                 return np.load(path, allow_pickle=False)
-            archive = self._npz.get(path)
-            if archive is None:
+            entry = self._npz.get(path)
+            if entry is None:
                 archive = np.load(path, allow_pickle=False)
                 if not isinstance(archive, np.lib.npyio.NpzFile):
                     raise ItemError(f"emissions {spec!r}: {path} is not an .npz archive")
-                self._npz[path] = archive
+                # a set of member names: `key in archive.files` is a list scan per item
+                entry = self._npz[path] = (archive, set(archive.files))
                 while len(self._npz) > self.keep_open:
-                    self._npz.popitem(last=False)[1].close()
+                    self._npz.popitem(last=False)[1][0].close()
             else:
                 self._npz.move_to_end(path)
+            archive, names = entry
             if key is None:
-                names = archive.files
                 if len(names) != 1:
                     raise ItemError(f"emissions {spec!r}: the archive holds {len(names)} arrays; "
                                     "name one as file.npz:key")
-                key = names[0]
-            if key not in archive.files:
+                key = archive.files[0]
+            if key not in names:
                 raise ItemError(f"emissions {spec!r}: no array {key!r} in {path}")
             return archive[key]
         except ItemError:
@@ -222,7 +223,7 @@ class EmissionLoader:
 
     def close(self):
         while self._npz:
-            self._npz.popitem()[1].close()
+            self._npz.popitem()[1][0].close()
 
 
 def frames_needed(tokens) -> int:
@@ -266,9 +267,10 @@ def prepare(item: dict, loader: EmissionLoader, tokenizer: Tokenizer, n_classes:
         raise ItemError(f"emissions have C = {C} classes, the vocab has {n_classes} symbols")
     if T == 0:
         raise ItemError("emissions have no frames (T = 0)")
-    bad = np.isnan(arr) | (arr == np.inf)
-    if bad.any():
-        t, c = (int(v) for v in np.argwhere(bad)[0])
+    # one reduction finds NaN and +inf together (max propagates NaN; NaN < inf is False);
+    # the costlier search for the first bad cell runs only on failure
+    if not arr.max() < np.inf:
+        t, c = (int(v) for v in np.argwhere(np.isnan(arr) | (arr == np.inf))[0])
         raise ItemError(f"emissions contain {arr[t, c]} at frame {t}, class {c}")
     need = frames_needed(tokens)
     if need > T:
