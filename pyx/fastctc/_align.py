@@ -94,8 +94,8 @@ def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, bl
     out_of_range = mask & ((tg < 0) | (tg >= C))
     if out_of_range.any():
         b, i = (int(v[0]) for v in np.nonzero(out_of_range))
-        raise CTCValueError(f"targets values must be in [0, {C}) (the CTC dimension): "
-                            f"targets[{b}, {i}] = {int(tg[b, i])}")
+        raise CTCValueError(f"targets[{b}, {i}] = {int(tg[b, i])} is outside [0, {C}) "
+                            f"(targets values must be less than the CTC dimension C = {C})")
     repeats = ((tg[:, 1:] == tg[:, :-1]) & mask[:, 1:]).sum(axis=1) if L > 1 else np.zeros(B, np.int64)
     too_long = il.astype(np.int64) < tl.astype(np.int64) + repeats
     if too_long.any():
