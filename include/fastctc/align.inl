@@ -41,8 +41,13 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FCTC_ALIGN_INLINE static inline __attribute__((always_inline))
+#define FCTC_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define FCTC_ALIGN_INLINE static __forceinline
+#define FCTC_RESTRICT __restrict
 #else
 #define FCTC_ALIGN_INLINE static inline
+#define FCTC_RESTRICT
 #endif
 
 #if defined(FCTC_X86) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCTC_NO_SIMD)
@@ -127,30 +132,34 @@ FASTCTC_DEF fastctc_status fastctc_align_workspace_size(const int *label_lengths
 /* One frame of the max-plus recursion over states [lo, hi):
  *   cur[s] = best of (prev[s], prev[s-1], prev[s-2] where skip_ok[s] != 0) + emit[s],
  * bp[s] = how many states back the best one is.  Branch-free so that it vectorises;
- * the comparisons are the tie-breaking rule of the file comment. */
-FCTC_ALIGN_INLINE void FCTC_FN(fctc_viterbi_row_body)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *emit,
-                                                      const FCTC_T *skip_ok, unsigned char *bp, int lo,
-                                                      int hi) {
+ * the comparisons are the tie-breaking rule of the file comment.  The five rows never
+ * overlap (restrict: no run-time aliasing checks in front of the vector loop). */
+FCTC_ALIGN_INLINE void FCTC_FN(fctc_viterbi_row_body)(const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur,
+                                                      const FCTC_T *FCTC_RESTRICT emit,
+                                                      const FCTC_T *FCTC_RESTRICT skip_ok,
+                                                      unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
     for (int s = lo; s < hi; ++s) {
         FCTC_T x0 = prev[s], x1 = prev[s - 1];
-        FCTC_T x2 = skip_ok[s] != 0 ? prev[s - 2] : FCTC_NEG_INF;
-        int take2 = (x2 > x1) & (x2 > x0);
-        int take1 = !take2 & (x1 > x0);
-        FCTC_T best = take2 ? x2 : (take1 ? x1 : x0);
-        bp[s] = (unsigned char)(2 * take2 + take1);
+        FCTC_T x2 = skip_ok[s] > 0 ? prev[s - 2] : FCTC_NEG_INF;
+        int move = x1 > x0;                  /* s-1 beats staying */
+        int take2 = (x2 > x1) & (x2 > x0);   /* the skip beats both */
+        FCTC_T m01 = move ? x1 : x0;
+        FCTC_T best = take2 ? x2 : m01;
+        bp[s] = (unsigned char)(2 * take2 + (move & (take2 ^ 1)));
         cur[s] = best + emit[s];
     }
 }
 
-static void FCTC_FN(fctc_viterbi_row_base)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *emit,
-                                           const FCTC_T *skip_ok, unsigned char *bp, int lo, int hi) {
+static void FCTC_FN(fctc_viterbi_row_base)(const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur,
+                                           const FCTC_T *FCTC_RESTRICT emit, const FCTC_T *FCTC_RESTRICT skip_ok,
+                                           unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
     FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip_ok, bp, lo, hi);
 }
 
 #ifdef FCTC_ALIGN_AVX2
 __attribute__((target("avx2,fma"))) static void FCTC_FN(fctc_viterbi_row_avx2)(
-    const FCTC_T *prev, FCTC_T *cur, const FCTC_T *emit, const FCTC_T *skip_ok, unsigned char *bp, int lo,
-    int hi) {
+    const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur, const FCTC_T *FCTC_RESTRICT emit,
+    const FCTC_T *FCTC_RESTRICT skip_ok, unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
     FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip_ok, bp, lo, hi);
 }
 #endif
