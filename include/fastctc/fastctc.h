@@ -170,6 +170,76 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
 FASTCTC_DEF float fastctc_sequence_f32(const fastctc_job_f32 *job, void *scratch);
 FASTCTC_DEF double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratch);
 
+/* ---- Forced alignment (Viterbi best path) ---- */
+
+/* The most probable CTC path of each sequence that collapses to its labels, with
+ * torchaudio.functional.forced_align's tie-breaking (see align.inl), batched.
+ * acts, flat_labels, label_lengths, input_lengths and options as for fastctc_loss_*
+ * (options->zero_infinity is ignored; from_logits = 1 aligns log_softmax(acts)).
+ *  [out] paths   minibatch * max_time labels, paths[n * max_time + t]: the class of the
+ *                path at frame t; blank for t >= input_lengths[n]
+ *  [out] scores  NULL, or minibatch * max_time values, same layout: the log-probability
+ *                of paths' class at that frame (log_softmax'ed with from_logits); 0 for
+ *                t >= input_lengths[n].  Their sum over t is the path's log-probability.
+ *  [in]  workspace, workspace_bytes  caller-owned scratch of at least
+ *                fastctc_align_workspace_size() bytes, or NULL to allocate inside
+ * Returns FASTCTC_INVALID_ARGUMENT, before writing anything, also when a label equals the
+ * blank or when a sequence's labels cannot fit its input length (input_lengths[n] <
+ * label_lengths[n] + the number of adjacent repeated labels). */
+FASTCTC_DEF fastctc_status fastctc_align_f32(const float *acts, const int *flat_labels, const int *label_lengths,
+                                             const int *input_lengths, int max_time, int minibatch,
+                                             int alphabet_size, int *paths, float *scores, void *workspace,
+                                             size_t workspace_bytes, const fastctc_options *options);
+FASTCTC_DEF fastctc_status fastctc_align_f64(const double *acts, const int *flat_labels, const int *label_lengths,
+                                             const int *input_lengths, int max_time, int minibatch,
+                                             int alphabet_size, int *paths, double *scores, void *workspace,
+                                             size_t workspace_bytes, const fastctc_options *options);
+
+/* Bytes of workspace fastctc_align_f32/_f64 need (arguments as fastctc_workspace_size);
+ * per thread about input_length * (2 * label_length + 1) bytes of backpointers. */
+FASTCTC_DEF fastctc_status fastctc_align_workspace_size(const int *label_lengths, const int *input_lengths,
+                                                        int max_time, int minibatch, int alphabet_size,
+                                                        size_t elem_size, const fastctc_options *options,
+                                                        size_t *size_bytes);
+
+/* One sequence's alignment problem, float32 (strided rows as in fastctc_job_f32).
+ * Every pointer/size is trusted: labels in [0, alphabet_size), none equal to blank. */
+typedef struct {
+    const float *acts;      /* [in] acts[t * act_stride + c], t < input_length */
+    ptrdiff_t act_stride;
+    const int *labels;      /* [in] label_length labels */
+    int label_length;
+    int input_length;
+    int alphabet_size;
+    int blank;
+    int from_logits;
+    int *path;              /* [out] path[t] for t < out_rows (blank past input_length) */
+    float *scores;          /* [out] NULL, or scores[t] for t < out_rows (0 past input_length) */
+    int out_rows;
+} fastctc_align_job_f32;
+
+typedef struct {
+    const double *acts;
+    ptrdiff_t act_stride;
+    const int *labels;
+    int label_length;
+    int input_length;
+    int alphabet_size;
+    int blank;
+    int from_logits;
+    int *path;
+    double *scores;
+    int out_rows;
+} fastctc_align_job_f64;
+
+/* Scratch bytes of one fastctc_align_sequence_* call (64-byte aligned); 0 on overflow. */
+FASTCTC_DEF size_t fastctc_align_scratch_bytes(int max_time, int max_label_length, size_t elem_size);
+
+/* Aligns one sequence; returns the best path's log-probability (the sum of its scores),
+ * -inf when the labels cannot fit (then path is all blank and scores 0). */
+FASTCTC_DEF float fastctc_align_sequence_f32(const fastctc_align_job_f32 *job, void *scratch);
+FASTCTC_DEF double fastctc_align_sequence_f64(const fastctc_align_job_f64 *job, void *scratch);
+
 /* ---- SIMD dispatch ---- */
 
 /* The level in use: FASTCTC_SIMD_*.  Chosen on first use from cpuid/xgetbv, lowered by
@@ -227,6 +297,7 @@ static size_t fctc_row_width(int label_length) {
 #include "select.inl"
 #include "trellis.inl"
 #include "batch.inl"
+#include "align.inl"
 
 #define FCTC_USE_F64
 #include "template.h"
@@ -235,6 +306,7 @@ static size_t fctc_row_width(int label_length) {
 #include "select.inl"
 #include "trellis.inl"
 #include "batch.inl"
+#include "align.inl"
 
 FASTCTC_DEF const char *fastctc_status_string(fastctc_status status) {
     switch (status) {

@@ -1,0 +1,190 @@
+"""fastctc._align: CTC forced alignment, token spans and per-frame posteriors.
+
+* forced_align: torchaudio.functional.forced_align's contract (layout (B, T, C), outputs,
+  tie-breaking, errors), but for any batch size, on the C core's Viterbi trellis
+  (include/fastctc/align.inl) with OpenMP over sequences.
+* merge_tokens / TokenSpan: torchaudio's span merging of one frame-level path.
+* ctc_posteriors: the soft alignment, the per-frame class occupancy from the same
+  forward-backward pass as the loss's gradient (in log-probs mode that gradient is
+  exactly minus the occupancy).
+
+Every check happens here, before the compiled code runs (see _validate.py).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _align_core
+from ._engine import _ThreadBudget, run
+from ._validate import (
+    INT32_MAX, CTCRuntimeError, CTCTypeError, CTCValueError, as_float_array, as_int_array,
+    check_ctc_inputs, check_index, check_num_threads, class_contiguous,
+)
+
+__all__ = ["forced_align", "merge_tokens", "TokenSpan", "ctc_posteriors"]
+
+
+def _lengths_or_full(x, name: str, B: int, full: int) -> np.ndarray:
+    """(B,) int32 lengths in [0, full]; None means `full` for every sequence."""
+    if x is None:
+        return np.full(B, full, dtype=np.int32)
+    arr = as_int_array(x, name)
+    if arr.ndim != 1 or arr.shape[0] != B:
+        raise CTCValueError(f"{name} must be 1-D with shape (B,) = ({B},), got shape {arr.shape}")
+    bad = (arr < 0) | (arr > full)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CTCValueError(f"{name}[{i}] = {int(arr[i])} is outside [0, {full}]")
+    return arr.astype(np.int32)
+
+
+def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, blank=0, *,
+                 num_threads=None):
+    """The most probable CTC alignment of each target, torchaudio's forced_align, batched.
+
+    log_probs: (B, T, C) float32/float64 log-probabilities (used as given, no
+        normalisation check).  targets: (B, L) int32/int64 (lists are read as int64),
+        padded past each target length.  input_lengths, target_lengths: (B,) integers or
+        None (every sequence uses all T frames / all L labels).  blank: the blank class.
+
+    Returns (paths, scores), both (B, T): paths[b, t] is the class the best path emits at
+    frame t (targets' dtype), scores[b, t] = log_probs[b, t, paths[b, t]] (log_probs'
+    dtype); past input_lengths[b]: path = blank, score = 0.  The sum of a row of scores is
+    the best path's log-probability.  Ties are broken as torchaudio breaks them.
+
+    Errors: CTCTypeError for dtypes; CTCValueError for ranks/shapes, lengths out of
+    range, a target equal to the blank or outside [0, C); CTCRuntimeError (a
+    RuntimeError, as torchaudio raises) when a target cannot fit its input length.
+    """
+    num_threads = check_num_threads(num_threads)
+    lp = as_float_array(log_probs, "log_probs")
+    if lp.ndim != 3:
+        raise CTCValueError(f"log_probs must be 3-D (batch_size, input length, num classes), "
+                            f"got shape {lp.shape}")
+    B, T, C = lp.shape
+    for dim_name, dim in (("B", B), ("T", T), ("C", C)):
+        if dim > INT32_MAX:
+            raise CTCValueError(f"log_probs dimension {dim_name} = {dim} exceeds {INT32_MAX}")
+    if C < 1:
+        raise CTCValueError("log_probs must have at least one class (C >= 1), got C = 0")
+    blank = check_index(blank, "blank", C)
+
+    tg = as_int_array(targets, "targets")
+    if tg.dtype not in (np.int32, np.int64):
+        raise CTCTypeError(f"targets must be int32 or int64, got dtype {tg.dtype}")
+    if tg.ndim != 2:
+        raise CTCValueError(f"targets must be 2-D (batch_size, target length), got shape {tg.shape}")
+    if tg.shape[0] != B:
+        raise CTCValueError(f"targets must have shape (B, L) with B = {B} (log_probs' batch size), "
+                            f"got shape {tg.shape}")
+    L = tg.shape[1]
+    if 2 * L + 8 > INT32_MAX:
+        raise CTCValueError(f"targets length L = {L} exceeds {(INT32_MAX - 8) // 2}")
+    il = _lengths_or_full(input_lengths, "input_lengths", B, T)
+    tl = _lengths_or_full(target_lengths, "target_lengths", B, L)
+
+    mask = np.arange(L)[None, :] < tl[:, None]
+    is_blank = mask & (tg == blank)
+    if is_blank.any():
+        b, i = (int(v[0]) for v in np.nonzero(is_blank))
+        raise CTCValueError(f"targets shouldn't contain the blank index: targets[{b}, {i}] = {blank} (blank)")
+    out_of_range = mask & ((tg < 0) | (tg >= C))
+    if out_of_range.any():
+        b, i = (int(v[0]) for v in np.nonzero(out_of_range))
+        raise CTCValueError(f"targets[{b}, {i}] = {int(tg[b, i])} is outside [0, {C}) "
+                            f"(targets values must be less than the CTC dimension C = {C})")
+    repeats = ((tg[:, 1:] == tg[:, :-1]) & mask[:, 1:]).sum(axis=1) if L > 1 else np.zeros(B, np.int64)
+    too_long = il.astype(np.int64) < tl.astype(np.int64) + repeats
+    if too_long.any():
+        b = int(np.flatnonzero(too_long)[0])
+        raise CTCRuntimeError(
+            f"targets length is too long for CTC. Found log_probs length: {int(il[b])}, targets length: "
+            f"{int(tl[b])}, and number of repeats: {int(repeats[b])} (sequence {b}: input_lengths[{b}] "
+            f"must be >= {int(tl[b] + repeats[b])})")
+
+    acts = class_contiguous(lp)
+    labels = np.ascontiguousarray(tg[mask], dtype=np.int32).reshape(-1)
+    offsets = np.zeros(B, dtype=np.intp)
+    if B > 1:
+        np.cumsum(tl[:-1], out=offsets[1:])
+    paths = np.empty((B, T), dtype=np.int32)
+    scores = np.empty((B, T), dtype=acts.dtype)
+    totals = np.empty(B, dtype=np.float64)
+    with _ThreadBudget(num_threads) as threads:
+        _align_core.align_batch(acts, labels, offsets, np.ascontiguousarray(tl), np.ascontiguousarray(il),
+                                blank, paths, scores, totals, threads)
+    return paths.astype(tg.dtype, copy=False), scores
+
+
+@dataclass
+class TokenSpan:
+    """One token of an alignment: frames [start, end) and the mean of their scores."""
+
+    token: int
+    start: int  # first frame (inclusive)
+    end: int    # last frame + 1 (exclusive)
+    score: float
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def merge_tokens(tokens, scores, blank=0) -> list:
+    """Token spans of one frame-level path, as torchaudio.functional.merge_tokens.
+
+    tokens: 1-D integer path (e.g. forced_align's paths[b][:input_lengths[b]]);
+    scores: 1-D per-frame scores of the same length.  Each maximal run of equal tokens
+    is one span, runs of the blank are dropped; so a token repeated across a blank gives
+    two spans, and adjacent equal frames give one.  A span's score is the mean of its
+    frames' scores (computed in float64).  Returns a list of TokenSpan.
+    """
+    tok = as_int_array(tokens, "tokens")
+    sc = np.asarray(scores)
+    if tok.ndim != 1 or sc.ndim != 1:
+        raise CTCValueError(f"tokens and scores must be 1-D, got shapes {tok.shape} and {sc.shape}")
+    if tok.shape[0] != sc.shape[0]:
+        raise CTCValueError(f"tokens and scores must have the same length, got {tok.shape[0]} and {sc.shape[0]}")
+    if sc.dtype.kind not in "fiu":
+        raise CTCTypeError(f"scores must be real numbers, got dtype {sc.dtype}")
+    if isinstance(blank, (bool, np.bool_)):
+        raise CTCTypeError(f"blank must be an integer, got bool {blank!r}")
+    try:
+        blank = operator.index(blank)
+    except TypeError:
+        raise CTCTypeError(f"blank must be an integer, got {type(blank).__name__} {blank!r}") from None
+    if tok.size == 0:
+        return []
+    starts = np.flatnonzero(np.concatenate(([True], tok[1:] != tok[:-1])))
+    ends = np.append(starts[1:], tok.size)
+    # Per-span means through one cumulative sum (float64: long spans keep their digits).
+    csum = np.concatenate(([0.0], np.cumsum(sc, dtype=np.float64)))
+    spans = []
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        token = int(tok[s])
+        if token != blank:
+            spans.append(TokenSpan(token=token, start=s, end=e, score=float((csum[e] - csum[s]) / (e - s))))
+    return spans
+
+
+def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank=0, *, num_threads=None):
+    """Per-frame class occupancy (the soft alignment), ctc_loss's arguments and layout.
+
+    Returns an array of log_probs' shape ((T, N, C), or (T, C) unbatched) and dtype:
+    out[t, n, c] = sum over the extended-target states s labelled c of
+    exp(log_alpha(t, s) + log_beta(t, s) - log_probs[t, n, c] - log p(target_n)), the
+    posterior probability that the path emits c at frame t.  Each valid frame sums to
+    1; frames past input_lengths[n] and every frame of an infeasible target are 0.
+    Equal to minus d(loss)/d(log_probs) for reduction='sum', from one forward-backward
+    pass.
+    """
+    num_threads = check_num_threads(num_threads)
+    batch, blank = check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank)
+    _, grad, _ = run(batch, blank, False, want_grad=True, num_threads=num_threads)
+    np.negative(grad, out=grad)
+    grad += 0  # -0.0 -> +0.0 where nothing is occupied
+    if batch.unbatched:
+        grad = grad[:, 0, :]
+    return grad
