@@ -128,9 +128,10 @@ class BuildExt(build_ext):
         else:
             base = ["-O3", "-fno-math-errno", "-Wno-unused-function"]
         # distutils rebuilds on timestamps only: when the flags differ from the previous
-        # build in this build_temp (e.g. FASTCTC_NO_OPENMP toggled), rebuild everything.
+        # build in this build_temp (FASTCTC_NO_OPENMP or CFLAGS changed), rebuild everything.
         stamp = os.path.join(self.build_temp, "fastctc-flags.txt")
-        key = repr((base, omp_compile, omp_link))
+        key = repr((base, omp_compile, omp_link,
+                    [os.environ.get(v) for v in ("CC", "CFLAGS", "CPPFLAGS", "LDFLAGS")]))
         try:
             with open(stamp) as fh:
                 changed = fh.read() != key

@@ -64,6 +64,30 @@ def _tracked_files(folder):
     return sorted(found)
 
 
+IGNORED_IN_COPY = shutil.ignore_patterns(
+    ".git", "build", "dist", "wheelhouse", "*.egg-info", "__pycache__", "*.so", "*.pyd", "*.o",
+    ".pytest_cache", ".hypothesis", ".venv*", ".whl", ".gl")
+
+
+def _clean_copy(dest):
+    """Copy the checkout's non-ignored files (git's view, else a filtered tree) to dest."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        files = [f for f in out.stdout.split("\0") if f] if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        files = []
+    if not files:
+        shutil.copytree(ROOT, dest, ignore=IGNORED_IN_COPY)
+        return dest
+    for rel in files:
+        src = os.path.join(ROOT, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, rel))
+    return dest
+
+
 def _build_env(**extra):
     env = dict(os.environ)
     for key in ("PYTHONPATH", "FASTCTC_NO_OPENMP", "FASTCTC_REQUIRE_OPENMP"):
@@ -161,12 +185,15 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("packaging")
     dist = tmp / "dist"
     env = _build_env()
+    # Build the sdist from a copy without ignored files: a stale *.egg-info/SOURCES.txt
+    # in the checkout would otherwise keep files in the sdist that MANIFEST.in dropped.
+    tree = _clean_copy(tmp / "tree")
     try:
         import build  # noqa: F401  (python -m build, the documented front end)
-        cmd = [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), ROOT]
+        cmd = [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(dist), str(tree)]
     except ImportError:
         cmd = [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(dist)]
-    _run(cmd, cwd=ROOT, env=env)
+    _run(cmd, cwd=str(tree), env=env)
     (sdist,) = glob.glob(str(dist / "fastctc-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
