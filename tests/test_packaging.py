@@ -335,3 +335,30 @@ def test_no_openmp_build_is_serial_and_works(built, tmp_path):
                cwd=str(tmp_path), env=env).stdout
     assert "fastctc smoke test: OK" in out
     assert str(target) in out  # imported from the serial build
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name == "nt", reason="wraps the compiler in a POSIX shell script")
+def test_require_openmp_stops_a_build_without_openmp(built, tmp_path):
+    """FASTCTC_REQUIRE_OPENMP=1 turns 'this compiler has no OpenMP' into a build error
+    (instead of a quietly serial wheel); setting both knobs is an error too."""
+    import sysconfig
+
+    real_cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    wrapper = tmp_path / "cc-without-openmp"
+    wrapper.write_text('#!/bin/sh\n# a C compiler that rejects every OpenMP flag\n'
+                       'for a in "$@"; do case "$a" in *openmp*) '
+                       'echo "cc-without-openmp: no OpenMP here" >&2; exit 1;; esac; done\n'
+                       f'exec {real_cc} "$@"\n')
+    wrapper.chmod(0o755)
+    cases = [dict(CC=str(wrapper), FASTCTC_REQUIRE_OPENMP="1"),
+             dict(FASTCTC_NO_OPENMP="1", FASTCTC_REQUIRE_OPENMP="1")]
+    for i, knobs in enumerate(cases):
+        lib = tmp_path / f"lib{i}"
+        proc = subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--build-lib", str(lib),
+             "--build-temp", str(tmp_path / f"temp{i}")],
+            cwd=built["src"], env=_build_env(**knobs), capture_output=True, text=True, timeout=600)
+        assert proc.returncode != 0, f"{knobs}: the build succeeded"
+        assert "FASTCTC_REQUIRE_OPENMP" in proc.stdout + proc.stderr
+        assert not glob.glob(str(lib / "**" / "*.so"), recursive=True)
