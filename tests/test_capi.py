@@ -321,3 +321,11 @@ def test_score_example(builder, tmp_path):
     assert proc.returncode == 1 and "float32 or float64" in proc.stderr
     proc = _run(exe, str(tmp_path / "missing.npy"), "1")
     assert proc.returncode == 1 and "cannot open" in proc.stderr
+
+
+@needs_cc
+@pytest.mark.parametrize("compiler", C_COMPILERS)
+def test_static_build_calling_one_entry_point(builder, compiler):
+    exe = builder.build(compiler, [os.path.join(CDIR, "test_static.c")], STRICT_C)
+    proc = _run(exe)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

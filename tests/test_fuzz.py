@@ -131,6 +131,15 @@ def problems(draw):
     return args
 
 
+def _as_uint8(value):
+    """value as uint8 (wrapping), when it is an integer array; else unchanged."""
+    try:
+        arr = np.asarray(value)
+        return arr.astype(np.uint8) if arr.ndim and arr.dtype.kind in "iu" else value
+    except (TypeError, ValueError):
+        return value
+
+
 def _breakage(key, value, T, N, C):
     weird = st.sampled_from([None, "x", 1.5, True, [], [[1, 2], [3]], object(), -1, 2**40,
                              np.array([np.nan]), np.zeros((2, 2, 2, 2))])
@@ -154,7 +163,7 @@ def _breakage(key, value, T, N, C):
         lists = st.lists(vals, max_size=N + 2)
         arrays = lists.map(lambda v: np.array(v, dtype=np.int64))
         floats = st.lists(st.floats(allow_nan=True), max_size=N + 1).map(np.array)
-        return st.one_of(lists, arrays, floats, vals, st.just(np.array(value, dtype=np.uint8) if np.ndim(value) else value), weird)
+        return st.one_of(lists, arrays, floats, vals, st.just(_as_uint8(value)), weird)
     if key == "blank":
         return st.one_of(st.integers(-3, C + 3), st.sampled_from([np.int64(0), np.uint8(1), 0.0]), weird)
     if key == "reduction":
