@@ -40,7 +40,12 @@
 #define FASTCTC_VERSION_PATCH 0
 
 #ifdef FASTCTC_STATIC
+#if defined(__GNUC__) || defined(__clang__)
+/* "unused": a file that calls only some entry points must still build with -Werror. */
+#define FASTCTC_DEF static __attribute__((unused))
+#else
 #define FASTCTC_DEF static
+#endif
 #else
 #define FASTCTC_DEF
 #endif
@@ -69,37 +74,71 @@ typedef struct {
 /* SIMD levels of the CPU kernels. */
 enum { FASTCTC_SIMD_SCALAR = 0, FASTCTC_SIMD_NEON = 1, FASTCTC_SIMD_AVX2 = 2, FASTCTC_SIMD_AVX512 = 3 };
 
-/* A readable, static, English description of a status code. */
+/* A readable English description of a status code: a static string, never NULL (unknown
+ * codes give "unknown fastctc status"); never to be freed. */
 FASTCTC_DEF const char *fastctc_status_string(fastctc_status status);
 
-/* Bytes of workspace fastctc_loss_f32/_f64 need for these sizes.
- *  [in]  label_lengths  minibatch label lengths (>= 0)
- *  [in]  input_lengths  minibatch input lengths, each in [0, max_time]
- *  [in]  max_time, minibatch, alphabet_size  the dimensions of acts (alphabet_size >= 1)
- *  [in]  want_grad      1 if grads will be requested, 0 for costs only
- *  [in]  elem_size      sizeof(float) or sizeof(double)
- *  [in]  options        may be NULL (defaults); num_threads is taken into account
- *  [out] size_bytes     the size
- * Returns FASTCTC_INVALID_ARGUMENT for bad sizes or when the size overflows size_t. */
+/* Bytes of caller-owned workspace a fastctc_loss_f32/_f64 call with these sizes needs.
+ *  [in]  label_lengths  minibatch label lengths, each in [0, (INT_MAX - 8) / 2]
+ *                       (may be NULL when minibatch == 0)
+ *  [in]  input_lengths  minibatch input lengths, each in [0, max_time] (NULL if minibatch == 0)
+ *  [in]  max_time, minibatch, alphabet_size  the dimensions of acts (>= 0, >= 0, >= 1)
+ *  [in]  want_grad      nonzero if grads will be requested (needs much more: one
+ *                       sequence's forward variables per thread), 0 for costs only
+ *  [in]  elem_size      sizeof(float) for fastctc_loss_f32, sizeof(double) for _f64
+ *  [in]  options        may be NULL (defaults); must be the options of the later call
+ *                       (num_threads sets how many per-thread scratch areas are counted)
+ *  [out] size_bytes     the size, including up to 63 bytes of alignment slack: any
+ *                       address will do, no alignment is required of the caller
+ * The size depends only on the longest input and label, the thread count and the batch
+ * size, so a workspace sized for a worst case can be reused across calls.
+ * Returns FASTCTC_OK, or FASTCTC_INVALID_ARGUMENT (size_bytes NULL, elem_size not 4 or 8,
+ * any size, length or option out of range, or a size that overflows size_t). */
 FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, const int *input_lengths,
                                                   int max_time, int minibatch, int alphabet_size,
                                                   int want_grad, size_t elem_size,
                                                   const fastctc_options *options, size_t *size_bytes);
 
 /* CTC cost (and gradient) of a minibatch, float32.
- *  [in]  acts           max_time * minibatch * alphabet_size values, layout per options
- *  [out] grads          NULL for costs only; else same size and layout as acts,
- *                       d costs[n] / d acts (see the conventions above)
- *  [in]  flat_labels    the concatenated labels, each in [0, alphabet_size); may be NULL
- *                       when every label length is 0
- *  [in]  label_lengths  minibatch values >= 0
+ *  [in]  acts           max_time * minibatch * alphabet_size values; layout per
+ *                       options->batch_major:
+ *                         0 (time-major):  acts[(t * minibatch + n) * alphabet_size + c]
+ *                         1 (batch-major): acts[(n * max_time + t) * alphabet_size + c]
+ *                       Frames t >= input_lengths[n] are never read.  May be NULL when
+ *                       max_time or minibatch is 0.
+ *  [out] grads          NULL for costs only; else max_time * minibatch * alphabet_size
+ *                       values in acts' layout: d costs[n] / d acts for frames
+ *                       t < input_lengths[n], 0 for later frames and for every frame of
+ *                       an infeasible sequence (see the conventions above).
+ *  [in]  flat_labels    sum(label_lengths) labels, sequence after sequence, each in
+ *                       [0, alphabet_size); may be NULL when every label length is 0.
+ *                       A label equal to blank is accepted but makes the cost
+ *                       meaningless (several alignments then spell the same frames).
+ *  [in]  label_lengths  minibatch values in [0, (INT_MAX - 8) / 2]
  *  [in]  input_lengths  minibatch values in [0, max_time]
- *  [in]  max_time, minibatch, alphabet_size   dimensions (>= 0, >= 0, >= 1)
- *  [out] costs          minibatch values
- *  [in]  workspace      caller-owned scratch of at least fastctc_workspace_size() bytes,
- *                       or NULL to let the call allocate (and free) it
+ *  [in]  max_time, minibatch, alphabet_size   dimensions (>= 0, >= 0, >= 1); the
+ *                       element count of acts must fit PTRDIFF_MAX / 8
+ *  [out] costs          minibatch values: -log p(labels_n | acts_n); +inf for an
+ *                       infeasible sequence (0 with options->zero_infinity); 0 for an
+ *                       empty sequence with an empty label; NaN if acts hold NaN.
+ *  [in]  workspace      caller-owned scratch of workspace_bytes bytes (any alignment),
+ *                       or NULL to let the call malloc and free it.  A workspace of at
+ *                       least fastctc_workspace_size() bytes runs with every thread asked
+ *                       for; a smaller one that still holds one thread's scratch runs
+ *                       with as many threads as fit; below that the call returns
+ *                       FASTCTC_WORKSPACE_TOO_SMALL.  Concurrent calls need separate
+ *                       workspaces.
  *  [in]  workspace_bytes  size of workspace (ignored when it is NULL)
- *  [in]  options        may be NULL (defaults)
+ *  [in]  options        may be NULL (defaults: blank 0, log-probabilities, +inf for
+ *                       infeasible, OpenMP's default thread count, time-major).  At most
+ *                       min(num_threads, minibatch, 1024) threads run; 1 without OpenMP.
+ * grads, costs and workspace must not overlap each other or any input (checked:
+ * FASTCTC_INVALID_ARGUMENT), since a frame of acts is read after its gradient is written.
+ * Returns FASTCTC_OK; FASTCTC_INVALID_ARGUMENT (a NULL pointer that is needed, a size,
+ * length, label or option out of range, overlapping buffers); FASTCTC_WORKSPACE_TOO_SMALL;
+ * FASTCTC_OUT_OF_MEMORY (workspace NULL and malloc failed).  On any status but FASTCTC_OK
+ * neither costs nor grads has been written.  At a given SIMD level, results are the
+ * same bits for either layout, any thread count and either workspace owner.
  */
 FASTCTC_DEF fastctc_status fastctc_loss_f32(const float *acts, float *grads, const int *flat_labels,
                                             const int *label_lengths, const int *input_lengths,
@@ -107,7 +146,8 @@ FASTCTC_DEF fastctc_status fastctc_loss_f32(const float *acts, float *grads, con
                                             float *costs, void *workspace, size_t workspace_bytes,
                                             const fastctc_options *options);
 
-/* The same for float64 (elem_size = sizeof(double) in fastctc_workspace_size). */
+/* The same for float64: every argument as for fastctc_loss_f32, with double acts, grads
+ * and costs (elem_size = sizeof(double) in fastctc_workspace_size). */
 FASTCTC_DEF fastctc_status fastctc_loss_f64(const double *acts, double *grads, const int *flat_labels,
                                             const int *label_lengths, const int *input_lengths,
                                             int max_time, int minibatch, int alphabet_size,

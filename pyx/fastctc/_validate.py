@@ -118,6 +118,8 @@ def check_num_threads(num_threads):
         raise CTCTypeError(f"num_threads must be a positive integer or None, got {num_threads!r}") from None
     if v < 1:
         raise CTCValueError(f"num_threads must be >= 1, got {v}")
+    if v > INT32_MAX:  # the engine takes a C int
+        raise CTCValueError(f"num_threads must be <= {INT32_MAX}, got {v}")
     return v
 
 

@@ -1,0 +1,215 @@
+"""Fuzzing: the C entry points (libFuzzer harness fuzz/fuzz_capi.c) and the Python facade
+(hypothesis), with bounded budgets so the suite stays short.
+
+* The saved libFuzzer inputs (fuzz/regressions: past findings; fuzz/corpus: a seed
+  corpus) are replayed through the harness with any C compiler (fuzz/replay_main.c
+  stands in for libFuzzer), under AddressSanitizer + UBSan when available.
+* A short libFuzzer run (clang -fsanitize=fuzzer,address,undefined) when clang has it.
+* hypothesis drives fastctc.ctc_loss / ctc_loss_and_grad with malformed shapes, dtypes,
+  lengths, labels, options and non-finite values, starting from valid problems and
+  breaking one or two things: every call must either return well-formed results or
+  raise one of fastctc's errors (CTCValueError / CTCTypeError, i.e. ValueError /
+  TypeError); a crash ends the test process, which fails the run.
+"""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import fastctc
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FUZZ = os.path.join(ROOT, "fuzz")
+HARNESS = os.path.join(FUZZ, "fuzz_capi.c")
+SANITIZE = ["-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+
+def _compile(cmd, cwd):
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _cc():
+    for name in ("gcc", "clang", "cc"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+# ------------------------------------------------------------------ C harness
+
+@pytest.mark.skipif(_cc() is None, reason="no C compiler on PATH")
+def test_replay_saved_fuzz_inputs(tmp_path):
+    cc = _cc()
+    exe = str(tmp_path / "replay")
+    base = [cc, "-std=c99", "-I", fastctc.get_include(), HARNESS, os.path.join(FUZZ, "replay_main.c"),
+            "-o", exe, "-lm"]
+    proc = _compile(base[:1] + SANITIZE + base[1:], ROOT)
+    sanitized = proc.returncode == 0
+    if not sanitized:  # no sanitizer runtime: still replay, unsanitized
+        proc = _compile(base[:1] + ["-O1"] + base[1:], ROOT)
+    assert proc.returncode == 0, proc.stderr
+    folders = [os.path.join(FUZZ, d) for d in ("regressions", "corpus")]
+    folders = [d for d in folders if os.path.isdir(d)]
+    proc = subprocess.run([exe, *folders], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "runtime error" not in proc.stderr, proc.stderr[-4000:]
+    count = int(proc.stdout.split()[1])
+    assert count >= len(os.listdir(os.path.join(FUZZ, "regressions")))
+
+
+def _libfuzzer_exe(tmp_path):
+    clang = shutil.which("clang")
+    if not clang:
+        pytest.skip("clang is not installed (libFuzzer needs it)")
+    exe = str(tmp_path / "fuzz_capi")
+    flags = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined"]
+    proc = _compile([clang, *flags, "-fopenmp", "-I", fastctc.get_include(), HARNESS, "-o", exe, "-lm"], ROOT)
+    if proc.returncode != 0:
+        proc = _compile([clang, *flags, "-I", fastctc.get_include(), HARNESS, "-o", exe, "-lm"], ROOT)
+    if proc.returncode != 0:
+        pytest.skip(f"clang cannot build a libFuzzer target here: {proc.stderr[-500:]}")
+    return exe
+
+
+def test_libfuzzer_bounded_run(tmp_path):
+    exe = _libfuzzer_exe(tmp_path)
+    work = tmp_path / "corpus"
+    shutil.copytree(os.path.join(FUZZ, "corpus"), work)
+    for name in os.listdir(os.path.join(FUZZ, "regressions")):
+        shutil.copy(os.path.join(FUZZ, "regressions", name), work / name)
+    seconds = int(os.environ.get("FASTCTC_FUZZ_SECONDS", "20"))
+    proc = subprocess.run([exe, f"-max_total_time={seconds}", "-max_len=1024", "-timeout=20",
+                           "-rss_limit_mb=2048", "-print_final_stats=1",
+                           f"-artifact_prefix={tmp_path}/", str(work)],
+                          capture_output=True, text=True, timeout=seconds + 240)
+    tail = proc.stderr[-6000:]
+    assert proc.returncode == 0, "libFuzzer found a failing input (saved in the artifact folder):\n" + tail
+    assert "stat::number_of_executed_units" in proc.stderr, tail
+
+
+# ------------------------------------------------------------------ Python facade
+
+FASTCTC_ERRORS = (fastctc.CTCValueError, fastctc.CTCTypeError)
+SPECIAL = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -800.0, 5e-324]
+
+
+@st.composite
+def problems(draw):
+    """A valid torch-style problem, then 0-2 deliberate breakages."""
+    T = draw(st.integers(0, 8))
+    N = draw(st.integers(0, 4))
+    C = draw(st.integers(1, 6))
+    blank = draw(st.integers(0, C - 1))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    acts = (rng.normal(size=(T, N, C)) * draw(st.sampled_from([0.1, 3.0, 50.0]))).astype(dtype)
+    if draw(st.booleans()) and acts.size:
+        k = draw(st.integers(0, acts.size - 1))
+        acts.reshape(-1)[k] = draw(st.sampled_from(SPECIAL))
+    il = rng.integers(0, T + 1, size=N)
+    tl = rng.integers(0, T + 2, size=N)
+    padded = draw(st.booleans())
+    S = int(tl.max()) if N else 0
+    tg = rng.integers(0, C, size=(N, S))
+    targets = tg if padded else np.concatenate([tg[n, :tl[n]] for n in range(N)]) if N else np.zeros(0, int)
+    args = dict(log_probs=acts, targets=targets, input_lengths=il, target_lengths=tl, blank=blank,
+                reduction=draw(st.sampled_from(["none", "sum", "mean"])),
+                zero_infinity=draw(st.booleans()), from_logits=draw(st.booleans()),
+                num_threads=draw(st.sampled_from([None, 1, 2])))
+    if draw(st.booleans()) and N == 1:  # unbatched form
+        args.update(log_probs=acts[:, 0], targets=tg[0, :tl[0]], input_lengths=int(il[0]),
+                    target_lengths=int(tl[0]))
+    for _ in range(draw(st.integers(0, 2))):
+        key = draw(st.sampled_from(sorted(args)))
+        args[key] = draw(_breakage(key, args[key], T, N, C))
+    return args
+
+
+def _as_uint8(value):
+    """value as uint8 (wrapping), when it is an integer array; else unchanged."""
+    try:
+        arr = np.asarray(value)
+        return arr.astype(np.uint8) if arr.ndim and arr.dtype.kind in "iu" else value
+    except (TypeError, ValueError):
+        return value
+
+
+def _breakage(key, value, T, N, C):
+    weird = st.sampled_from([None, "x", 1.5, True, [], [[1, 2], [3]], object(), -1, 2**40,
+                             np.array([np.nan]), np.zeros((2, 2, 2, 2))])
+    if key == "log_probs":
+        shapes = st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple)
+        dtypes = st.sampled_from([np.float16, np.float32, np.float64, np.int32, np.bool_, np.complex64,
+                                  np.uint8, object])
+        arrays = st.tuples(shapes, dtypes).map(lambda sd: np.ones(sd[0], dtype=sd[1]))
+        noncontig = st.just(np.asarray(value)[..., ::-1] if np.ndim(value) else value)
+        byteswapped = st.just(np.asarray(value).astype(np.asarray(value).dtype.newbyteorder()))
+        return st.one_of(arrays, noncontig, byteswapped, weird)
+    if key == "targets":
+        vals = st.integers(-3, C + 3)
+        ints = st.lists(vals, max_size=12).map(lambda v: np.array(v, dtype=np.int64))
+        shaped = st.tuples(st.integers(0, N + 1), st.integers(0, T + 3), vals).map(
+            lambda a: np.full((a[0], a[1]), a[2]))
+        floats = st.just(np.asarray(value, dtype=np.float64))
+        return st.one_of(ints, shaped, floats, st.just(np.array([[[1]]])), weird)
+    if key in ("input_lengths", "target_lengths"):
+        vals = st.integers(-5, T + 5) | st.sampled_from([2**31, -2**31 - 1, 2**63 - 1])
+        lists = st.lists(vals, max_size=N + 2)
+        arrays = lists.map(lambda v: np.array(v, dtype=np.int64))
+        floats = st.lists(st.floats(allow_nan=True), max_size=N + 1).map(np.array)
+        return st.one_of(lists, arrays, floats, vals, st.just(_as_uint8(value)), weird)
+    if key == "blank":
+        return st.one_of(st.integers(-3, C + 3), st.sampled_from([np.int64(0), np.uint8(1), 0.0]), weird)
+    if key == "reduction":
+        return st.one_of(st.sampled_from(["NONE", "avg", "", None, 0]), weird)
+    if key in ("zero_infinity", "from_logits"):
+        return st.one_of(st.sampled_from([2, -1, "yes", None, np.bool_(True), 1.0]), weird)
+    if key == "num_threads":
+        return st.one_of(st.sampled_from([0, -1, 10**6, 2**40, "2", 1.0, True]), weird)
+    return weird
+
+
+def _check_call(fn, args):
+    try:
+        out = fn(**args)
+    except FASTCTC_ERRORS:
+        return None
+    except (ValueError, TypeError) as exc:  # allowed by the brief, but flagged by name
+        raise AssertionError(f"{type(exc).__name__} that is not a fastctc error: {exc}") from exc
+    return out
+
+
+@settings(max_examples=int(os.environ.get("FASTCTC_HYPOTHESIS_EXAMPLES", "1000")), deadline=None,
+          suppress_health_check=list(HealthCheck), derandomize=True)
+@given(problems(), st.booleans())
+def test_python_facade_fuzz(args, with_grad):
+    fn = fastctc.ctc_loss_and_grad if with_grad else fastctc.ctc_loss
+    out = _check_call(fn, args)
+    if out is None:
+        return
+    loss, grad = out if with_grad else (out, None)
+    acts = np.asarray(args["log_probs"])
+    native = acts.dtype.newbyteorder("=")  # byte-swapped input gives native-order results
+    assert isinstance(loss, np.ndarray) and loss.dtype == native
+    if grad is not None:
+        assert grad.shape == acts.shape and grad.dtype == native
+        if np.isfinite(acts).all() and np.abs(acts).max(initial=0) < 1e6 and args["from_logits"] is True:
+            assert np.isfinite(grad).all()
+    if np.isfinite(acts).all() and args["reduction"] == "none":
+        # Finite inputs: costs are finite or +inf, never NaN or -inf.
+        assert not np.isnan(loss).any() and not np.isneginf(loss).any()
+
+
+def test_regression_num_threads_beyond_c_int():
+    # Found by test_python_facade_fuzz: num_threads = 2**40 escaped validation and the
+    # compiled bridge raised OverflowError while converting it to a C int.
+    lp = np.log(np.full((4, 1, 3), 1 / 3))
+    with pytest.raises(fastctc.CTCValueError, match="num_threads"):
+        fastctc.ctc_loss(lp, np.array([[1]]), [4], [1], num_threads=2**40)
+    assert np.isfinite(fastctc.ctc_loss(lp, np.array([[1]]), [4], [1], num_threads=10**6))
