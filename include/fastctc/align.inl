@@ -118,7 +118,7 @@ FASTCTC_DEF fastctc_status fastctc_align_workspace_size(const int *label_lengths
     if (fctc_check_sizes(label_lengths, input_lengths, max_time, minibatch, alphabet_size, o, &longest_input,
                          &longest_label, &total))
         return FASTCTC_INVALID_ARGUMENT;
-    size_t bytes = fctc_align_workspace_bytes(longest_input, longest_label, elem_size, fctc_threads_wanted(o),
+    size_t bytes = fctc_align_workspace_bytes(longest_input, longest_label, elem_size, fctc_threads_for(o, minibatch),
                                               minibatch, &per_thread);
     if (bytes == 0) return FASTCTC_INVALID_ARGUMENT;
     *size_bytes = bytes;
@@ -272,7 +272,7 @@ FASTCTC_DEF fastctc_status FCTC_FN(fastctc_align)(const FCTC_T *acts, const int 
     if (minibatch > 0 && max_time > 0 && (!paths || !acts)) return FASTCTC_INVALID_ARGUMENT;
     if (minibatch == 0 || max_time == 0) return FASTCTC_OK;
 
-    int threads = fctc_threads_wanted(o);
+    int threads = fctc_threads_for(o, minibatch);
     if (threads > minibatch) threads = minibatch;
     size_t need = fctc_align_workspace_bytes(longest_input, longest_label, sizeof(FCTC_T), threads, minibatch,
                                              &per_thread);
