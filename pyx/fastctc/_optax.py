@@ -1,0 +1,158 @@
+"""fastctc._optax: optax's CTC on NumPy arrays, computed by fastctc's C kernel.
+
+    ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, *,
+                                blank_id=0, log_epsilon=-1e5)
+        -> (loss (B,), logalpha_blank (T, B, N+1), logalpha_nonblank (T, B, N))
+    optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0,
+                   log_epsilon=-1e5) -> loss (B,)
+
+Semantics are optax 0.2.8's (optax.ctc_loss_with_forward_probs / optax.ctc_loss):
+logits (B, T, K) are unnormalised (the log_softmax is fused in); paddings are 1.0 where
+padded; padded frames may sit anywhere (the forward state carries over them); labels are
+right-padded; impossible states hold log_epsilon rather than -inf, so the loss of labels
+that cannot fit is finite (about -log_epsilon).  Output shapes are what optax 0.2.8 returns:
+its docstring says (T, B, N+1) for both forward-probability arrays, but the code returns
+(T, B, N) for logalpha_nonblank, and so do we.  The last row of logalpha_blank includes the
+final epsilon transition, as optax's does.
+
+The recurrence lives in include/fastctc/optax.inl (see there for why it is a separate
+trellis from the PyTorch-style one).  loss_and_grad() also returns d loss / d logits; the
+JAX adapter (fastctc.jax) uses it for its custom VJP.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _engine, _optax_core
+from ._validate import CTCTypeError, CTCValueError, check_index, check_num_threads
+
+__all__ = ["ctc_loss_with_forward_probs", "optax_ctc_loss", "loss_and_grad"]
+
+_I32 = np.iinfo(np.int32)
+
+
+def _first_bad(mask):
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon, check_values=True):
+    """Arrays laid out for the kernel: (x, pad, labels int32, label_len int32, blank, eps)."""
+    x = np.asarray(logits)
+    if x.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise CTCTypeError(f"logits must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim != 3:
+        raise CTCValueError(f"logits must have rank 3, shape (B, T, K); got shape {x.shape}")
+    B, T, K = x.shape
+    if T < 1:
+        raise CTCValueError("logits must have at least one frame (T >= 1), got T = 0")
+    if K < 1:
+        raise CTCValueError("logits must have at least one class (K >= 1), got K = 0")
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise CTCTypeError(f"labels must hold integers, got dtype {lab.dtype}")
+    if lab.ndim != 2:
+        raise CTCValueError(f"labels must have rank 2, shape (B, N); got shape {lab.shape}")
+    if lab.shape[0] != B:
+        raise CTCValueError(f"labels must have batch size B = {B} (logits.shape[0]), got shape {lab.shape}")
+    N = lab.shape[1]
+    lpad = np.asarray(label_paddings)
+    if lpad.shape != lab.shape:
+        raise CTCValueError(f"label_paddings must have labels' shape {lab.shape}, got {lpad.shape}")
+    fpad = np.asarray(logit_paddings)
+    if fpad.shape != (B, T):
+        raise CTCValueError(f"logit_paddings must have shape (B, T) = {(B, T)}, got {fpad.shape}")
+    for name, arr in (("logit_paddings", fpad), ("label_paddings", lpad)):
+        if arr.dtype.kind not in "fiub":
+            raise CTCTypeError(f"{name} must be a real array of 0.0/1.0, got dtype {arr.dtype}")
+    blank = check_index(blank_id, "blank_id", K)
+    if isinstance(log_epsilon, (bool, np.bool_)) or not isinstance(log_epsilon, (numbers.Real, np.ndarray, np.generic)) \
+            or np.ndim(log_epsilon) != 0:
+        raise CTCTypeError(f"log_epsilon must be a real scalar, got {log_epsilon!r}")
+    eps = float(log_epsilon)
+    # optax: label length = N - sum(label_paddings), summed in the paddings' dtype
+    lpad_f = lpad if lpad.dtype.kind == "f" else lpad.astype(np.float32)
+    label_len = (N - lpad_f.sum(axis=1).astype(np.int32)).astype(np.int32)
+    if check_values:
+        for name, arr in (("logit_paddings", fpad), ("label_paddings", lpad)):
+            bad = (arr != 0) & (arr != 1)
+            if bad.any():
+                idx = _first_bad(bad)
+                raise CTCValueError(f"{name}{list(idx)} = {arr[idx]} must be 0.0 or 1.0")
+        if N > 1:
+            bad = (lpad[:, 1:] == 0) & (lpad[:, :-1] == 1)
+            if bad.any():
+                b, n = _first_bad(bad)
+                raise CTCValueError(f"labels must be right-padded: label_paddings[{b}, {n + 1}] = 0 follows a "
+                                    f"padded position label_paddings[{b}, {n}] = 1")
+        real = lpad == 0
+        bad = real & ((lab < 0) | (lab >= K))
+        if bad.any():
+            b, n = _first_bad(bad)
+            raise CTCValueError(f"labels[{b}, {n}] = {int(lab[b, n])} is outside [0, {K}) (K = number of classes)")
+        if not np.isfinite(eps):
+            raise CTCValueError(f"log_epsilon must be finite, got {eps}")
+    dt = x.dtype
+    x = np.ascontiguousarray(x) if (x.size and x.strides[-1] != x.itemsize) else x
+    if x.size and (not x.dtype.isnative or not x.flags.aligned or any(s % x.itemsize for s in x.strides)):
+        x = np.ascontiguousarray(x, dtype=dt.newbyteorder("="))
+    pad = np.asarray(fpad, dtype=dt.newbyteorder("="))
+    if pad.size and (not pad.flags.aligned or any(s % pad.itemsize for s in pad.strides)):
+        pad = np.ascontiguousarray(pad)
+    # labels beyond int32 are clipped: any value outside [0, K) emits with log-probability 0
+    lab32 = np.ascontiguousarray(np.clip(lab, _I32.min, _I32.max) if lab.dtype.itemsize > 4 or lab.dtype == np.uint32
+                                 else lab, dtype=np.int32)
+    return x, pad, lab32, np.ascontiguousarray(label_len), blank, eps
+
+
+def _run(x, pad, lab32, label_len, blank, eps, want_grad, num_threads=None):
+    B, T, K = x.shape
+    N = lab32.shape[1]
+    dt = x.dtype.newbyteorder("=")
+    loss = np.zeros(B, dtype=dt)
+    phi = np.zeros((T, B, N + 1), dtype=dt)
+    emit = np.zeros((T, B, N), dtype=dt)
+    grad = np.zeros((B, T, K), dtype=dt) if want_grad else None
+    if B == 0:
+        return loss, phi, emit, grad
+    work = np.empty((B, _optax_core.work_size(T, N)), dtype=dt)
+    with _engine._ThreadBudget(num_threads) as threads:
+        _optax_core.run(x, pad, lab32, label_len, blank, eps, phi, emit, grad, loss, work, threads)
+    return loss, phi, emit, grad
+
+
+def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
+                                log_epsilon=-1e5, num_threads=None):
+    """optax.ctc_loss_with_forward_probs on NumPy arrays.
+
+    Returns (loss (B,), logalpha_blank (T, B, N+1), logalpha_nonblank (T, B, N)) in logits'
+    dtype (float32 or float64).  Paddings must hold 0.0/1.0 and labels be right-padded;
+    unpadded labels must lie in [0, K).
+    """
+    num_threads = check_num_threads(num_threads)
+    prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
+    loss, phi, emit, _ = _run(*prepared, want_grad=False, num_threads=num_threads)
+    return loss, phi, emit
+
+
+def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, log_epsilon=-1e5,
+                   *, num_threads=None):
+    """optax.ctc_loss on NumPy arrays: the per-sequence loss (B,)."""
+    return ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, blank_id=blank_id,
+                                       log_epsilon=log_epsilon, num_threads=num_threads)[0]
+
+
+def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0, log_epsilon=-1e5,
+                  num_threads=None, check_values=True):
+    """(loss (B,), d loss[b] / d logits[b] (B, T, K)): the gradient optax's loss has under
+    jax.grad (paddings held constant), from one forward and one reverse sweep.
+
+    check_values=False skips the checks that read values (used inside jax callbacks, where
+    an exception cannot be raised usefully); the kernel stays in bounds regardless.
+    """
+    num_threads = check_num_threads(num_threads)
+    prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,
+                        check_values=check_values)
+    loss, _, _, grad = _run(*prepared, want_grad=True, num_threads=num_threads)
+    return loss, grad
