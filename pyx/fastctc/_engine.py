@@ -111,6 +111,27 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
     return batch, blank, reduction, zero_infinity, from_logits, num_threads
 
 
+def _on_gpu(log_probs) -> bool:
+    """True when the activations live on a CUDA device (the GPU path takes the call)."""
+    mod = type(log_probs).__module__.split(".")[0]
+    if mod == "numpy" or isinstance(log_probs, (list, tuple)):
+        return False
+    if not (hasattr(log_probs, "__cuda_array_interface__") or hasattr(log_probs, "__dlpack_device__")
+            or mod == "torch"):
+        return False
+    from . import _cuda
+    return _cuda.is_cuda_array(log_probs)
+
+
+def _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+              from_logits, want_grad):
+    from . import _cuda
+    reduction = check_reduction(reduction)
+    return _cuda.ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                                 check_flag(zero_infinity, "zero_infinity"),
+                                 check_flag(from_logits, "from_logits"), want_grad)
+
+
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
              zero_infinity=False, *, from_logits=False, num_threads=None):
     """CTC loss with torch.nn.functional.ctc_loss's semantics, on NumPy arrays.
@@ -123,6 +144,9 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
         max(target_length, 1), then the batch mean).  Returns NumPy arrays of log_probs'
         dtype (0-d for sum/mean).  Infeasible targets give +inf (0 with zero_infinity).
     """
+    if _on_gpu(log_probs):
+        return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                         zero_infinity, from_logits, False)[0]
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
@@ -145,6 +169,9 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     from_logits=True: grad = d loss / d logits = weight * (softmax - occupancy).
     Infeasible sequences: loss +inf (0 with zero_infinity), gradient rows 0.
     """
+    if _on_gpu(log_probs):
+        return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                         zero_infinity, from_logits, True)
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
