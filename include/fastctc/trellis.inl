@@ -108,8 +108,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
             } else {
                 const FCTC_T *prev = alpha_rows + (want_grad ? (size_t)(t - 1) : (size_t)((t - 1) & 1)) * W + 2;
-                FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], emit, lo, hi);
-                best = k->alpha_row(prev, cur, emit, skip, lo, hi, row_max);
+                best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max);
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
             }
@@ -144,6 +143,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
         if (log_likelihood != FCTC_NEG_INF && T > 0) {
             FCTC_T *bcur = beta_rows + 2;          /* beta(t) - beta_offset */
             FCTC_T *bnext = beta_rows + W + 2;     /* beta(t+1) + emit(t+1) - beta_offset */
+            FCTC_T *bspare = emit + 2;             /* receives beta(t) + emit(t) */
             double beta_offset = 0;
             FCTC_T next_max = 0;                   /* maximum of bnext (0 when all -inf) */
             for (t = T - 1; t >= 0; --t) {
@@ -157,9 +157,14 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                     bcur[S - 1] = 0;
                     if (S > 1) bcur[S - 2] = 0;
                 } else {
-                    k->beta_row(bnext, bcur, skip, lo, hi, next_max);
+                    FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max);
                     FCTC_FN(fctc_fence)(bcur, lo, hi);
+                    FCTC_FN(fctc_fence)(bspare, lo, hi);
                     beta_offset += (double)next_max;
+                    FCTC_T *swap = bnext;
+                    bnext = bspare;
+                    bspare = swap;
+                    next_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
                 }
                 /* alpha + beta - log p, with the large parts combined in double so that
                  * float32 keeps its precision however far the log-probs reach. */
@@ -174,11 +179,12 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 g[blank] -= scale * blank_occupancy;
                 for (s = lo | 1; s < hi; s += 2) g[ext[s]] -= scale * gam[s];
 
-                if (t > 0) {
+                if (t == T - 1 && t > 0) {
+                    /* the first nb row: beta(T-1) + emit(T-1); later ones come from beta_row */
                     FCTC_T best = FCTC_NEG_INF;
-                    FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], emit, lo, hi);
+                    FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], bnext, lo, hi);
                     for (s = lo; s < hi; ++s) {
-                        FCTC_T v = bcur[s] + emit[s];
+                        FCTC_T v = bcur[s] + bnext[s];
                         bnext[s] = v;
                         best = v > best ? v : best;
                     }
