@@ -13,9 +13,9 @@
 
 typedef struct FCTC_FN(fctc_kernels) {
     FCTC_T (*alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext, FCTC_T emit_shift,
-                        const FCTC_T *skip, int lo, int hi, FCTC_T shift);
+                        const FCTC_T *skip, int lo, int hi, FCTC_T shift, FCTC_T *tmp);
     FCTC_T (*beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x, const int *ext,
-                       FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi, FCTC_T shift);
+                       FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi, FCTC_T shift, FCTC_T *tmp);
     void (*gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out, int lo, int hi);
     FCTC_T (*row_lse)(const FCTC_T *x, int C);
     void (*scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C);

@@ -21,10 +21,12 @@
  * (emit_shift is the frame's log-sum-exp in logits mode, else 0); returns max over
  * [lo, hi) of cur (-inf when the band is empty or all -inf).  The caller passes the
  * previous row's maximum as shift, which keeps every stored row's maximum near 0 (the
- * removed offsets are summed in double by the trellis). */
+ * removed offsets are summed in double by the trellis).  tmp: a scratch row (W
+ * elements, same padding) the vector kernels gather the emissions into. */
 static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,
                                              FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
-                                             FCTC_T shift) {
+                                             FCTC_T shift, FCTC_T *tmp) {
+    (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = prev[s], b = prev[s - 1], c = prev[s - 2] + skip[s];
@@ -46,7 +48,8 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
  * (the next step's nb, emit as in alpha_row) and returns its maximum over [lo, hi). */
 static FCTC_T FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,
                                             const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo,
-                                            int hi, FCTC_T shift) {
+                                            int hi, FCTC_T shift, FCTC_T *tmp) {
+    (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = nb[s], b = nb[s + 1], c = nb[s + 2] + skip[s + 2];

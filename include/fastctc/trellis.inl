@@ -123,7 +123,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
             } else {
                 const FCTC_T *prev = alpha_rows + (want_grad ? (size_t)(t - 1) : (size_t)((t - 1) & 1)) * W + 2;
-                best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max);
+                best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, emit);
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
             }
@@ -172,7 +172,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                     bcur[S - 1] = 0;
                     if (S > 1) bcur[S - 2] = 0;
                 } else {
-                    FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max);
+                    FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max, gam);
                     FCTC_FN(fctc_fence)(bcur, lo, hi);
                     FCTC_FN(fctc_fence)(bspare, lo, hi);
                     beta_offset += (double)next_max;
@@ -293,7 +293,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                         best = FCTC_NEG_INF;
                         for (ss = lo; ss < hi; ++ss) best = cur[ss] > best ? cur[ss] : best;
                     } else {
-                        best = k->alpha_row(cur - W, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max);
+                        best = k->alpha_row(cur - W, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max, a_gam);
                         FCTC_FN(fctc_fence)(cur, lo, hi);
                         offset += (double)row_max;
                     }
@@ -325,7 +325,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     x = job->acts + (ptrdiff_t)tt * job->act_stride;
                     lo = fctc_max_int(0, S - 2 * (T - tt));
                     hi = fctc_min_int(S, 2 * tt + 2);
-                    best = k->beta_row(nb, dst, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax);
+                    best = k->beta_row(nb, dst, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax, b_gam);
                     FCTC_FN(fctc_fence)(dst, lo, hi);
                     FCTC_FN(fctc_fence)(spare, lo, hi);
                     boff += (double)nmax;
@@ -382,7 +382,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
                     FCTC_T *cur = (tt & 1) ? a_row1 : a_row0;
                     int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
-                    FCTC_T best = k->alpha_row(prev, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max);
+                    FCTC_T best = k->alpha_row(prev, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max, a_gam);
                     FCTC_FN(fctc_fence)(cur, lo, hi);
                     offset += (double)row_max;
                     row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
@@ -402,7 +402,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
                     int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
                     if (tt < m - 1) {
-                        FCTC_T best = k->beta_row(nb, b_cur, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax);
+                        FCTC_T best = k->beta_row(nb, b_cur, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax, b_gam);
                         FCTC_FN(fctc_fence)(b_cur, lo, hi);
                         FCTC_FN(fctc_fence)(spare, lo, hi);
                         boff += (double)nmax;

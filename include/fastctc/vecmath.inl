@@ -28,6 +28,7 @@
 #if FCTC_IS_F64
 #define FCTC_VEXP_LO (-746.0)
 #define FCTC_VEXP_HI (710.0)
+#define FCTC_VEXP_FLUSH (-707.0)
 #define FCTC_LN2_HI 6.93147180369123816490e-01
 #define FCTC_LN2_LO 1.90821492927058770002e-10
 #define FCTC_LOG2E 1.44269504088896338700e+00
@@ -37,6 +38,7 @@
 #else
 #define FCTC_VEXP_LO (-104.0f)
 #define FCTC_VEXP_HI (89.0f)
+#define FCTC_VEXP_FLUSH (-87.0f)
 #define FCTC_LN2_HI 0.693359375f
 #define FCTC_LN2_LO (-2.12194440e-4f)
 #define FCTC_LOG2E 1.44269504088896341f
@@ -75,6 +77,43 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp)(VT x) {
     VT n1 = V_FLOOR(V_MUL(n, FCTC_C(0.5)));
     VT n2 = V_SUB(n, n1);
     return V_MUL(V_MUL(p, V_POW2(n1)), V_POW2(n2));
+}
+
+/* e^x for x <= 0, used where the result is added to 1 (the log-add-exp sums): inputs
+ * below FCTC_VEXP_FLUSH give e^FCTC_VEXP_FLUSH (about 1e-38 / 1e-307, nothing next to
+ * 1), so 2^n is one normal factor; NaN in, NaN out; same polynomial as fctc_vexp. */
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp_neg)(VT x) {
+    VT xc = V_MAX(FCTC_C(FCTC_VEXP_FLUSH), x);
+    VT n = V_ROUND(V_MUL(xc, FCTC_C(FCTC_LOG2E)));
+    VT r = V_FMA(n, FCTC_C(-FCTC_LN2_HI), xc);
+    r = V_FMA(n, FCTC_C(-FCTC_LN2_LO), r);
+    VT p;
+#if FCTC_IS_F64
+    p = FCTC_C(1.0 / 6227020800.0);
+    p = V_FMA(p, r, FCTC_C(1.0 / 479001600.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 39916800.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 3628800.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 362880.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 40320.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 5040.0));
+#else
+    p = FCTC_C(1.0 / 5040.0);
+#endif
+    p = V_FMA(p, r, FCTC_C(1.0 / 720.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 120.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 24.0));
+    p = V_FMA(p, r, FCTC_C(1.0 / 6.0));
+    p = V_FMA(p, r, FCTC_C(0.5));
+    p = V_FMA(p, r, FCTC_C(1.0));
+    p = V_FMA(p, r, FCTC_C(1.0));
+    return V_MUL(p, V_POW2(n));
+}
+
+/* e^x for x <= ~88 (the occupancies, whose exponent is <= 0 up to rounding): like
+ * fctc_vexp_neg, but inputs below FCTC_VEXP_FLUSH give exactly 0 (so -inf -> 0 and
+ * unreachable states contribute nothing); one 2^n factor, so no subnormal results. */
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp_occ)(VT x) {
+    return V_SELECT(V_CMP_LT(x, FCTC_C(FCTC_VEXP_FLUSH)), FCTC_C(0.0), FCTC_VN(fctc_vexp_neg)(x));
 }
 
 /* log(m) + e ln2 for m in [1, 2) (from V_FREXP) and integral e; no special cases. */
