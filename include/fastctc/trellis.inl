@@ -28,6 +28,27 @@
  * Instantiated for float and double through template.h.
  */
 
+#ifndef FCTC_PREFETCH_DEFINED
+#define FCTC_PREFETCH_DEFINED
+#if defined(__GNUC__) || defined(__clang__)
+#define FCTC_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
+#else
+#define FCTC_PREFETCH(p) ((void)(p))
+#endif
+#endif
+
+/* Large alphabets: the trellis reads a few scattered classes of every frame (the
+ * labels), which would cost one cache miss each; fetching the whole next frame ahead
+ * (one prefetch per 64-byte line, while this frame's row is computed) turns those misses
+ * into one streaming read.  Only for frames of at least 1 KiB (smaller ones are a line
+ * or two anyway) with at most two lines per state (otherwise most fetched lines would
+ * go unread: vocab5k with 121 states in 313 lines measured 1.7x slower with it). */
+static void FCTC_FN(fctc_prefetch_frame)(const FCTC_T *x, int C, int S) {
+    size_t bytes = (size_t)C * sizeof(FCTC_T);
+    if (bytes < 1024 || bytes / 64 > 2 * (size_t)S) return;
+    for (size_t off = 0; off < bytes; off += 64) FCTC_PREFETCH((const char *)x + off);
+}
+
 static FCTC_T *FCTC_FN(fctc_carve)(unsigned char **cursor, size_t count) {
     FCTC_T *p = (FCTC_T *)*cursor;
     *cursor += fctc_round_up(count * sizeof(FCTC_T), FCTC_ALIGN);
@@ -123,6 +144,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
             } else {
                 const FCTC_T *prev = alpha_rows + (want_grad ? (size_t)(t - 1) : (size_t)((t - 1) & 1)) * W + 2;
+                if (t + 1 < T) FCTC_FN(fctc_prefetch_frame)(x + job->act_stride, C, S);
                 best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, emit);
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
@@ -172,6 +194,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                     bcur[S - 1] = 0;
                     if (S > 1) bcur[S - 2] = 0;
                 } else {
+                    if (t > 0) FCTC_FN(fctc_prefetch_frame)(x - job->act_stride, C, S);
                     FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max, gam);
                     FCTC_FN(fctc_fence)(bcur, lo, hi);
                     FCTC_FN(fctc_fence)(bspare, lo, hi);
