@@ -167,7 +167,8 @@ def _batch(rng, T, N, C, L, dtype, scale=2.0):
 
 
 @pytest.mark.parametrize("dtype,rtol,gtol", [(np.float32, 2e-6, 2e-5), (np.float64, 1e-12, 1e-11)])
-@pytest.mark.parametrize("shape", [(50, 4, 7, 12), (120, 3, 40, 50), (33, 5, 3, 15), (9, 2, 300, 3)])
+@pytest.mark.parametrize("shape", [(50, 4, 7, 12), (120, 3, 40, 50), (33, 5, 3, 15), (9, 2, 300, 3),
+                                   (7, 3, 4100, 5)])  # rows >= 16 KiB: the streaming gradient path
 def test_levels_agree(dtype, rtol, gtol, shape):
     rng = np.random.default_rng(sum(shape))
     T, N, C, L = shape
@@ -285,6 +286,23 @@ def test_x86_kernels_compile_with_baseline_flags(tmp_path):
     flags = _cpu_flags() or set()
     assert (avx512_ok == "1") == ({"avx512f", "avx512dq"} <= flags)
     assert level == LEVELS[-1]
+
+
+@pytest.mark.parametrize("compiler,lang", [("g++", "c++"), ("clang", "c")])
+def test_other_compilers_build_the_kernels(tmp_path, compiler, lang):
+    """C++ (the header promises C++11) and clang: warning-free, and the level is right."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not installed")
+    src = tmp_path / "prog.c"
+    src.write_text(_C_PROGRAM)
+    exe = tmp_path / "prog"
+    std = "-std=c++11" if lang == "c++" else "-std=c99"
+    cmd = [compiler, "-x", lang, std, "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
+           "-I", INCLUDE, str(src), "-o", str(exe), "-lm"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, env=dict(os.environ, FASTCTC_SIMD=""))
+    assert run.returncode == 0 and run.stdout.split()[0] == LEVELS[-1]
 
 
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed (cross syntax check of NEON)")

@@ -13,7 +13,17 @@
  * int/float conversion instruction (AVX2 has none for 64-bit lanes) is needed.
  */
 #ifdef FCTC_HAVE_X86_KERNELS
+/* GCC 12's AVX-512 intrinsic headers trip its own -Wmaybe-uninitialized (their
+ * "undefined" vectors) when compiled as C++; silence that for the header's lines only. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #define FCTC_ISA avx2
 #define FCTC_VTARGET __attribute__((target("avx2,fma")))
@@ -63,6 +73,9 @@ static inline FCTC_VTARGET double fctc_avx2_hsum_f64(__m256d v) {
 #define V_FREXP(x, e) fctc_avx2_frexp_f64((x), &(e))
 #define V_HMAX(v) fctc_avx2_hmax_f64(v)
 #define V_HSUM(v) fctc_avx2_hsum_f64(v)
+#define V_STREAM(p, v) _mm256_stream_pd((p), (v))
+#define V_ALIGN 32
+#define V_SFENCE() _mm_sfence()
 #else
 #define VT __m256
 #define VM __m256
@@ -111,6 +124,9 @@ static inline FCTC_VTARGET float fctc_avx2_hsum_f32(__m256 v) {
 #define V_FREXP(x, e) fctc_avx2_frexp_f32((x), &(e))
 #define V_HMAX(v) fctc_avx2_hmax_f32(v)
 #define V_HSUM(v) fctc_avx2_hsum_f32(v)
+#define V_STREAM(p, v) _mm256_stream_ps((p), (v))
+#define V_ALIGN 32
+#define V_SFENCE() _mm_sfence()
 #endif
 
 #include "vecmath.inl"

@@ -8,7 +8,17 @@
  * Instantiated for float and double.
  */
 #ifdef FCTC_HAVE_X86_KERNELS
+/* GCC 12's AVX-512 intrinsic headers trip its own -Wmaybe-uninitialized (their
+ * "undefined" vectors) when compiled as C++; silence that for the header's lines only. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #define FCTC_ISA avx512
 #define FCTC_VTARGET __attribute__((target("avx512f,avx512dq,avx2,fma")))
@@ -41,6 +51,9 @@
 #define V_FREXP(x, e) ((e) = _mm512_getexp_pd(x), _mm512_getmant_pd((x), _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero))
 #define V_HMAX(v) _mm512_reduce_max_pd(v)
 #define V_HSUM(v) _mm512_reduce_add_pd(v)
+#define V_STREAM(p, v) _mm512_stream_pd((p), (v))
+#define V_ALIGN 64
+#define V_SFENCE() _mm_sfence()
 #else
 #define VT __m512
 #define VM __mmask16
@@ -68,6 +81,9 @@
 #define V_FREXP(x, e) ((e) = _mm512_getexp_ps(x), _mm512_getmant_ps((x), _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero))
 #define V_HMAX(v) _mm512_reduce_max_ps(v)
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
+#define V_STREAM(p, v) _mm512_stream_ps((p), (v))
+#define V_ALIGN 64
+#define V_SFENCE() _mm_sfence()
 #endif
 
 #include "vecmath.inl"
