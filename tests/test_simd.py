@@ -168,7 +168,7 @@ def _batch(rng, T, N, C, L, dtype, scale=2.0):
 
 @pytest.mark.parametrize("dtype,rtol,gtol", [(np.float32, 2e-6, 2e-5), (np.float64, 1e-12, 1e-11)])
 @pytest.mark.parametrize("shape", [(50, 4, 7, 12), (120, 3, 40, 50), (33, 5, 3, 15), (9, 2, 300, 3),
-                                   (7, 3, 4100, 5)])  # rows >= 16 KiB: the streaming gradient path
+                                   (7, 3, 4100, 5)])
 def test_levels_agree(dtype, rtol, gtol, shape):
     rng = np.random.default_rng(sum(shape))
     T, N, C, L = shape

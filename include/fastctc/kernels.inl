@@ -20,11 +20,6 @@ typedef struct FCTC_FN(fctc_kernels) {
     FCTC_T (*row_lse)(const FCTC_T *x, int C);
     void (*scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C);
     void (*fill_row)(FCTC_T *out, FCTC_T value, int C);
-    /* NULL, or a whole gradient row (see fctc_grad_row in trellis.inl) built in L1-sized
-     * chunks and written with non-temporal stores: for rows too large to stay cached,
-     * it saves the read-for-ownership of every gradient line. */
-    void (*grad_row_stream)(const FCTC_T *x, FCTC_T lse, FCTC_T scale, int from_logits, FCTC_T *g, int C,
-                            const FCTC_T *gam, const int *ext, int lo, int hi, int blank);
     /* test hooks: the kernel set's exp and log over an array */
     void (*exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);
     void (*log_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);

@@ -73,9 +73,6 @@ static inline FCTC_VTARGET double fctc_avx2_hsum_f64(__m256d v) {
 #define V_FREXP(x, e) fctc_avx2_frexp_f64((x), &(e))
 #define V_HMAX(v) fctc_avx2_hmax_f64(v)
 #define V_HSUM(v) fctc_avx2_hsum_f64(v)
-#define V_STREAM(p, v) _mm256_stream_pd((p), (v))
-#define V_ALIGN 32
-#define V_SFENCE() _mm_sfence()
 #else
 #define VT __m256
 #define VM __m256
@@ -124,9 +121,6 @@ static inline FCTC_VTARGET float fctc_avx2_hsum_f32(__m256 v) {
 #define V_FREXP(x, e) fctc_avx2_frexp_f32((x), &(e))
 #define V_HMAX(v) fctc_avx2_hmax_f32(v)
 #define V_HSUM(v) fctc_avx2_hsum_f32(v)
-#define V_STREAM(p, v) _mm256_stream_ps((p), (v))
-#define V_ALIGN 32
-#define V_SFENCE() _mm_sfence()
 #endif
 
 #include "vecmath.inl"

@@ -51,9 +51,6 @@
 #define V_FREXP(x, e) ((e) = _mm512_getexp_pd(x), _mm512_getmant_pd((x), _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero))
 #define V_HMAX(v) _mm512_reduce_max_pd(v)
 #define V_HSUM(v) _mm512_reduce_add_pd(v)
-#define V_STREAM(p, v) _mm512_stream_pd((p), (v))
-#define V_ALIGN 64
-#define V_SFENCE() _mm_sfence()
 #else
 #define VT __m512
 #define VM __mmask16
@@ -81,9 +78,6 @@
 #define V_FREXP(x, e) ((e) = _mm512_getexp_ps(x), _mm512_getmant_ps((x), _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero))
 #define V_HMAX(v) _mm512_reduce_max_ps(v)
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
-#define V_STREAM(p, v) _mm512_stream_ps((p), (v))
-#define V_ALIGN 64
-#define V_SFENCE() _mm_sfence()
 #endif
 
 #include "vecmath.inl"

@@ -53,9 +53,6 @@ static inline float64x2_t fctc_neon_frexp_f64(float64x2_t x, float64x2_t *e) {
 #define V_FREXP(x, e) fctc_neon_frexp_f64((x), &(e))
 #define V_HMAX(v) vmaxvq_f64(v)
 #define V_HSUM(v) vaddvq_f64(v)
-#define V_STREAM(p, v) vst1q_f64((p), (v)) /* no non-temporal store in NEON */
-#define V_ALIGN 16
-#define V_SFENCE() ((void)0)
 #else
 #define VT float32x4_t
 #define VM uint32x4_t
@@ -98,9 +95,6 @@ static inline float32x4_t fctc_neon_frexp_f32(float32x4_t x, float32x4_t *e) {
 #define V_FREXP(x, e) fctc_neon_frexp_f32((x), &(e))
 #define V_HMAX(v) vmaxvq_f32(v)
 #define V_HSUM(v) vaddvq_f32(v)
-#define V_STREAM(p, v) vst1q_f32((p), (v)) /* no non-temporal store in NEON */
-#define V_ALIGN 16
-#define V_SFENCE() ((void)0)
 #endif
 
 #include "vecmath.inl"

@@ -148,50 +148,6 @@ static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C
     for (; c < C; ++c) out[c] = value;
 }
 
-/* One gradient row, g[c] = scale * (softmax(x)[c] (logits) or 0 - occupancy of c), in
- * chunks of FCTC_STREAM_CHUNK classes: each chunk is computed into an L1 buffer, gets
- * the occupancy of the states whose label falls inside it (blank first, then labels in
- * state order: the same order, so the same rounding, as the plain path), and is written
- * with non-temporal stores where the destination is aligned.  A final store fence makes
- * the row visible before the caller's OpenMP barrier. */
-#define FCTC_STREAM_CHUNK 512
-static FCTC_VTARGET void FCTC_VN(fctc_grad_row_stream)(const FCTC_T *x, FCTC_T lse, FCTC_T scale, int from_logits,
-                                                       FCTC_T *g, int C, const FCTC_T *gam, const int *ext, int lo,
-                                                       int hi, int blank) {
-    FCTC_T buf[FCTC_STREAM_CHUNK + VW];
-    FCTC_T blank_occupancy = 0;
-    int s, i;
-    for (s = lo + (lo & 1); s < hi; s += 2) blank_occupancy += gam[s];
-    const VT sh = V_SET1(lse), sc = V_SET1(scale), zero = FCTC_C(0.0);
-    /* the first chunk ends where g becomes aligned, so every later chunk starts aligned */
-    int head = (int)(((V_ALIGN - ((uintptr_t)g % V_ALIGN)) % V_ALIGN) / sizeof(FCTC_T));
-    if ((uintptr_t)g % sizeof(FCTC_T)) head = C; /* misaligned element pointer: plain stores only */
-    int c0 = 0;
-    while (c0 < C) {
-        int n = c0 == 0 && head > 0 ? (head < C ? head : C) : (C - c0 < FCTC_STREAM_CHUNK ? C - c0 : FCTC_STREAM_CHUNK);
-        int body = n - n % VW;
-        for (i = 0; i < body; i += VW)
-            V_STORE(buf + i, from_logits ? V_MUL(sc, FCTC_VN(fctc_vexp_occ)(V_SUB(V_LOAD(x + c0 + i), sh))) : zero);
-        if (body < n) {
-            VT v = from_logits ? V_MUL(sc, FCTC_VN(fctc_vexp_occ)(V_SUB(FCTC_VN(fctc_load_tail)(x + c0 + body, n - body, 0), sh)))
-                               : zero;
-            V_STORE(buf + body, v);
-        }
-        if (blank >= c0 && blank < c0 + n) buf[blank - c0] -= scale * blank_occupancy;
-        for (s = lo | 1; s < hi; s += 2)
-            if ((unsigned)(ext[s] - c0) < (unsigned)n) buf[ext[s] - c0] -= scale * gam[s];
-        FCTC_T *dst = g + c0;
-        if ((uintptr_t)dst % V_ALIGN == 0) {
-            for (i = 0; i < body; i += VW) V_STREAM(dst + i, V_LOAD(buf + i));
-            for (; i < n; ++i) dst[i] = buf[i];
-        } else {
-            for (i = 0; i < n; ++i) dst[i] = buf[i];
-        }
-        c0 += n;
-    }
-    V_SFENCE();
-}
-
 /* Test hooks: the vector exp / log over an array (whole vectors, then a padded tail). */
 static FCTC_VTARGET void FCTC_VN(fctc_exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
     ptrdiff_t i;
@@ -215,9 +171,8 @@ static FCTC_VTARGET void FCTC_VN(fctc_log_array)(const FCTC_T *x, FCTC_T *out, p
 
 static const FCTC_FN(fctc_kernels) FCTC_VN(fctc_kernels) = {
     FCTC_VN(fctc_alpha_row),      FCTC_VN(fctc_beta_row), FCTC_VN(fctc_gamma_row), FCTC_VN(fctc_row_lse),
-    FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row), FCTC_VN(fctc_grad_row_stream), FCTC_VN(fctc_exp_array), FCTC_VN(fctc_log_array)};
+    FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row), FCTC_VN(fctc_exp_array), FCTC_VN(fctc_log_array)};
 
-#undef FCTC_STREAM_CHUNK
 #undef FCTC_VEXP_LO
 #undef FCTC_VEXP_HI
 #undef FCTC_VEXP_FLUSH

@@ -31,12 +31,6 @@
 
 #ifndef FCTC_PREFETCH_DEFINED
 #define FCTC_PREFETCH_DEFINED
-/* Gradient rows of at least this many bytes take the kernels' streaming path (a row that
- * big times the batch does not stay in cache, so reading its lines before overwriting
- * them is wasted bandwidth); smaller rows use plain stores. */
-#ifndef FCTC_STREAM_MIN_BYTES
-#define FCTC_STREAM_MIN_BYTES 16384
-#endif
 #if defined(__GNUC__) || defined(__clang__)
 #define FCTC_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
 #else
@@ -84,10 +78,6 @@ static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN
                                    int lo, int hi) {
     const FCTC_T scale = (FCTC_T)job->grad_scale;
     int s;
-    if (k->grad_row_stream && (size_t)job->alphabet_size * sizeof(FCTC_T) >= FCTC_STREAM_MIN_BYTES) {
-        k->grad_row_stream(x, lse, scale, job->from_logits, g, job->alphabet_size, gam, ext, lo, hi, job->blank);
-        return;
-    }
     if (job->from_logits) k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
     else k->fill_row(g, (FCTC_T)0, job->alphabet_size);
     FCTC_T blank_occupancy = 0;

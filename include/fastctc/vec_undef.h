@@ -29,6 +29,3 @@
 #undef V_FREXP
 #undef V_HMAX
 #undef V_HSUM
-#undef V_STREAM
-#undef V_ALIGN
-#undef V_SFENCE
