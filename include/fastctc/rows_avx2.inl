@@ -49,7 +49,6 @@
 #define V_CMP_NAN(a) _mm256_cmp_pd((a), (a), _CMP_UNORD_Q)
 #define V_MASK_OR(a, b) _mm256_or_pd((a), (b))
 #define V_SELECT(m, t, f) _mm256_blendv_pd((f), (t), (m))
-#define V_GATHER(base, idx) _mm256_i32gather_pd((base), _mm_loadu_si128((const __m128i *)(idx)), 8)
 static inline FCTC_VTARGET __m256d fctc_avx2_pow2_f64(__m256d n) {
     __m256i bits = _mm256_castpd_si256(_mm256_add_pd(n, _mm256_set1_pd(4503599627370496.0 + 1023.0)));
     return _mm256_castsi256_pd(_mm256_slli_epi64(bits, 52));
@@ -95,7 +94,6 @@ static inline FCTC_VTARGET double fctc_avx2_hsum_f64(__m256d v) {
 #define V_CMP_NAN(a) _mm256_cmp_ps((a), (a), _CMP_UNORD_Q)
 #define V_MASK_OR(a, b) _mm256_or_ps((a), (b))
 #define V_SELECT(m, t, f) _mm256_blendv_ps((f), (t), (m))
-#define V_GATHER(base, idx) _mm256_i32gather_ps((base), _mm256_loadu_si256((const __m256i *)(idx)), 4)
 static inline FCTC_VTARGET __m256 fctc_avx2_pow2_f32(__m256 n) {
     __m256i bits = _mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(8388608.0f + 127.0f)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));

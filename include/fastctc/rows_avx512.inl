@@ -44,7 +44,6 @@
 #define V_CMP_NAN(a) _mm512_cmp_pd_mask((a), (a), _CMP_UNORD_Q)
 #define V_MASK_OR(a, b) ((__mmask8)((a) | (b)))
 #define V_SELECT(m, t, f) _mm512_mask_blend_pd((m), (f), (t))
-#define V_GATHER(base, idx) _mm512_i32gather_pd(_mm256_loadu_si256((const __m256i *)(idx)), (base), 8)
 /* 2^n for integral n: scalef(1, n) = 1 * 2^floor(n) */
 #define V_POW2(n) _mm512_scalef_pd(_mm512_set1_pd(1.0), (n))
 /* getmant with interval [1, 2) and getexp = floor(log2 x), exact for positive normals */
@@ -73,7 +72,6 @@
 #define V_CMP_NAN(a) _mm512_cmp_ps_mask((a), (a), _CMP_UNORD_Q)
 #define V_MASK_OR(a, b) ((__mmask16)((a) | (b)))
 #define V_SELECT(m, t, f) _mm512_mask_blend_ps((m), (f), (t))
-#define V_GATHER(base, idx) _mm512_i32gather_ps(_mm512_loadu_si512((const void *)(idx)), (base), 4)
 #define V_POW2(n) _mm512_scalef_ps(_mm512_set1_ps(1.0f), (n))
 #define V_FREXP(x, e) ((e) = _mm512_getexp_ps(x), _mm512_getmant_ps((x), _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero))
 #define V_HMAX(v) _mm512_reduce_max_ps(v)

@@ -34,10 +34,6 @@
 #define V_MASK_OR(a, b) vorrq_u64((a), (b))
 #define V_SELECT(m, t, f) vbslq_f64((m), (t), (f))
 #define FCTC_NEON_NOT_U64(m) vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(m)))
-static inline float64x2_t fctc_neon_gather_f64(const double *base, const int *idx) {
-    float64x2_t v = vdupq_n_f64(base[idx[0]]);
-    return vsetq_lane_f64(base[idx[1]], v, 1);
-}
 static inline float64x2_t fctc_neon_pow2_f64(float64x2_t n) {
     int64x2_t k = vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023));
     return vreinterpretq_f64_s64(vshlq_n_s64(k, 52));
@@ -48,7 +44,6 @@ static inline float64x2_t fctc_neon_frexp_f64(float64x2_t x, float64x2_t *e) {
     return vreinterpretq_f64_u64(
         vorrq_u64(vandq_u64(bits, vdupq_n_u64(0x000fffffffffffffULL)), vdupq_n_u64(0x3ff0000000000000ULL)));
 }
-#define V_GATHER(base, idx) fctc_neon_gather_f64((base), (idx))
 #define V_POW2(n) fctc_neon_pow2_f64(n)
 #define V_FREXP(x, e) fctc_neon_frexp_f64((x), &(e))
 #define V_HMAX(v) vmaxvq_f64(v)
@@ -75,12 +70,6 @@ static inline float64x2_t fctc_neon_frexp_f64(float64x2_t x, float64x2_t *e) {
 #define V_CMP_NAN(a) vmvnq_u32(vceqq_f32((a), (a)))
 #define V_MASK_OR(a, b) vorrq_u32((a), (b))
 #define V_SELECT(m, t, f) vbslq_f32((m), (t), (f))
-static inline float32x4_t fctc_neon_gather_f32(const float *base, const int *idx) {
-    float32x4_t v = vdupq_n_f32(base[idx[0]]);
-    v = vsetq_lane_f32(base[idx[1]], v, 1);
-    v = vsetq_lane_f32(base[idx[2]], v, 2);
-    return vsetq_lane_f32(base[idx[3]], v, 3);
-}
 static inline float32x4_t fctc_neon_pow2_f32(float32x4_t n) {
     int32x4_t k = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
     return vreinterpretq_f32_s32(vshlq_n_s32(k, 23));
@@ -90,7 +79,6 @@ static inline float32x4_t fctc_neon_frexp_f32(float32x4_t x, float32x4_t *e) {
     *e = vsubq_f32(vcvtq_f32_u32(vshrq_n_u32(bits, 23)), vdupq_n_f32(127.0f));
     return vreinterpretq_f32_u32(vorrq_u32(vandq_u32(bits, vdupq_n_u32(0x007fffffu)), vdupq_n_u32(0x3f800000u)));
 }
-#define V_GATHER(base, idx) fctc_neon_gather_f32((base), (idx))
 #define V_POW2(n) fctc_neon_pow2_f32(n)
 #define V_FREXP(x, e) fctc_neon_frexp_f32((x), &(e))
 #define V_HMAX(v) vmaxvq_f32(v)

@@ -238,10 +238,13 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
  * that row's offset).  After a barrier both know log p = lse_s(alpha(m-1, s) +
  * beta(m-1, s)); then role 0 carries alpha on through [m, T) and writes gradient rows
  * [m, T) from the stored beta, while role 1 carries beta down through [0, m) and writes
- * gradient rows [0, m) from the stored alpha.  The per-frame log-sum-exp (logits mode)
- * is shared out first.  Memory: the serial path's plus four rows (the second role's
- * private rows).  One OpenMP region of at most `threads` threads; with one thread (or
- * OpenMP absent, or nested parallelism off) the roles simply run one after the other.
+ * gradient rows [0, m) from the stored alpha.  Each role computes the per-frame
+ * log-sum-exp (logits mode) of its own frames.  The only synchronisation is one barrier
+ * between the phases (each thread then computes log p itself, bit-identically), which
+ * keeps the cost low when the machine is oversubscribed and a thread gets descheduled.
+ * Memory: the serial path's plus four rows (the second role's private rows).  One
+ * OpenMP region of at most `threads` threads (threads beyond two idle); with one thread
+ * (or OpenMP absent, or nested parallelism off) the roles run one after the other.
  * log p comes from the middle frame rather than the last one: equal mathematically,
  * within rounding of the serial path's value.
  */
@@ -263,7 +266,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
     FCTC_T *a_row0 = FCTC_FN(fctc_carve)(&cursor, W) + 2; /* role 0: two alpha rows and a gamma row */
     FCTC_T *a_gam = FCTC_FN(fctc_carve)(&cursor, W);
     FCTC_T *beta2 = FCTC_FN(fctc_carve)(&cursor, 2 * W);
-    FCTC_T *a_row1 = beta2 + 2, *a_unused = beta2 + W;
+    FCTC_T *a_row1 = beta2 + 2; /* (the second half of beta2 is unused here) */
     FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)T);
     double *row_offsets = (double *)cursor;
     cursor += fctc_round_up((size_t)T * sizeof(double), FCTC_ALIGN);
@@ -272,7 +275,6 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
     FCTC_T *b_nb1 = FCTC_FN(fctc_carve)(&cursor, W) + 2;
     FCTC_T *b_cur = FCTC_FN(fctc_carve)(&cursor, W) + 2;
     FCTC_T *b_gam = FCTC_FN(fctc_carve)(&cursor, W);
-    (void)a_unused;
 
     for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : job->blank;
     ext[S] = ext[S + 1] = job->blank;
@@ -295,14 +297,11 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
         const int tid = 0, nth = 1;
 #endif
         int role, tt, ss;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (tt = 0; tt < T; ++tt)
-            frame_lse[tt] = job->from_logits ? k->row_lse(job->acts + (ptrdiff_t)tt * job->act_stride, C) : (FCTC_T)0;
 
-        /* phase 1 */
+        /* phase 1 (each role also computes the per-frame log-sum-exp of its own frames) */
         for (role = tid; role < 2; role += nth) {
+            for (tt = role == 0 ? 0 : m; tt < (role == 0 ? m : T); ++tt)
+                frame_lse[tt] = job->from_logits ? k->row_lse(job->acts + (ptrdiff_t)tt * job->act_stride, C) : (FCTC_T)0;
             if (role == 0) {
                 double offset = 0;
                 FCTC_T row_max = 0;
@@ -349,7 +348,9 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     x = job->acts + (ptrdiff_t)tt * job->act_stride;
                     lo = fctc_max_int(0, S - 2 * (T - tt));
                     hi = fctc_min_int(S, 2 * tt + 2);
-                    best = k->beta_row(nb, dst, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax, b_gam);
+                    /* frame m-1 belongs to role 0, which may not have reached it: own copy */
+                    FCTC_T lse = tt >= m ? frame_lse[tt] : job->from_logits ? k->row_lse(x, C) : (FCTC_T)0;
+                    best = k->beta_row(nb, dst, spare, x, ext, lse, skip, lo, hi, nmax, b_gam);
                     FCTC_FN(fctc_fence)(dst, lo, hi);
                     FCTC_FN(fctc_fence)(spare, lo, hi);
                     boff += (double)nmax;
@@ -368,7 +369,9 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        /* log p at the middle frame, computed the same way by every thread */
+        /* log p at the middle frame: every thread computes it, bit-identically, from the
+         * same rows (no further synchronisation needed); role 0 reports it. */
+        double lp_mid;
         {
             const FCTC_T *arow = rows + (size_t)(m - 1) * W + 2;
             int lo = fctc_max_int(0, S - 2 * (T - m + 1)), hi = fctc_min_int(S, 2 * m);
@@ -381,15 +384,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                 for (ss = lo; ss < hi; ++ss) sum += exp((double)arow[ss] + (double)b_cur[ss] - mx);
                 mx += log(sum) + row_offsets[m - 1] + off[1];
             }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            if (tid == 0) log_p = mx;
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            lp_mid = mx;
         }
-        const int dead = !(log_p > -HUGE_VAL);
+        if (tid == 0) log_p = lp_mid;
+        const int dead = !(lp_mid > -HUGE_VAL);
 
         /* phase 2 */
         for (role = tid; role < 2; role += nth) {
@@ -410,7 +408,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     FCTC_FN(fctc_fence)(cur, lo, hi);
                     offset += (double)row_max;
                     row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                    k->gamma_row(cur, rows + (size_t)tt * W + 2, (FCTC_T)(offset + row_offsets[tt] - log_p), a_gam,
+                    k->gamma_row(cur, rows + (size_t)tt * W + 2, (FCTC_T)(offset + row_offsets[tt] - lp_mid), a_gam,
                                  lo, hi);
                     FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
                                            a_gam, ext, lo, hi);
@@ -435,7 +433,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                         spare = swap;
                         nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
                     }
-                    k->gamma_row(rows + (size_t)tt * W + 2, b_cur, (FCTC_T)(row_offsets[tt] + boff - log_p), b_gam,
+                    k->gamma_row(rows + (size_t)tt * W + 2, b_cur, (FCTC_T)(row_offsets[tt] + boff - lp_mid), b_gam,
                                  lo, hi);
                     FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
                                            b_gam, ext, lo, hi);

@@ -24,7 +24,6 @@
 #undef V_CMP_NAN
 #undef V_MASK_OR
 #undef V_SELECT
-#undef V_GATHER
 #undef V_POW2
 #undef V_FREXP
 #undef V_HMAX
