@@ -41,12 +41,12 @@
 /* Large alphabets: the trellis reads a few scattered classes of every frame (the
  * labels), which would cost one cache miss each; fetching the whole next frame ahead
  * (one prefetch per 64-byte line, while this frame's row is computed) turns those misses
- * into one streaming read.  Only for frames of at least 1 KiB (smaller ones are a line
+ * into one streaming read.  Only for frames of 1 to 128 KiB (smaller ones are a line
  * or two anyway) with at most two lines per state (otherwise most fetched lines would
- * go unread: vocab5k with 121 states in 313 lines measured 1.7x slower with it). */
+ * go unread: vocab5k's loss, 121 states in 313 lines, measured 1.7x slower with it). */
 static void FCTC_FN(fctc_prefetch_frame)(const FCTC_T *x, int C, int S) {
     size_t bytes = (size_t)C * sizeof(FCTC_T);
-    if (bytes < 1024 || bytes / 64 > 2 * (size_t)S) return;
+    if (bytes < 1024 || bytes / 64 > 2 * (size_t)S || bytes > 131072) return;
     for (size_t off = 0; off < bytes; off += 64) FCTC_PREFETCH((const char *)x + off);
 }
 
@@ -125,15 +125,13 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
     } else if (feasible || want_alpha) {
-        if (job->from_logits)
-            for (t = 0; t < T; ++t) frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C);
-        else
-            for (t = 0; t < T; ++t) frame_lse[t] = 0;
-
         double offset = 0;   /* alpha(t, s) = stored(t, s) + offset, summed in double */
         FCTC_T row_max = 0;  /* maximum of the previous stored row (0 when it is all -inf) */
         for (t = 0; t < T; ++t) {
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+            /* the frame's log-sum-exp just before its alpha row: the row is still cached
+             * when the alpha kernel gathers its labels */
+            frame_lse[t] = job->from_logits ? k->row_lse(x, C) : (FCTC_T)0;
             FCTC_T *cur = alpha_rows + (want_grad ? (size_t)t : (size_t)(t & 1)) * W + 2;
             int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
             int hi = fctc_min_int(S, 2 * t + 2);
@@ -195,6 +193,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                     bcur[S - 1] = 0;
                     if (S > 1) bcur[S - 2] = 0;
                 } else {
+                    /* logits mode reads all of the previous frame there (softmax): fetch it whole */
                     if (t > 0) FCTC_FN(fctc_prefetch_frame)(x - job->act_stride, C, S);
                     FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max, gam);
                     FCTC_FN(fctc_fence)(bcur, lo, hi);
