@@ -29,7 +29,7 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlse3)(VT a, VT b, VT c, VT *m_out) {
     VT md = V_MAX(ab_lo, V_MIN(ab_hi, c));
     VT sum = V_ADD(V_ADD(FCTC_C(1.0), FCTC_VN(fctc_vexp_neg)(V_SUB(md, m))), FCTC_VN(fctc_vexp_neg)(V_SUB(mn, m)));
     *m_out = m;
-    return FCTC_VN(fctc_vlog_normal)(sum);
+    return FCTC_VN(fctc_vlog_1to3)(sum);
 }
 
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,

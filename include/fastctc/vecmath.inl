@@ -22,7 +22,9 @@
  *   underflow thresholds) and a million float64 ones: float32 exp 2 ulp, log 4 ulp;
  *   float64 exp 1 ulp, log 2 ulp (the test allows one ulp more).  NumPy's own float32
  *   exp differs from libm's expf by 2 ulp as well.  Far below what the CTC sums need:
- *   the trellis evaluates exp only at x <= 0 and log only on [1, 3].
+ *   the trellis evaluates exp only at x <= 0 and log only on [1, 3]
+ *   (fctc_vexp_neg, fctc_vexp_occ and fctc_vlog_1to3 below: the same polynomials,
+ *   with the range handling those arguments need and nothing more).
  */
 
 #if FCTC_IS_F64
@@ -49,31 +51,38 @@
 #define FCTC_VN(name) FCTC_FN(FCTC_CAT(name, FCTC_ISA))
 #define FCTC_C(x) V_SET1((FCTC_T)(x))
 
+/* e^r for |r| <= ln2/2: the Taylor polynomial (degree 7 / 13), evaluated in Estrin's
+ * scheme (pairs, then pairs of pairs, with r^2, r^4, r^8) rather than Horner's: a few
+ * more operations but a dependency chain of 3-5 instead of 7-13 fused multiply-adds,
+ * which is what bounds the trellis kernels (they are latency-bound, not port-bound). */
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp_poly)(VT r) {
+    VT r2 = V_MUL(r, r), r4 = V_MUL(r2, r2);
+    VT p01 = V_FMA(r, FCTC_C(1.0), FCTC_C(1.0));
+    VT p23 = V_FMA(r, FCTC_C(1.0 / 6.0), FCTC_C(0.5));
+    VT p45 = V_FMA(r, FCTC_C(1.0 / 120.0), FCTC_C(1.0 / 24.0));
+    VT p67 = V_FMA(r, FCTC_C(1.0 / 5040.0), FCTC_C(1.0 / 720.0));
+    VT q03 = V_FMA(p23, r2, p01), q47 = V_FMA(p67, r2, p45);
+#if FCTC_IS_F64
+    VT r8 = V_MUL(r4, r4);
+    VT p89 = V_FMA(r, FCTC_C(1.0 / 362880.0), FCTC_C(1.0 / 40320.0));
+    VT p1011 = V_FMA(r, FCTC_C(1.0 / 39916800.0), FCTC_C(1.0 / 3628800.0));
+    VT p1213 = V_FMA(r, FCTC_C(1.0 / 6227020800.0), FCTC_C(1.0 / 479001600.0));
+    VT q811 = V_FMA(p1011, r2, p89);
+    VT o813 = V_FMA(p1213, r4, q811);
+    return V_FMA(o813, r8, V_FMA(q47, r4, q03));
+#else
+    return V_FMA(q47, r4, q03);
+#endif
+}
+
 /* e^x for every x (see above). */
+
 static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp)(VT x) {
     VT xc = V_MIN(FCTC_C(FCTC_VEXP_HI), V_MAX(FCTC_C(FCTC_VEXP_LO), x));
     VT n = V_ROUND(V_MUL(xc, FCTC_C(FCTC_LOG2E)));
     VT r = V_FMA(n, FCTC_C(-FCTC_LN2_HI), xc);
     r = V_FMA(n, FCTC_C(-FCTC_LN2_LO), r);
-    VT p;
-#if FCTC_IS_F64
-    p = FCTC_C(1.0 / 6227020800.0);
-    p = V_FMA(p, r, FCTC_C(1.0 / 479001600.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 39916800.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 3628800.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 362880.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 40320.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 5040.0));
-#else
-    p = FCTC_C(1.0 / 5040.0);
-#endif
-    p = V_FMA(p, r, FCTC_C(1.0 / 720.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 120.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 24.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 6.0));
-    p = V_FMA(p, r, FCTC_C(0.5));
-    p = V_FMA(p, r, FCTC_C(1.0));
-    p = V_FMA(p, r, FCTC_C(1.0));
+    VT p = FCTC_VN(fctc_vexp_poly)(r);
     VT n1 = V_FLOOR(V_MUL(n, FCTC_C(0.5)));
     VT n2 = V_SUB(n, n1);
     return V_MUL(V_MUL(p, V_POW2(n1)), V_POW2(n2));
@@ -87,25 +96,7 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp_neg)(VT x) {
     VT n = V_ROUND(V_MUL(xc, FCTC_C(FCTC_LOG2E)));
     VT r = V_FMA(n, FCTC_C(-FCTC_LN2_HI), xc);
     r = V_FMA(n, FCTC_C(-FCTC_LN2_LO), r);
-    VT p;
-#if FCTC_IS_F64
-    p = FCTC_C(1.0 / 6227020800.0);
-    p = V_FMA(p, r, FCTC_C(1.0 / 479001600.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 39916800.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 3628800.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 362880.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 40320.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 5040.0));
-#else
-    p = FCTC_C(1.0 / 5040.0);
-#endif
-    p = V_FMA(p, r, FCTC_C(1.0 / 720.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 120.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 24.0));
-    p = V_FMA(p, r, FCTC_C(1.0 / 6.0));
-    p = V_FMA(p, r, FCTC_C(0.5));
-    p = V_FMA(p, r, FCTC_C(1.0));
-    p = V_FMA(p, r, FCTC_C(1.0));
+    VT p = FCTC_VN(fctc_vexp_poly)(r);
     return V_MUL(p, V_POW2(n));
 }
 
@@ -123,32 +114,52 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_parts)(VT m, VT e) {
     e = V_SELECT(big, V_ADD(e, FCTC_C(1.0)), e);
     VT u = V_DIV(V_SUB(m, FCTC_C(1.0)), V_ADD(m, FCTC_C(1.0)));
     VT u2 = V_MUL(u, u);
-    VT s;
+    /* s = u2/3 + u2^2/5 + ... (to u2^4/9, or u2^10/21 for double), Estrin's scheme */
+    VT w2 = V_MUL(u2, u2);
+    VT qa = V_FMA(u2, FCTC_C(1.0 / 5.0), FCTC_C(1.0 / 3.0));
+    VT qb = V_FMA(u2, FCTC_C(1.0 / 9.0), FCTC_C(1.0 / 7.0));
 #if FCTC_IS_F64
-    s = FCTC_C(1.0 / 21.0);
-    s = V_FMA(s, u2, FCTC_C(1.0 / 19.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 17.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 15.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 13.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 11.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 9.0));
+    VT w4 = V_MUL(w2, w2);
+    VT qc = V_FMA(u2, FCTC_C(1.0 / 13.0), FCTC_C(1.0 / 11.0));
+    VT qd = V_FMA(u2, FCTC_C(1.0 / 17.0), FCTC_C(1.0 / 15.0));
+    VT qe = V_FMA(u2, FCTC_C(1.0 / 21.0), FCTC_C(1.0 / 19.0));
+    VT lo4 = V_FMA(qb, w2, qa), hi4 = V_FMA(qd, w2, qc);
+    VT s = V_MUL(V_FMA(qe, V_MUL(w4, w4), V_FMA(hi4, w4, lo4)), u2);
 #else
-    s = FCTC_C(1.0 / 9.0);
+    VT s = V_MUL(V_FMA(qb, w2, qa), u2);
 #endif
-    s = V_FMA(s, u2, FCTC_C(1.0 / 7.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 5.0));
-    s = V_FMA(s, u2, FCTC_C(1.0 / 3.0));
-    s = V_MUL(s, u2);
     VT two_u = V_ADD(u, u);
     VT logm = V_FMA(two_u, s, two_u);
     return V_FMA(e, FCTC_C(FCTC_LN2_HI), V_FMA(e, FCTC_C(FCTC_LN2_LO), logm));
 }
 
-/* log(x) for finite x >= the smallest normal number (the trellis' sums, in [1, 3]). */
-static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_normal)(VT x) {
-    VT e;
-    VT m = V_FREXP(x, e);
-    return FCTC_VN(fctc_vlog_parts)(m, e);
+/* log(y) for y in [1, 3] (the log-add-exp sums): y itself or y/2 is the mantissa, so
+ * the exponent split is one compare; u = (m-1)/(m+1) stays within [-0.172, 0.2], where
+ * the series above is still accurate to < 1e-8 (float) / 1e-17 (double) relative.
+ * Shorter dependency chain than the general fctc_vlog (no exponent extraction). */
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_1to3)(VT y) {
+    VM big = V_CMP_GT(y, FCTC_C(1.41421356237309504880));
+    VT m = V_SELECT(big, V_MUL(y, FCTC_C(0.5)), y);
+    VT e = V_SELECT(big, FCTC_C(1.0), FCTC_C(0.0));
+    VT u = V_DIV(V_SUB(m, FCTC_C(1.0)), V_ADD(m, FCTC_C(1.0)));
+    VT u2 = V_MUL(u, u);
+    /* s = u2/3 + u2^2/5 + ... (to u2^4/9, or u2^10/21 for double), Estrin's scheme */
+    VT w2 = V_MUL(u2, u2);
+    VT qa = V_FMA(u2, FCTC_C(1.0 / 5.0), FCTC_C(1.0 / 3.0));
+    VT qb = V_FMA(u2, FCTC_C(1.0 / 9.0), FCTC_C(1.0 / 7.0));
+#if FCTC_IS_F64
+    VT w4 = V_MUL(w2, w2);
+    VT qc = V_FMA(u2, FCTC_C(1.0 / 13.0), FCTC_C(1.0 / 11.0));
+    VT qd = V_FMA(u2, FCTC_C(1.0 / 17.0), FCTC_C(1.0 / 15.0));
+    VT qe = V_FMA(u2, FCTC_C(1.0 / 21.0), FCTC_C(1.0 / 19.0));
+    VT lo4 = V_FMA(qb, w2, qa), hi4 = V_FMA(qd, w2, qc);
+    VT s = V_MUL(V_FMA(qe, V_MUL(w4, w4), V_FMA(hi4, w4, lo4)), u2);
+#else
+    VT s = V_MUL(V_FMA(qb, w2, qa), u2);
+#endif
+    VT two_u = V_ADD(u, u);
+    VT logm = V_FMA(two_u, s, two_u);
+    return V_FMA(e, FCTC_C(FCTC_LN2_HI), V_FMA(e, FCTC_C(FCTC_LN2_LO), logm));
 }
 
 /* log(x) for every x (see above). */
