@@ -273,7 +273,7 @@ def test_x86_kernels_compile_with_baseline_flags(tmp_path):
     src = tmp_path / "prog.c"
     src.write_text(_C_PROGRAM)
     exe = tmp_path / "prog"
-    cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function", "-fopenmp",
+    cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-fopenmp",
            "-I", INCLUDE, str(src), "-o", str(exe), "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -297,7 +297,7 @@ def test_other_compilers_build_the_kernels(tmp_path, compiler, lang):
     src.write_text(_C_PROGRAM)
     exe = tmp_path / "prog"
     std = "-std=c++11" if lang == "c++" else "-std=c99"
-    cmd = [compiler, "-x", lang, std, "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
+    cmd = [compiler, "-x", lang, std, "-O2", "-Wall", "-Wextra", "-Werror",
            "-I", INCLUDE, str(src), "-o", str(exe), "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
