@@ -27,11 +27,12 @@
 #define FCTC_ARM64 1
 #endif
 
-/* Vector kernel files need GCC/Clang target attributes; other compilers get scalar. */
-#if defined(FCTC_X86) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCTC_NO_SIMD) && defined(FCTC_ROWS_X86_WRITTEN)
+/* The vector kernel files need GCC/Clang (target attributes, vector operators); other
+ * compilers get the scalar kernels.  FASTCTC_NO_SIMD forces scalar-only builds. */
+#if defined(FCTC_X86) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCTC_NO_SIMD)
 #define FCTC_HAVE_X86_KERNELS 1
 #endif
-#if defined(FCTC_ARM64) && !defined(FASTCTC_NO_SIMD) && defined(FCTC_ROWS_NEON_WRITTEN)
+#if defined(FCTC_ARM64) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCTC_NO_SIMD)
 #define FCTC_HAVE_NEON_KERNELS 1
 #endif
 

@@ -334,6 +334,9 @@ static size_t fctc_row_width(int label_length) {
 #include "template.h"
 #include "kernels.inl"
 #include "rows_scalar.inl"
+#include "rows_avx2.inl"
+#include "rows_avx512.inl"
+#include "rows_neon.inl"
 #include "select.inl"
 #include "trellis.inl"
 #include "batch.inl"
@@ -343,6 +346,9 @@ static size_t fctc_row_width(int label_length) {
 #include "template.h"
 #include "kernels.inl"
 #include "rows_scalar.inl"
+#include "rows_avx2.inl"
+#include "rows_avx512.inl"
+#include "rows_neon.inl"
 #include "select.inl"
 #include "trellis.inl"
 #include "batch.inl"
@@ -373,6 +379,7 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
     bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);         /* per-frame log-sum-exp */
     bytes += fctc_round_up(T * sizeof(double), FCTC_ALIGN);    /* per-row alpha offsets */
     bytes += fctc_round_up(alpha_rows * W * elem_size, FCTC_ALIGN);
+    if (want_grad) bytes += 4 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* split pass: 2nd role's rows */
     return bytes;
 }
 

@@ -1,13 +1,26 @@
 /* fastctc/kernels.inl: the table of row kernels the trellis calls, one per dtype.
- * dispatch.h fills one table per ISA level; trellis.inl only ever calls through it.
+ * Each ISA file (rows_scalar.inl, rows_avx2.inl, rows_avx512.inl, rows_neon.inl) fills
+ * one table; select.inl returns the one dispatch.h's level names, and trellis.inl only
+ * ever calls through it.  rows_scalar.inl documents what each entry computes.
  * Instantiated for float and double through template.h.
  */
+
+/* FCTC_IS_F64: 1 in the double instantiation, 0 in the float one (usable in #if). */
+#define FCTC_ISF64_f32 0
+#define FCTC_ISF64_f64 1
+#undef FCTC_IS_F64
+#define FCTC_IS_F64 FCTC_CAT(FCTC_ISF64, FCTC_SFX)
+
 typedef struct FCTC_FN(fctc_kernels) {
-    FCTC_T (*alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *emit, const FCTC_T *skip,
-                        int lo, int hi, FCTC_T shift);
-    void (*beta_row)(const FCTC_T *nb, FCTC_T *cur, const FCTC_T *skip, int lo, int hi, FCTC_T shift);
+    FCTC_T (*alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext, FCTC_T emit_shift,
+                        const FCTC_T *skip, int lo, int hi, FCTC_T shift, FCTC_T *tmp);
+    FCTC_T (*beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x, const int *ext,
+                       FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi, FCTC_T shift, FCTC_T *tmp);
     void (*gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out, int lo, int hi);
     FCTC_T (*row_lse)(const FCTC_T *x, int C);
     void (*scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C);
     void (*fill_row)(FCTC_T *out, FCTC_T value, int C);
+    /* test hooks: the kernel set's exp and log over an array */
+    void (*exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);
+    void (*log_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);
 } FCTC_FN(fctc_kernels);

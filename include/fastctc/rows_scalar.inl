@@ -1,6 +1,7 @@
 /* fastctc/rows_scalar.inl: the portable (scalar) row kernels of the CTC trellis.
  *
- * The trellis (trellis.inl) is written against six row operations; each ISA provides
+ * The trellis (trellis.inl) is written against six row operations (plus two test
+ * hooks, exp and log over an array); each ISA provides
  * them (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) and dispatch.h picks one set
  * at run time.  This file is the reference every vector version must match, and the
  * fallback on any CPU.
@@ -15,12 +16,17 @@
  * Instantiated for float and double through template.h.
  */
 
-/* cur[s] = emit[s] + lse(prev[s], prev[s-1], prev[s-2] + skip[s]) - shift for s in [lo, hi);
- * returns max over [lo, hi) of cur (-inf when the band is empty or all -inf).  The
- * caller passes the previous row's maximum as shift, which keeps every stored row's
- * maximum near 0 (the removed offsets are summed in double by the trellis). */
-static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *emit,
-                                             const FCTC_T *skip, int lo, int hi, FCTC_T shift) {
+/* cur[s] = emit(s) + lse(prev[s], prev[s-1], prev[s-2] + skip[s]) - shift for s in [lo, hi),
+ * with emit(s) = x[ext[s]] - emit_shift, the frame's log-probability of state s's label
+ * (emit_shift is the frame's log-sum-exp in logits mode, else 0); returns max over
+ * [lo, hi) of cur (-inf when the band is empty or all -inf).  The caller passes the
+ * previous row's maximum as shift, which keeps every stored row's maximum near 0 (the
+ * removed offsets are summed in double by the trellis).  tmp: a scratch row (W
+ * elements, same padding) the vector kernels gather the emissions into. */
+static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,
+                                             FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
+                                             FCTC_T shift, FCTC_T *tmp) {
+    (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = prev[s], b = prev[s - 1], c = prev[s - 2] + skip[s];
@@ -28,7 +34,8 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
         m = m > c ? m : c;
         FCTC_T v = (m == FCTC_NEG_INF)
                        ? FCTC_NEG_INF
-                       : (emit[s] - shift) + m + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+                       : (x[ext[s]] - (emit_shift + shift)) + m +
+                             FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
         cur[s] = v;
         best = v > best ? v : best;
     }
@@ -37,17 +44,26 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
 
 /* cur[s] = lse(nb[s], nb[s+1], nb[s+2] + skip[s+2]) - shift for s in [lo, hi), where nb
  * holds beta(t+1) + emit(t+1), the backward variable including its frame's emission;
- * shift is nb's maximum (see alpha_row). */
-static void FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, const FCTC_T *skip,
-                                          int lo, int hi, FCTC_T shift) {
+ * shift is nb's maximum (see alpha_row).  Also writes nb_out[s] = cur[s] + emit(t, s)
+ * (the next step's nb, emit as in alpha_row) and returns its maximum over [lo, hi). */
+static FCTC_T FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,
+                                            const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo,
+                                            int hi, FCTC_T shift, FCTC_T *tmp) {
+    (void)tmp;
+    FCTC_T best = FCTC_NEG_INF;
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = nb[s], b = nb[s + 1], c = nb[s + 2] + skip[s + 2];
         FCTC_T m = a > b ? a : b;
         m = m > c ? m : c;
-        cur[s] = (m == FCTC_NEG_INF)
-                     ? FCTC_NEG_INF
-                     : (m - shift) + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+        FCTC_T v = (m == FCTC_NEG_INF)
+                       ? FCTC_NEG_INF
+                       : (m - shift) + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+        cur[s] = v;
+        FCTC_T o = v + (x[ext[s]] - emit_shift);
+        nb_out[s] = o;
+        best = o > best ? o : best;
     }
+    return best;
 }
 
 /* out[s] = exp(a[s] + b[s] + offset) for s in [lo, hi): the state occupancy, where
@@ -77,4 +93,13 @@ static void FCTC_FN(fctc_scaled_exp_row_scalar)(const FCTC_T *x, FCTC_T shift, F
 /* out[c] = value for c in [0, C). */
 static void FCTC_FN(fctc_fill_row_scalar)(FCTC_T *out, FCTC_T value, int C) {
     for (int c = 0; c < C; ++c) out[c] = value;
+}
+
+/* Test hooks: libm's exp / log over an array (the reference the vector versions match). */
+static void FCTC_FN(fctc_exp_array_scalar)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; ++i) out[i] = FCTC_EXP(x[i]);
+}
+
+static void FCTC_FN(fctc_log_array_scalar)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; ++i) out[i] = FCTC_LOG(x[i]);
 }

@@ -10,9 +10,10 @@
  * states s whose label is c of gamma(t, s).
  *
  * Each frame's row depends only on the previous row, so every row is a data-parallel
- * loop over states (the row kernels of rows_*.inl); gathering the frame's emissions
- * into a contiguous row first (emit[s] = lp(t, l'(s))) keeps those loops free of
- * indirection, which is what lets the vector kernels work on contiguous lanes.
+ * loop over states (the row kernels of rows_*.inl, chosen once by dispatch.h); the
+ * kernels gather the frame's emissions (lp(t, l'(s))) into a scratch row first, which
+ * keeps the vector loops free of indirection.  The beta kernel also emits the next
+ * step's beta + emission row, so each frame's emissions are gathered once per pass.
  *
  * Band: at frame t only states in [S - 2(T - t), 2t + 2) can both be reached from the
  * start and still reach an end state, so only those are computed (warp-ctc's CPU path
@@ -27,6 +28,27 @@
  *
  * Instantiated for float and double through template.h.
  */
+
+#ifndef FCTC_PREFETCH_DEFINED
+#define FCTC_PREFETCH_DEFINED
+#if defined(__GNUC__) || defined(__clang__)
+#define FCTC_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
+#else
+#define FCTC_PREFETCH(p) ((void)(p))
+#endif
+#endif
+
+/* Large alphabets: the trellis reads a few scattered classes of every frame (the
+ * labels), which would cost one cache miss each; fetching the whole next frame ahead
+ * (one prefetch per 64-byte line, while this frame's row is computed) turns those misses
+ * into one streaming read.  Only for frames of 1 to 128 KiB (smaller ones are a line
+ * or two anyway) with at most two lines per state (otherwise most fetched lines would
+ * go unread: vocab5k's loss, 121 states in 313 lines, measured 1.7x slower with it). */
+static void FCTC_FN(fctc_prefetch_frame)(const FCTC_T *x, int C, int S) {
+    size_t bytes = (size_t)C * sizeof(FCTC_T);
+    if (bytes < 1024 || bytes / 64 > 2 * (size_t)S || bytes > 131072) return;
+    for (size_t off = 0; off < bytes; off += 64) FCTC_PREFETCH((const char *)x + off);
+}
 
 static FCTC_T *FCTC_FN(fctc_carve)(unsigned char **cursor, size_t count) {
     FCTC_T *p = (FCTC_T *)*cursor;
@@ -48,6 +70,22 @@ static void FCTC_FN(fctc_fence)(FCTC_T *row, int lo, int hi) {
     row[hi + 1] = FCTC_NEG_INF;
 }
 
+/* Gradient row t, written once: the softmax part (logits) or zero, then minus the
+ * occupancy gam[s] of every state in [lo, hi), summed per label in state order
+ * (deterministic), all times the sequence's scale. */
+static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
+                                   const FCTC_T *x, FCTC_T *g, FCTC_T lse, const FCTC_T *gam, const int *ext,
+                                   int lo, int hi) {
+    const FCTC_T scale = (FCTC_T)job->grad_scale;
+    int s;
+    if (job->from_logits) k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
+    else k->fill_row(g, (FCTC_T)0, job->alphabet_size);
+    FCTC_T blank_occupancy = 0;
+    for (s = lo + (lo & 1); s < hi; s += 2) blank_occupancy += gam[s];
+    g[job->blank] -= scale * blank_occupancy;
+    for (s = lo | 1; s < hi; s += 2) g[ext[s]] -= scale * gam[s];
+}
+
 FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, void *scratch) {
     const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
@@ -55,7 +93,6 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     const int blank = job->blank;
     const int want_grad = job->grad != NULL;
     const int want_alpha = job->log_alpha != NULL;
-    const FCTC_T scale = (FCTC_T)job->grad_scale;
     const size_t W = fctc_row_width(L);
     int t, s;
 
@@ -88,15 +125,13 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
     } else if (feasible || want_alpha) {
-        if (job->from_logits)
-            for (t = 0; t < T; ++t) frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C);
-        else
-            for (t = 0; t < T; ++t) frame_lse[t] = 0;
-
         double offset = 0;   /* alpha(t, s) = stored(t, s) + offset, summed in double */
         FCTC_T row_max = 0;  /* maximum of the previous stored row (0 when it is all -inf) */
         for (t = 0; t < T; ++t) {
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+            /* the frame's log-sum-exp just before its alpha row: the row is still cached
+             * when the alpha kernel gathers its labels */
+            frame_lse[t] = job->from_logits ? k->row_lse(x, C) : (FCTC_T)0;
             FCTC_T *cur = alpha_rows + (want_grad ? (size_t)t : (size_t)(t & 1)) * W + 2;
             int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
             int hi = fctc_min_int(S, 2 * t + 2);
@@ -108,8 +143,8 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
             } else {
                 const FCTC_T *prev = alpha_rows + (want_grad ? (size_t)(t - 1) : (size_t)((t - 1) & 1)) * W + 2;
-                FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], emit, lo, hi);
-                best = k->alpha_row(prev, cur, emit, skip, lo, hi, row_max);
+                if (t + 1 < T) FCTC_FN(fctc_prefetch_frame)(x + job->act_stride, C, S);
+                best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, emit);
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
             }
@@ -144,6 +179,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
         if (log_likelihood != FCTC_NEG_INF && T > 0) {
             FCTC_T *bcur = beta_rows + 2;          /* beta(t) - beta_offset */
             FCTC_T *bnext = beta_rows + W + 2;     /* beta(t+1) + emit(t+1) - beta_offset */
+            FCTC_T *bspare = emit + 2;             /* receives beta(t) + emit(t) */
             double beta_offset = 0;
             FCTC_T next_max = 0;                   /* maximum of bnext (0 when all -inf) */
             for (t = T - 1; t >= 0; --t) {
@@ -157,28 +193,29 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                     bcur[S - 1] = 0;
                     if (S > 1) bcur[S - 2] = 0;
                 } else {
-                    k->beta_row(bnext, bcur, skip, lo, hi, next_max);
+                    /* logits mode reads all of the previous frame there (softmax): fetch it whole */
+                    if (t > 0) FCTC_FN(fctc_prefetch_frame)(x - job->act_stride, C, S);
+                    FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max, gam);
                     FCTC_FN(fctc_fence)(bcur, lo, hi);
+                    FCTC_FN(fctc_fence)(bspare, lo, hi);
                     beta_offset += (double)next_max;
+                    FCTC_T *swap = bnext;
+                    bnext = bspare;
+                    bspare = swap;
+                    next_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
                 }
                 /* alpha + beta - log p, with the large parts combined in double so that
                  * float32 keeps its precision however far the log-probs reach. */
                 k->gamma_row(arow, bcur, (FCTC_T)(row_offsets[t] + beta_offset - log_likelihood_d), gam, lo, hi);
 
-                /* Gradient row: softmax part (logits) or zero, then minus the occupancy
-                 * of every state, summed per label in state order (deterministic). */
-                if (job->from_logits) k->scaled_exp_row(x, frame_lse[t], scale, g, C);
-                else k->fill_row(g, (FCTC_T)0, C);
-                FCTC_T blank_occupancy = 0;
-                for (s = lo + (lo & 1); s < hi; s += 2) blank_occupancy += gam[s];
-                g[blank] -= scale * blank_occupancy;
-                for (s = lo | 1; s < hi; s += 2) g[ext[s]] -= scale * gam[s];
+                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam, ext, lo, hi);
 
-                if (t > 0) {
+                if (t == T - 1 && t > 0) {
+                    /* the first nb row: beta(T-1) + emit(T-1); later ones come from beta_row */
                     FCTC_T best = FCTC_NEG_INF;
-                    FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], emit, lo, hi);
+                    FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], bnext, lo, hi);
                     for (s = lo; s < hi; ++s) {
-                        FCTC_T v = bcur[s] + emit[s];
+                        FCTC_T v = bcur[s] + bnext[s];
                         bnext[s] = v;
                         best = v > best ? v : best;
                     }
@@ -189,4 +226,219 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
         }
     }
     return (FCTC_T)(-log_likelihood_d);
+}
+
+/* ---- One sequence on two threads: forward and backward meet in the middle ----
+ *
+ * When a batch has fewer sequences than threads (one long utterance), the gradient
+ * pass of one sequence is split: with m = T / 2, role 0 computes alpha for frames
+ * [0, m) and role 1 beta for frames [m, T) (and beta(m-1)), at the same time, into the
+ * same T stored rows (rows < m hold alpha, rows >= m hold beta; row_offsets[t] holds
+ * that row's offset).  After a barrier both know log p = lse_s(alpha(m-1, s) +
+ * beta(m-1, s)); then role 0 carries alpha on through [m, T) and writes gradient rows
+ * [m, T) from the stored beta, while role 1 carries beta down through [0, m) and writes
+ * gradient rows [0, m) from the stored alpha.  Each role computes the per-frame
+ * log-sum-exp (logits mode) of its own frames.  The only synchronisation is one barrier
+ * between the phases (each thread then computes log p itself, bit-identically), which
+ * keeps the cost low when the machine is oversubscribed and a thread gets descheduled.
+ * Memory: the serial path's plus four rows (the second role's private rows).  One
+ * OpenMP region of at most `threads` threads (threads beyond two idle); with one thread
+ * (or OpenMP absent, or nested parallelism off) the roles run one after the other.
+ * log p comes from the middle frame rather than the last one: equal mathematically,
+ * within rounding of the serial path's value.
+ */
+FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *job, void *scratch, int threads) {
+    const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
+    const int S = 2 * L + 1;
+    int s, repeats = 0;
+    for (s = 1; s < L; ++s) repeats += job->labels[s] == job->labels[s - 1];
+    if (threads < 2 || job->grad == NULL || job->log_alpha != NULL || T < 8 || T < L + repeats)
+        return FCTC_FN(fastctc_sequence)(job, scratch);
+
+    const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
+    const size_t W = fctc_row_width(L);
+    const int m = T / 2;
+    unsigned char *cursor = (unsigned char *)scratch;
+    int *ext = (int *)cursor;
+    cursor += fctc_round_up((size_t)(S + 2) * sizeof(int), FCTC_ALIGN);
+    FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
+    FCTC_T *a_row0 = FCTC_FN(fctc_carve)(&cursor, W) + 2; /* role 0: two alpha rows and a gamma row */
+    FCTC_T *a_gam = FCTC_FN(fctc_carve)(&cursor, W);
+    FCTC_T *beta2 = FCTC_FN(fctc_carve)(&cursor, 2 * W);
+    FCTC_T *a_row1 = beta2 + 2; /* (the second half of beta2 is unused here) */
+    FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)T);
+    double *row_offsets = (double *)cursor;
+    cursor += fctc_round_up((size_t)T * sizeof(double), FCTC_ALIGN);
+    FCTC_T *rows = FCTC_FN(fctc_carve)(&cursor, (size_t)T * W);
+    FCTC_T *b_nb0 = FCTC_FN(fctc_carve)(&cursor, W) + 2; /* role 1: two nb rows, beta row, gamma row */
+    FCTC_T *b_nb1 = FCTC_FN(fctc_carve)(&cursor, W) + 2;
+    FCTC_T *b_cur = FCTC_FN(fctc_carve)(&cursor, W) + 2;
+    FCTC_T *b_gam = FCTC_FN(fctc_carve)(&cursor, W);
+
+    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : job->blank;
+    ext[S] = ext[S + 1] = job->blank;
+    for (s = 0; s < S + 2; ++s)
+        skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
+
+    /* state carried from phase 1 to phase 2, per role */
+    double off[2] = {0, 0};
+    FCTC_T maxv[2] = {0, 0};
+    FCTC_T *nb_keep = b_nb0, *nb_spare = b_nb1;
+    double log_p = -HUGE_VAL;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        const int tid = 0, nth = 1;
+#endif
+        int role, tt, ss;
+
+        /* phase 1 (each role also computes the per-frame log-sum-exp of its own frames) */
+        for (role = tid; role < 2; role += nth) {
+            for (tt = role == 0 ? 0 : m; tt < (role == 0 ? m : T); ++tt)
+                frame_lse[tt] = job->from_logits ? k->row_lse(job->acts + (ptrdiff_t)tt * job->act_stride, C) : (FCTC_T)0;
+            if (role == 0) {
+                double offset = 0;
+                FCTC_T row_max = 0;
+                for (tt = 0; tt < m; ++tt) {
+                    const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
+                    FCTC_T *cur = rows + (size_t)tt * W + 2;
+                    int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
+                    FCTC_T best;
+                    if (tt == 0) {
+                        for (ss = -2; ss < S + 2; ++ss) cur[ss] = FCTC_NEG_INF;
+                        FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
+                        best = FCTC_NEG_INF;
+                        for (ss = lo; ss < hi; ++ss) best = cur[ss] > best ? cur[ss] : best;
+                    } else {
+                        best = k->alpha_row(cur - W, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max, a_gam);
+                        FCTC_FN(fctc_fence)(cur, lo, hi);
+                        offset += (double)row_max;
+                    }
+                    row_offsets[tt] = offset;
+                    row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+                }
+                off[0] = offset;
+                maxv[0] = row_max;
+            } else {
+                double boff = 0;
+                FCTC_T nmax, best = FCTC_NEG_INF;
+                FCTC_T *nb = b_nb0, *spare = b_nb1;
+                FCTC_T *last = rows + (size_t)(T - 1) * W + 2;
+                const FCTC_T *x = job->acts + (ptrdiff_t)(T - 1) * job->act_stride;
+                int lo = fctc_max_int(0, S - 2), hi = fctc_min_int(S, 2 * T);
+                for (ss = -2; ss < S + 2; ++ss) last[ss] = FCTC_NEG_INF;
+                last[S - 1] = 0;
+                if (S > 1) last[S - 2] = 0;
+                row_offsets[T - 1] = 0;
+                FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[T - 1], nb, lo, hi);
+                for (ss = lo; ss < hi; ++ss) {
+                    nb[ss] += last[ss];
+                    best = nb[ss] > best ? nb[ss] : best;
+                }
+                FCTC_FN(fctc_fence)(nb, lo, hi);
+                nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+                for (tt = T - 2; tt >= m - 1; --tt) {
+                    FCTC_T *dst = tt >= m ? rows + (size_t)tt * W + 2 : b_cur;
+                    x = job->acts + (ptrdiff_t)tt * job->act_stride;
+                    lo = fctc_max_int(0, S - 2 * (T - tt));
+                    hi = fctc_min_int(S, 2 * tt + 2);
+                    /* frame m-1 belongs to role 0, which may not have reached it: own copy */
+                    FCTC_T lse = tt >= m ? frame_lse[tt] : job->from_logits ? k->row_lse(x, C) : (FCTC_T)0;
+                    best = k->beta_row(nb, dst, spare, x, ext, lse, skip, lo, hi, nmax, b_gam);
+                    FCTC_FN(fctc_fence)(dst, lo, hi);
+                    FCTC_FN(fctc_fence)(spare, lo, hi);
+                    boff += (double)nmax;
+                    if (tt >= m) row_offsets[tt] = boff;
+                    FCTC_T *swap = nb;
+                    nb = spare;
+                    spare = swap;
+                    nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+                }
+                off[1] = boff;
+                maxv[1] = nmax;
+                nb_keep = nb;
+                nb_spare = spare;
+            }
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        /* log p at the middle frame: every thread computes it, bit-identically, from the
+         * same rows (no further synchronisation needed); role 0 reports it. */
+        double lp_mid;
+        {
+            const FCTC_T *arow = rows + (size_t)(m - 1) * W + 2;
+            int lo = fctc_max_int(0, S - 2 * (T - m + 1)), hi = fctc_min_int(S, 2 * m);
+            double mx = -HUGE_VAL, sum = 0;
+            for (ss = lo; ss < hi; ++ss) {
+                double v = (double)arow[ss] + (double)b_cur[ss];
+                mx = v > mx ? v : mx;
+            }
+            if (mx > -HUGE_VAL) {
+                for (ss = lo; ss < hi; ++ss) sum += exp((double)arow[ss] + (double)b_cur[ss] - mx);
+                mx += log(sum) + row_offsets[m - 1] + off[1];
+            }
+            lp_mid = mx;
+        }
+        if (tid == 0) log_p = lp_mid;
+        const int dead = !(lp_mid > -HUGE_VAL);
+
+        /* phase 2 */
+        for (role = tid; role < 2; role += nth) {
+            int from = role == 0 ? m : 0, to = role == 0 ? job->grad_rows : m;
+            if (dead) {
+                for (tt = from; tt < to; ++tt) k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C);
+                continue;
+            }
+            if (role == 0) {
+                double offset = off[0];
+                FCTC_T row_max = maxv[0];
+                const FCTC_T *prev = rows + (size_t)(m - 1) * W + 2;
+                for (tt = m; tt < T; ++tt) {
+                    const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
+                    FCTC_T *cur = (tt & 1) ? a_row1 : a_row0;
+                    int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
+                    FCTC_T best = k->alpha_row(prev, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max, a_gam);
+                    FCTC_FN(fctc_fence)(cur, lo, hi);
+                    offset += (double)row_max;
+                    row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+                    k->gamma_row(cur, rows + (size_t)tt * W + 2, (FCTC_T)(offset + row_offsets[tt] - lp_mid), a_gam,
+                                 lo, hi);
+                    FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
+                                           a_gam, ext, lo, hi);
+                    prev = cur;
+                }
+                for (tt = T; tt < job->grad_rows; ++tt)
+                    k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C);
+            } else {
+                double boff = off[1];
+                FCTC_T nmax = maxv[1];
+                FCTC_T *nb = nb_keep, *spare = nb_spare;
+                for (tt = m - 1; tt >= 0; --tt) {
+                    const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
+                    int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
+                    if (tt < m - 1) {
+                        FCTC_T best = k->beta_row(nb, b_cur, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax, b_gam);
+                        FCTC_FN(fctc_fence)(b_cur, lo, hi);
+                        FCTC_FN(fctc_fence)(spare, lo, hi);
+                        boff += (double)nmax;
+                        FCTC_T *swap = nb;
+                        nb = spare;
+                        spare = swap;
+                        nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+                    }
+                    k->gamma_row(rows + (size_t)tt * W + 2, b_cur, (FCTC_T)(row_offsets[tt] + boff - lp_mid), b_gam,
+                                 lo, hi);
+                    FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
+                                           b_gam, ext, lo, hi);
+                }
+            }
+        }
+    }
+    return (FCTC_T)(-log_p);
 }

@@ -83,6 +83,23 @@ cdef extern from "fastctc/fastctc.h" nogil:
     const char *fastctc_simd_level_name(int level)
     int fastctc_simd_set_level(int level)
     int FASTCTC_SIMD_SCALAR, FASTCTC_SIMD_NEON, FASTCTC_SIMD_AVX2, FASTCTC_SIMD_AVX512
+    float fctc_sequence_threads_f32(const fastctc_job_f32 *job, void *scratch, int threads)
+    double fctc_sequence_threads_f64(const fastctc_job_f64 *job, void *scratch, int threads)
+
+cdef extern from *:
+    """
+    /* Test hook: one level's vector exp (which == 0) or log (which == 1) over an array. */
+    static void fctc_vec_math_f32(int level, int which, const float *x, float *out, Py_ssize_t n) {
+        const fctc_kernels_f32 *k = fctc_kernels_for_f32(level);
+        if (which) k->log_array(x, out, n); else k->exp_array(x, out, n);
+    }
+    static void fctc_vec_math_f64(int level, int which, const double *x, double *out, Py_ssize_t n) {
+        const fctc_kernels_f64 *k = fctc_kernels_for_f64(level);
+        if (which) k->log_array(x, out, n); else k->exp_array(x, out, n);
+    }
+    """
+    void fctc_vec_math_f32(int level, int which, const float *x, float *out, Py_ssize_t n) nogil
+    void fctc_vec_math_f64(int level, int which, const double *x, double *out, Py_ssize_t n) nogil
 
 SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
 
@@ -112,6 +129,35 @@ def set_simd_level(name):
     if name not in SIMD_LEVELS or fastctc_simd_set_level(SIMD_LEVELS.index(name)) != 0:
         raise ValueError(
             f"SIMD level {name!r} is not supported here; supported: {simd_levels_supported()}")
+
+
+def vec_math(name, x, level):
+    """Test hook: the exp or log ("exp" / "log") of one SIMD level's kernel set, applied to
+    a float32 or float64 array (returns a new array of the same dtype and shape)."""
+    if name not in ("exp", "log"):
+        raise ValueError(f"vec_math: name must be 'exp' or 'log', got {name!r}")
+    if level not in SIMD_LEVELS or not fastctc_simd_level_supported(SIMD_LEVELS.index(level)):
+        raise ValueError(f"SIMD level {level!r} is not supported here; supported: {simd_levels_supported()}")
+    arr = np.ascontiguousarray(x)
+    if arr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"vec_math: dtype must be float32 or float64, got {arr.dtype}")
+    out = np.empty_like(arr)
+    cdef int lvl = SIMD_LEVELS.index(level), which = name == "log"
+    cdef float[::1] xf, of
+    cdef double[::1] xd, od
+    if arr.size == 0:
+        return out
+    if arr.dtype == np.float32:
+        xf = arr.reshape(-1)
+        of = out.reshape(-1)
+        with nogil:
+            fctc_vec_math_f32(lvl, which, &xf[0], &of[0], xf.shape[0])
+    else:
+        xd = arr.reshape(-1)
+        od = out.reshape(-1)
+        with nogil:
+            fctc_vec_math_f64(lvl, which, &xd[0], &od[0], xd.shape[0])
+    return out
 
 
 def scratch_bytes(int max_time, int max_label_length, bint want_grad, size_t elem_size):
@@ -146,7 +192,7 @@ cdef float _one_f32(const float *acts, Py_ssize_t act_stride, const int *labels,
                     int input_length, int alphabet_size, int blank, int from_logits,
                     float *grad, Py_ssize_t grad_stride, int grad_rows, double grad_scale,
                     float *log_alpha, Py_ssize_t alpha_stride, int alpha_rows, int alpha_cols,
-                    void *scratch) noexcept nogil:
+                    void *scratch, int threads) noexcept nogil:
     # The job lives on this thread's stack: prange bodies must not share it.
     cdef fastctc_job_f32 job
     job.acts = acts
@@ -165,6 +211,8 @@ cdef float _one_f32(const float *acts, Py_ssize_t act_stride, const int *labels,
     job.alpha_stride = alpha_stride
     job.alpha_rows = alpha_rows
     job.alpha_cols = alpha_cols
+    if threads > 1:
+        return fctc_sequence_threads_f32(&job, scratch, threads)
     return fastctc_sequence_f32(&job, scratch)
 
 
@@ -172,7 +220,7 @@ cdef double _one_f64(const double *acts, Py_ssize_t act_stride, const int *label
                     int input_length, int alphabet_size, int blank, int from_logits,
                     double *grad, Py_ssize_t grad_stride, int grad_rows, double grad_scale,
                     double *log_alpha, Py_ssize_t alpha_stride, int alpha_rows, int alpha_cols,
-                    void *scratch) noexcept nogil:
+                    void *scratch, int threads) noexcept nogil:
     # The job lives on this thread's stack: prange bodies must not share it.
     cdef fastctc_job_f64 job
     job.acts = acts
@@ -191,6 +239,8 @@ cdef double _one_f64(const double *acts, Py_ssize_t act_stride, const int *label
     job.alpha_stride = alpha_stride
     job.alpha_rows = alpha_rows
     job.alpha_cols = alpha_cols
+    if threads > 1:
+        return fctc_sequence_threads_f64(&job, scratch, threads)
     return fastctc_sequence_f64(&job, scratch)
 
 
@@ -244,6 +294,18 @@ cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
         alpha_rows = <int>log_alpha.shape[1]
         alpha_cols = <int>log_alpha.shape[2]
         alpha_ptr = <float *>cnp.PyArray_DATA(<cnp.ndarray>alpha_obj)
+    if want_grad and not want_alpha and N < num_threads:
+        # Fewer sequences than threads: one at a time, each split over every thread (the
+        # forward and backward halves run at once; see trellis.inl), no nested regions.
+        with nogil:
+            for n in range(N):
+                costs[n] = _one_f32(
+                    acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
+                    &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
+                    label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
+                    grad_ptr + n * gn_stride, gt_stride, <int>T, grad_scale[n],
+                    NULL, 0, 0, 0, base, num_threads)
+        return
     for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
         costs[n] = _one_f32(
             acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
@@ -251,7 +313,7 @@ cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
             label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
             grad_ptr + n * gn_stride if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
             alpha_ptr + n * an_stride if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
-            base + per_thread * threadid())
+            base + per_thread * threadid(), 1)
 
 
 cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
@@ -296,6 +358,18 @@ cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
         alpha_rows = <int>log_alpha.shape[1]
         alpha_cols = <int>log_alpha.shape[2]
         alpha_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>alpha_obj)
+    if want_grad and not want_alpha and N < num_threads:
+        # Fewer sequences than threads: one at a time, each split over every thread (the
+        # forward and backward halves run at once; see trellis.inl), no nested regions.
+        with nogil:
+            for n in range(N):
+                costs[n] = _one_f64(
+                    acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
+                    &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
+                    label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
+                    grad_ptr + n * gn_stride, gt_stride, <int>T, grad_scale[n],
+                    NULL, 0, 0, 0, base, num_threads)
+        return
     for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
         costs[n] = _one_f64(
             acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
@@ -303,4 +377,4 @@ cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
             label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
             grad_ptr + n * gn_stride if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
             alpha_ptr + n * an_stride if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
-            base + per_thread * threadid())
+            base + per_thread * threadid(), 1)

@@ -1,0 +1,184 @@
+/* fastctc/rows_vec.inl: the CTC row kernels written once against the thin vector layer.
+ *
+ * Included by each ISA file (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) after it has
+ * defined VT (a vector of VW FCTC_T lanes), the V_* operations, FCTC_ISA and FCTC_VTARGET
+ * (the target attribute every function here carries), and after vecmath.inl.  Semantics
+ * are those of rows_scalar.inl, which documents each kernel; these differ only in
+ * rounding (vector exp/log, summation order).
+ *
+ * How the rows vectorise: the states of one frame depend only on the previous frame, so
+ * a row is a straight loop over s with unaligned loads at s, s-1, s-2 (the padded rows
+ * make the neighbours readable).  A band [lo, hi) that is not a multiple of VW ends with
+ * one vector placed at hi - VW, overlapping the previous one: every kernel here is a pure
+ * function of rows it does not write, so recomputing a few states gives the same values
+ * and the loop needs neither masks nor a scalar tail.  Bands narrower than one vector go
+ * to the scalar kernels.  Emissions x[ext[s]] are first gathered into the caller's
+ * scratch row with scalar loads: measured faster than the AVX2 gather instruction on
+ * the AMD cores this was tuned on (the row is hot in L1 when the vector loop reads it).
+ *
+ * log-add-exp of three terms: with m the largest, md the middle and mn the smallest,
+ * lse = m + log(1 + e^(md-m) + e^(mn-m)): two exponentials and one log per state instead
+ * of three and one, the sum lies in [1, 3] (so the log needs no special cases), and when
+ * all three are -inf the result is forced to -inf (never NaN).
+ */
+
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vlse3)(VT a, VT b, VT c, VT *m_out) {
+    VT ab_hi = V_MAX(a, b), ab_lo = V_MIN(a, b);
+    VT m = V_MAX(ab_hi, c);
+    VT mn = V_MIN(ab_lo, c);
+    VT md = V_MAX(ab_lo, V_MIN(ab_hi, c));
+    VT sum = V_ADD(V_ADD(FCTC_C(1.0), FCTC_VN(fctc_vexp_neg)(V_SUB(md, m))), FCTC_VN(fctc_vexp_neg)(V_SUB(mn, m)));
+    *m_out = m;
+    return FCTC_VN(fctc_vlog_1to3)(sum);
+}
+
+static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,
+                                                   FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
+                                                   FCTC_T shift, FCTC_T *tmp) {
+    if (hi - lo < VW) return FCTC_FN(fctc_alpha_row_scalar)(prev, cur, x, ext, emit_shift, skip, lo, hi, shift, tmp);
+    for (int q = lo; q < hi; ++q) tmp[q] = x[ext[q]];
+    const VT neg_inf = FCTC_C(-HUGE_VAL);
+    const VT sh = V_SET1(emit_shift + shift);
+    VT best = neg_inf;
+    for (int s = lo;; s += VW) {
+        if (s > hi - VW) s = hi - VW;
+        VT a = V_LOAD(prev + s), b = V_LOAD(prev + s - 1);
+        VT c = V_ADD(V_LOAD(prev + s - 2), V_LOAD(skip + s));
+        VT m;
+        VT l = FCTC_VN(fctc_vlse3)(a, b, c, &m);
+        VT e = V_SUB(V_LOAD(tmp + s), sh);
+        VT v = V_SELECT(V_CMP_EQ(m, neg_inf), neg_inf, V_ADD(V_ADD(e, m), l));
+        V_STORE(cur + s, v);
+        best = V_MAX(best, v);
+        if (s == hi - VW) break;
+    }
+    return V_HMAX(best);
+}
+
+static FCTC_VTARGET FCTC_T FCTC_VN(fctc_beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,
+                                                  const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo,
+                                                  int hi, FCTC_T shift, FCTC_T *tmp) {
+    if (hi - lo < VW)
+        return FCTC_FN(fctc_beta_row_scalar)(nb, cur, nb_out, x, ext, emit_shift, skip, lo, hi, shift, tmp);
+    for (int q = lo; q < hi; ++q) tmp[q] = x[ext[q]];
+    const VT neg_inf = FCTC_C(-HUGE_VAL);
+    const VT sh = V_SET1(shift), esh = V_SET1(emit_shift);
+    VT best = neg_inf;
+    for (int s = lo;; s += VW) {
+        if (s > hi - VW) s = hi - VW;
+        VT a = V_LOAD(nb + s), b = V_LOAD(nb + s + 1);
+        VT c = V_ADD(V_LOAD(nb + s + 2), V_LOAD(skip + s + 2));
+        VT m;
+        VT l = FCTC_VN(fctc_vlse3)(a, b, c, &m);
+        VT v = V_SELECT(V_CMP_EQ(m, neg_inf), neg_inf, V_ADD(V_SUB(m, sh), l));
+        V_STORE(cur + s, v);
+        VT o = V_ADD(v, V_SUB(V_LOAD(tmp + s), esh));
+        V_STORE(nb_out + s, o);
+        best = V_MAX(best, o);
+        if (s == hi - VW) break;
+    }
+    return V_HMAX(best);
+}
+
+static FCTC_VTARGET void FCTC_VN(fctc_gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out,
+                                                 int lo, int hi) {
+    if (hi - lo < VW) {
+        FCTC_FN(fctc_gamma_row_scalar)(a, b, offset, out, lo, hi);
+        return;
+    }
+    const VT off = V_SET1(offset);
+    for (int s = lo;; s += VW) {
+        if (s > hi - VW) s = hi - VW;
+        V_STORE(out + s, FCTC_VN(fctc_vexp_occ)(V_ADD(V_ADD(V_LOAD(a + s), V_LOAD(b + s)), off)));
+        if (s == hi - VW) break;
+    }
+}
+
+/* Loads the last C % VW elements of a row into a vector padded with `pad`. */
+static inline FCTC_VTARGET VT FCTC_VN(fctc_load_tail)(const FCTC_T *x, int n, FCTC_T pad) {
+    FCTC_T buf[VW];
+    int i;
+    for (i = 0; i < VW; ++i) buf[i] = i < n ? x[i] : pad;
+    return V_LOAD(buf);
+}
+
+static FCTC_VTARGET FCTC_T FCTC_VN(fctc_row_lse)(const FCTC_T *x, int C) {
+    const int body = C - C % VW;
+    VT m0 = FCTC_C(-HUGE_VAL), m1 = m0;
+    int c = 0;
+    for (; c + 2 * VW <= body; c += 2 * VW) {
+        m0 = V_MAX(m0, V_LOAD(x + c));
+        m1 = V_MAX(m1, V_LOAD(x + c + VW));
+    }
+    for (; c < body; c += VW) m0 = V_MAX(m0, V_LOAD(x + c));
+    if (body < C) m1 = V_MAX(m1, FCTC_VN(fctc_load_tail)(x + body, C - body, (FCTC_T)-HUGE_VAL));
+    FCTC_T m = V_HMAX(V_MAX(m0, m1));
+    if (m == (FCTC_T)-HUGE_VAL || m != m) return m;
+    const VT mv = V_SET1(m);
+    VT s0 = FCTC_C(0.0), s1 = s0;
+    for (c = 0; c + 2 * VW <= body; c += 2 * VW) {
+        s0 = V_ADD(s0, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv)));
+        s1 = V_ADD(s1, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c + VW), mv)));
+    }
+    for (; c < body; c += VW) s0 = V_ADD(s0, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv)));
+    if (body < C)
+        s1 = V_ADD(s1, FCTC_VN(fctc_vexp_occ)(V_SUB(FCTC_VN(fctc_load_tail)(x + body, C - body, (FCTC_T)-HUGE_VAL), mv)));
+    FCTC_T sum = V_HSUM(V_ADD(s0, s1));
+    return m + FCTC_LOG(sum);
+}
+
+static FCTC_VTARGET void FCTC_VN(fctc_scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out,
+                                                      int C) {
+    const int body = C - C % VW;
+    const VT sh = V_SET1(shift), sc = V_SET1(scale);
+    int c;
+    for (c = 0; c < body; c += VW) V_STORE(out + c, V_MUL(sc, FCTC_VN(fctc_vexp_occ)(V_SUB(V_LOAD(x + c), sh))));
+    if (body < C) {
+        FCTC_T buf[VW];
+        V_STORE(buf, V_MUL(sc, FCTC_VN(fctc_vexp_occ)(V_SUB(FCTC_VN(fctc_load_tail)(x + body, C - body, 0), sh))));
+        for (c = body; c < C; ++c) out[c] = buf[c - body];
+    }
+}
+
+static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C) {
+    const int body = C - C % VW;
+    const VT v = V_SET1(value);
+    int c;
+    for (c = 0; c < body; c += VW) V_STORE(out + c, v);
+    for (; c < C; ++c) out[c] = value;
+}
+
+/* Test hooks: the vector exp / log over an array (whole vectors, then a padded tail). */
+static FCTC_VTARGET void FCTC_VN(fctc_exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
+    ptrdiff_t i;
+    for (i = 0; i + VW <= n; i += VW) V_STORE(out + i, FCTC_VN(fctc_vexp)(V_LOAD(x + i)));
+    if (i < n) {
+        FCTC_T buf[VW];
+        V_STORE(buf, FCTC_VN(fctc_vexp)(FCTC_VN(fctc_load_tail)(x + i, (int)(n - i), 0)));
+        for (; i < n; ++i) out[i] = buf[i % VW];
+    }
+}
+
+static FCTC_VTARGET void FCTC_VN(fctc_log_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
+    ptrdiff_t i;
+    for (i = 0; i + VW <= n; i += VW) V_STORE(out + i, FCTC_VN(fctc_vlog)(V_LOAD(x + i)));
+    if (i < n) {
+        FCTC_T buf[VW];
+        V_STORE(buf, FCTC_VN(fctc_vlog)(FCTC_VN(fctc_load_tail)(x + i, (int)(n - i), 1)));
+        for (; i < n; ++i) out[i] = buf[i % VW];
+    }
+}
+
+static const FCTC_FN(fctc_kernels) FCTC_VN(fctc_kernels) = {
+    FCTC_VN(fctc_alpha_row),      FCTC_VN(fctc_beta_row), FCTC_VN(fctc_gamma_row), FCTC_VN(fctc_row_lse),
+    FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row), FCTC_VN(fctc_exp_array), FCTC_VN(fctc_log_array)};
+
+#undef FCTC_VEXP_LO
+#undef FCTC_VEXP_HI
+#undef FCTC_VEXP_FLUSH
+#undef FCTC_LN2_HI
+#undef FCTC_LN2_LO
+#undef FCTC_LOG2E
+#undef FCTC_MIN_NORMAL
+#undef FCTC_SUBNORMAL_SCALE
+#undef FCTC_SUBNORMAL_EXP

@@ -1,0 +1,241 @@
+"""fastctc._bench: the CPU benchmark behind `fastctc bench` and benchmarks/bench_cpu.py.
+
+Times fastctc against torch.nn.functional.ctc_loss on the CPU (and optax when it is
+importable), in one process, with the same thread count for every library, on the
+shapes of the project's targets.  Like for like:
+
+* "loss+grad (logits)": fastctc with from_logits=True and the gradient with respect to
+  the logits, against torch log_softmax + ctc_loss + backward to the logits leaf (and
+  optax.ctc_loss + jax.grad w.r.t. logits, jit-compiled, threads not pinned: XLA's own pool).
+* "loss+grad (log_probs)": fastctc's gradient with respect to log_probs, against torch's
+  ctc_loss backward on a log_probs leaf.
+* "loss (log_probs)": the loss alone, log_probs in, both libraries.
+
+Every number is the median of `--repeats` runs after one warm-up.  The machine's copy
+bandwidth is measured with a large np.copyto; for each logits shape the table also
+shows the time the unavoidable bytes take at that bandwidth (read the activations
+once, write the gradient once), the floor no CPU implementation can beat.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+SHAPES = {  # name: (T, N, C, S)
+    "char": (500, 32, 32, 100),
+    "bpe": (250, 32, 1024, 80),
+    "vocab5k": (200, 16, 5000, 60),
+    "ocr": (64, 256, 100, 25),
+    "long": (2000, 8, 64, 400),
+}
+
+
+def make_problem(T, N, C, S, seed=0, dtype=np.float32):
+    """Random logits (T, N, C), padded targets (N, S) avoiding blank 0, full lengths."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((T, N, C)) * 2.0).astype(dtype)
+    targets = rng.integers(1, C, size=(N, S)).astype(np.int32)
+    input_lengths = np.full(N, T, dtype=np.int32)
+    target_lengths = np.full(N, S, dtype=np.int32)
+    return logits, targets, input_lengths, target_lengths
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up (allocations, JIT, page faults)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def copy_bandwidth_gbs(nbytes=256 << 20, repeats=5):
+    """Bytes moved per second by np.copyto of a large float32 array (read + write)."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
+    return 2 * nbytes / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def log_softmax(x):
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _fastctc_cases(logits, lp, targets, il, tl, threads):
+    import fastctc
+    return {
+        "loss (log_probs)": lambda: fastctc.ctc_loss(lp, targets, il, tl, reduction="sum",
+                                                     num_threads=threads),
+        "loss+grad (logits)": lambda: fastctc.ctc_loss_and_grad(logits, targets, il, tl, reduction="sum",
+                                                                from_logits=True, num_threads=threads),
+        "loss+grad (log_probs)": lambda: fastctc.ctc_loss_and_grad(lp, targets, il, tl, reduction="sum",
+                                                                   num_threads=threads),
+    }
+
+
+def _torch_cases(torch, logits, lp, targets, il, tl):
+    F = torch.nn.functional
+    x = torch.from_numpy(logits)
+    lpt = torch.from_numpy(lp)
+    tg, ilt, tlt = (torch.from_numpy(a).long() for a in (targets, il, tl))
+
+    def loss_only():
+        with torch.no_grad():
+            return F.ctc_loss(lpt, tg, ilt, tlt, reduction="sum")
+
+    def grad_logits():
+        leaf = x.detach().requires_grad_(True)
+        F.ctc_loss(F.log_softmax(leaf, -1), tg, ilt, tlt, reduction="sum").backward()
+        return leaf.grad
+
+    def grad_log_probs():
+        leaf = lpt.detach().requires_grad_(True)
+        F.ctc_loss(leaf, tg, ilt, tlt, reduction="sum").backward()
+        return leaf.grad
+
+    return {"loss (log_probs)": loss_only, "loss+grad (logits)": grad_logits,
+            "loss+grad (log_probs)": grad_log_probs}
+
+
+def _optax_cases(logits, targets, il, tl):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    T, N, C = logits.shape
+    x = jnp.asarray(logits.transpose(1, 0, 2))  # optax is batch-major
+    lpad = jnp.zeros((N, T), jnp.float32)
+    labels = jnp.asarray(targets)
+    label_pad = jnp.asarray((np.arange(targets.shape[1])[None, :] >= tl[:, None]).astype(np.float32))
+
+    loss = jax.jit(lambda x: optax.ctc_loss(x, lpad, labels, label_pad).sum())
+    grad = jax.jit(jax.value_and_grad(lambda x: optax.ctc_loss(x, lpad, labels, label_pad).sum()))
+    return {"loss (logits)": lambda: loss(x).block_until_ready(),
+            "loss+grad (logits)": lambda: jax.tree_util.tree_map(lambda a: a.block_until_ready(), grad(x))}
+
+
+def run(shapes, threads_list, repeats, with_optax=True, simd=None):
+    import fastctc
+    from fastctc import _core
+    if simd:
+        _core.set_simd_level(simd)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    optax_ok = False
+    if with_optax:
+        try:
+            import optax  # noqa: F401
+            import jax  # noqa: F401
+            optax_ok = True
+        except ImportError:
+            pass
+    rows = []
+    for name in shapes:
+        T, N, C, S = SHAPES[name]
+        logits, targets, il, tl = make_problem(T, N, C, S)
+        lp = log_softmax(logits.astype(np.float64)).astype(np.float32)
+        for threads in threads_list:
+            if torch is not None:
+                torch.set_num_threads(threads)
+            ours = _fastctc_cases(logits, lp, targets, il, tl, threads)
+            theirs = _torch_cases(torch, logits, lp, targets, il, tl) if torch is not None else {}
+            for case, fn in ours.items():
+                row = {"shape": name, "T,N,C,S": f"{T},{N},{C},{S}", "threads": threads, "case": case,
+                       "fastctc_ms": median_ms(fn, repeats)}
+                if case in theirs:
+                    row["torch_ms"] = median_ms(theirs[case], repeats)
+                rows.append(row)
+        if optax_ok:
+            cases = _optax_cases(logits, targets, il, tl)
+            for row in rows:
+                if row["shape"] == name and row["case"] == "loss+grad (logits)":
+                    row["optax_ms"] = median_ms(cases["loss+grad (logits)"], repeats)
+    return rows
+
+
+def bound_ms(shape, bandwidth_gbs, itemsize=4):
+    """Time to read the activations once and write the gradient once at this bandwidth."""
+    T, N, C, _ = SHAPES[shape]
+    return 2 * T * N * C * itemsize / (bandwidth_gbs * 1e9) * 1e3
+
+
+def markdown(rows, bandwidth_gbs):
+    head = ["shape (T,N,C,S)", "threads", "case", "fastctc ms", "torch ms", "speed-up vs torch",
+            "optax ms", "speed-up vs optax", "copy-bound ms"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        f = r["fastctc_ms"]
+        t = r.get("torch_ms")
+        o = r.get("optax_ms")
+        bound = bound_ms(r["shape"], bandwidth_gbs) if r["case"] == "loss+grad (logits)" else None
+        out.append("| " + " | ".join([
+            f"{r['shape']} ({r['T,N,C,S']})", str(r["threads"]), r["case"], f"{f:.2f}",
+            f"{t:.2f}" if t else "-", f"{t / f:.1f}x" if t else "-",
+            f"{o:.2f}" if o else "-", f"{o / f:.1f}x" if o else "-",
+            f"{bound:.2f}" if bound else "-"]) + " |")
+    return "\n".join(out)
+
+
+def machine_line(bandwidth_gbs):
+    import fastctc
+    info = fastctc.info()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = []
+    for mod in ("torch", "jax", "optax"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, fastctc {info['version']} SIMD {info['simd_level']}, "
+            f"{', '.join(versions)}; copy bandwidth {bandwidth_gbs:.1f} GB/s (np.copyto, read+write)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="fastctc bench", description="fastctc vs PyTorch (and optax) on the CPU")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ",".join(SHAPES))
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per case (median reported)")
+    p.add_argument("--no-optax", action="store_true", help="skip optax even when importable")
+    p.add_argument("--simd", default=None, help="force a SIMD level (scalar, avx2, avx512, neon)")
+    args = p.parse_args(argv)
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    for s in shapes:
+        if s not in SHAPES:
+            p.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+    threads = [int(t) for t in args.threads.split(",")]
+    bw = copy_bandwidth_gbs()
+    rows = run(shapes, threads, args.repeats, with_optax=not args.no_optax, simd=args.simd)
+    print(machine_line(bw))
+    print()
+    print(markdown(rows, bw))
+    print()
+    print("Medians of", args.repeats, "runs. copy-bound: reading the activations once and writing the "
+          "gradient once at the measured copy bandwidth. optax runs under XLA's own thread pool.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
