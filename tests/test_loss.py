@@ -273,3 +273,16 @@ def test_info():
     assert info["simd_level"] in info["simd_levels_available"]
     assert isinstance(info["openmp"], bool) and info["threads"] >= 1
     assert "available" in info["cuda"]
+
+
+def test_split_sequence_is_repeatable(simd_level):
+    """Regression: one sequence split over two threads (forward and backward halves at once)
+    raced on a shared row; repeated calls must equal the single-thread result exactly."""
+    rng = np.random.default_rng(11)
+    lp = random_log_probs(rng, 60, 1, 7, dtype=np.float32)
+    tg = rng.integers(1, 7, size=(1, 20))
+    want = fastctc.ctc_loss_and_grad(lp, tg, [60], [20], reduction="sum", num_threads=1)
+    for _ in range(40):
+        got = fastctc.ctc_loss_and_grad(lp, tg, [60], [20], reduction="sum", num_threads=2)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-6)

@@ -99,3 +99,15 @@ def test_accepts_lists_and_unsigned():
     a = fastctc.ctc_loss(LP.tolist(), TG.tolist(), IL, TL, reduction="none")
     b = fastctc.ctc_loss(LP, TG.astype(np.uint8), np.array(IL, np.uint16), np.array(TL, np.int32), reduction="none")
     np.testing.assert_allclose(a, b)
+
+
+def test_huge_thread_counts_are_capped_not_crashing():
+    """Regression (fuzz finding): num_threads=10**6 with fewer sequences than threads took
+    the split path and asked OpenMP for a million threads, which ends the process."""
+    want = fastctc.ctc_loss_and_grad(LP, TG, IL, TL, reduction="none", num_threads=1)
+    for threads in (3, 10**6, 2**31 - 1):
+        got = fastctc.ctc_loss_and_grad(LP, TG, IL, TL, reduction="none", num_threads=threads)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-12)
+        got = fastctc.ctc_loss(LP[:, :1], TG[:1], IL[:1], TL[:1], reduction="none", num_threads=threads)
+        np.testing.assert_allclose(got, want[0][:1], rtol=1e-12)

@@ -117,18 +117,28 @@ static int fctc_simd_from_env(int best) {
 /* -1: not chosen yet. */
 static int fctc_simd_level_cached = -1;
 
+/* Relaxed atomic access where the compiler offers it: threads racing on the first call all
+ * store the same value, but a plain int would still be a data race in C11's terms. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FCTC_LOAD_LEVEL() __atomic_load_n(&fctc_simd_level_cached, __ATOMIC_RELAXED)
+#define FCTC_STORE_LEVEL(v) __atomic_store_n(&fctc_simd_level_cached, (v), __ATOMIC_RELAXED)
+#else
+#define FCTC_LOAD_LEVEL() (fctc_simd_level_cached)
+#define FCTC_STORE_LEVEL(v) (fctc_simd_level_cached = (v))
+#endif
+
 FASTCTC_DEF int fastctc_simd_level(void) {
-    int level = fctc_simd_level_cached;
+    int level = FCTC_LOAD_LEVEL();
     if (level < 0) {
         level = fctc_simd_from_env(fctc_simd_detect());
-        fctc_simd_level_cached = level;
+        FCTC_STORE_LEVEL(level);
     }
     return level;
 }
 
 FASTCTC_DEF fastctc_status fastctc_simd_set_level(int level) {
     if (!fastctc_simd_level_supported(level)) return FASTCTC_INVALID_ARGUMENT;
-    fctc_simd_level_cached = level;
+    FCTC_STORE_LEVEL(level);
     return FASTCTC_OK;
 }
 

@@ -387,6 +387,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
         }
         if (tid == 0) log_p = lp_mid;
         const int dead = !(lp_mid > -HUGE_VAL);
+#ifdef _OPENMP
+        /* Role 1 overwrites b_cur in phase 2: every thread must have read it first. */
+#pragma omp barrier
+#endif
 
         /* phase 2 */
         for (role = tid; role < 2; role += nth) {

@@ -101,6 +101,9 @@ cdef extern from *:
     void fctc_vec_math_f32(int level, int which, const float *x, float *out, Py_ssize_t n) nogil
     void fctc_vec_math_f64(int level, int which, const double *x, double *out, Py_ssize_t n) nogil
 
+cdef enum:
+    MAX_THREADS = 1024  # cap on one call's OpenMP team
+
 SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
 
 
@@ -278,7 +281,9 @@ cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
     for n in range(N):
         max_t = max(max_t, input_lengths[n])
         max_l = max(max_l, label_lengths[n])
-    n_threads = max(1, min(num_threads, N))
+    # at most one thread per sequence and at most MAX_THREADS (an OpenMP runtime that cannot
+    # create the team it is asked for ends the process)
+    n_threads = max(1, min(num_threads, N, MAX_THREADS))
     scratch = _scratch(n_threads, max_t, max_l, want_grad, 4, &per_thread)
     base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
     acts_ptr = <const float *>cnp.PyArray_DATA(<cnp.ndarray>acts_obj) if T > 0 and C > 0 else NULL
@@ -304,7 +309,7 @@ cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
                     &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
                     label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
                     grad_ptr + n * gn_stride, gt_stride, <int>T, grad_scale[n],
-                    NULL, 0, 0, 0, base, num_threads)
+                    NULL, 0, 0, 0, base, 2)
         return
     for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
         costs[n] = _one_f32(
@@ -342,7 +347,9 @@ cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
     for n in range(N):
         max_t = max(max_t, input_lengths[n])
         max_l = max(max_l, label_lengths[n])
-    n_threads = max(1, min(num_threads, N))
+    # at most one thread per sequence and at most MAX_THREADS (an OpenMP runtime that cannot
+    # create the team it is asked for ends the process)
+    n_threads = max(1, min(num_threads, N, MAX_THREADS))
     scratch = _scratch(n_threads, max_t, max_l, want_grad, 8, &per_thread)
     base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
     acts_ptr = <const double *>cnp.PyArray_DATA(<cnp.ndarray>acts_obj) if T > 0 and C > 0 else NULL
@@ -368,7 +375,7 @@ cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
                     &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
                     label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
                     grad_ptr + n * gn_stride, gt_stride, <int>T, grad_scale[n],
-                    NULL, 0, 0, 0, base, num_threads)
+                    NULL, 0, 0, 0, base, 2)
         return
     for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
         costs[n] = _one_f64(
