@@ -48,13 +48,23 @@ _TRELLIS_ARGS = (
 )
 _LSE_ARGS = (("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"), ("lse", "p"))
 
-# input dtype name -> (kernel suffix, compute/accumulate dtype name, itemsize)
+# input dtype name -> (kernel suffix, accumulator dtype name).  The workspace, costs and
+# log_alpha hold accumulator values, so every byte size of them comes from the accumulator
+# (_acc_size), never from the input's itemsize: sizing them by the 2-byte half/bfloat16
+# input once made the workspace regions overlap (the last sequences' alpha rows shared
+# memory with beta and gamma, a race that corrupted their costs).
 _KERNEL_TYPES = {
-    "float32": ("f32", "float32", 4),
-    "float64": ("f64", "float64", 8),
-    "float16": ("f16", "float32", 2),
-    "bfloat16": ("bf16", "float32", 2),
+    "float32": ("f32", "float32"),
+    "float64": ("f64", "float64"),
+    "float16": ("f16", "float32"),
+    "bfloat16": ("bf16", "float32"),
 }
+_ACC_SIZES = {"float32": 4, "float64": 8}
+
+
+def _acc_size(acc: str) -> int:
+    """Bytes of one accumulator value (the kernels' A type)."""
+    return _ACC_SIZES[acc]
 _ALIGN = 256
 _NVRTC_OPTIONS = ("-std=c++17",)
 _lock = threading.Lock()
@@ -182,7 +192,7 @@ def _kernels(ordinal: int) -> dict:
         cubin = compile_cubin(f"sm_{dev.arch}")
         code = ObjectCode.from_cubin(cubin, name="ctc.cu")
         kernels = {}
-        for suffix, _, _ in _KERNEL_TYPES.values():
+        for suffix, _ in _KERNEL_TYPES.values():
             for stem in ("fctc_lse_", "fctc_ctc_"):
                 kernels[stem + suffix] = code.get_kernel(stem + suffix)
         _modules[ordinal] = kernels
@@ -343,8 +353,11 @@ def _check_host_ints(x, name, low, high):
             raise CTCValueError(f"{name}[{idx}] = {int(arr[i])} is outside [{low}, {high}]")
 
 
-def _layout(N, T, Smax, C, want_grad, from_logits, acc_size):
-    """Byte offsets of every workspace region (mirrors the kernel's per-sequence strides)."""
+def _layout(N, T, Smax, C, want_grad, from_logits, acc):
+    """Byte offsets of every workspace region (mirrors the kernel's per-sequence strides):
+    (offsets, total bytes, alpha elements per sequence).  `acc` is the accumulator dtype
+    name ('float32' for float16/bfloat16 inputs too)."""
+    acc_size = _acc_size(acc)
     W = 2 * Smax + 5
     LS = max(Smax, 1)
     rows = T if want_grad else 2
@@ -401,7 +414,7 @@ def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logi
     if be.strides(x)[2] != 1 or any(s < 0 for s in be.strides(x)):
         x = be.contiguous(x)
     st_t, st_n, _ = be.strides(x)
-    suffix, acc, acc_size = _KERNEL_TYPES[kind]
+    suffix, acc = _KERNEL_TYPES[kind]
 
     # targets and lengths: shapes always, values too when they are on the host
     tshape = tuple(be.shape(targets)) if is_cuda_array(targets) and hasattr(targets, "shape") \
@@ -467,7 +480,7 @@ def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logi
     if N == 0:
         return back(costs), back(grad), back(log_alpha)
 
-    offsets, total, alpha_n = _layout(N, T, Smax, C, want_grad, from_logits, acc_size)
+    offsets, total, alpha_n = _layout(N, T, Smax, C, want_grad, from_logits, acc)
     ws = be.empty((total,), "uint8")
     base = be.ptr(ws)
     values = dict(acts=be.ptr(x), st_t=st_t, st_n=st_n, T=T, N=N, C=C,
