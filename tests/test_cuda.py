@@ -379,6 +379,106 @@ def test_workspace_regions_hold_accumulator_values(kind):
                     assert offsets[name] + need[name] <= end, (kind, name, N, T, Smax, C, want_grad, from_logits)
 
 
+# ---------------------------------------------------------------- CTCLossV2 routing (stand-in device)
+
+class _FakeDeviceArray(np.ndarray):
+    """A host array that claims to live on a CUDA device, for the routing contract."""
+    __cuda_array_interface__ = {}
+
+
+def _fake_dev(x):
+    return np.asarray(x).view(_FakeDeviceArray)
+
+
+def _fake_cuda_module(calls):
+    """A stand-in fastctc._cuda: is_cuda_array / run_device on the CPU engine, results as
+    _FakeDeviceArray (the 'caller's kind')."""
+    import types
+
+    def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logits, want_grad,
+                   grad_weights=None, want_alpha=False, **extra):
+        calls.append(dict(kinds=tuple(type(a).__name__ for a in (acts, targets, input_lengths, target_lengths)),
+                          blank=blank, from_logits=from_logits, want_grad=want_grad, grad_weights=grad_weights,
+                          want_alpha=want_alpha, extra=extra))
+        acts, tg = np.asarray(acts), np.asarray(targets)
+        batch, b = fastctc._validate.check_ctc_inputs(acts, tg, np.asarray(input_lengths), np.asarray(target_lengths),
+                                                      blank)
+        c, g, la = fastctc._engine.run(batch, b, from_logits, want_grad=want_grad, want_alpha=want_alpha,
+                                       alpha_cols=2 * tg.shape[1] + 1)
+        return tuple(None if r is None else _fake_dev(r) for r in (c, g, la))
+
+    return types.SimpleNamespace(is_cuda_array=lambda x: isinstance(x, _FakeDeviceArray), run_device=run_device,
+                                 status=lambda: {"available": True, "reason": "ok"})
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import sys
+    calls = []
+    fake = _fake_cuda_module(calls)
+    monkeypatch.setitem(sys.modules, "fastctc._cuda", fake)
+    monkeypatch.setattr(fastctc, "_cuda", fake, raising=False)
+    return calls
+
+
+def test_ctclossv2_routes_device_arrays_to_run_device(fake_cuda, rng):
+    acts, tg, il, tl = _random_case(rng, 9, 4, 5, 3, 0, np.float64)
+    lp = acts.astype(np.float32)
+    il[1] = 2                                     # infeasible: +inf, 0 with zero_infinity
+    tg32, il32, tl32 = tg.astype(np.int32), il.astype(np.int32), tl.astype(np.int32)
+    tl32[1] = 2                                   # MindSpore requires target_length <= input_length,
+    tg32[1, :2] = 1                               # so a repeated label makes sequence 1 infeasible
+    for zero_inf in (False, True):
+        loss = fastctc.CTCLossV2(blank=0, zero_infinity=zero_inf)
+        before = len(fake_cuda)
+        cpu_nll, cpu_la = loss(lp, tg32, il32, tl32)
+        cpu3 = loss.loss_and_grad(lp, tg32, il32, tl32)
+        assert len(fake_cuda) == before           # host arrays never reach the device path
+        for dev_ints in (False, True):
+            ints = [_fake_dev(a) if dev_ints else a for a in (tg32, il32, tl32)]
+            nll, la = loss(_fake_dev(lp), *ints)
+            call = fake_cuda[-1]
+            assert call["want_alpha"] is True and call["want_grad"] is False and call["from_logits"] is False
+            assert call["blank"] == 0 and call["grad_weights"] is None
+            assert call["kinds"][0] == "_FakeDeviceArray"
+            assert (call["kinds"][1] == "_FakeDeviceArray") == dev_ints
+            assert isinstance(nll, _FakeDeviceArray) and isinstance(la, _FakeDeviceArray)
+            np.testing.assert_array_equal(np.asarray(nll), cpu_nll)
+            np.testing.assert_array_equal(np.asarray(la), cpu_la)
+            three = loss.loss_and_grad(_fake_dev(lp), *ints)
+            assert fake_cuda[-1]["want_grad"] is True and fake_cuda[-1]["want_alpha"] is True
+            assert all(isinstance(r, _FakeDeviceArray) for r in three)
+            for got, want in zip(three, cpu3):
+                np.testing.assert_array_equal(np.asarray(got), want)
+        assert (cpu_nll[1] == 0) if zero_inf else np.isposinf(cpu_nll[1])
+
+
+def test_ctclossv2_device_errors_before_the_kernel(fake_cuda, rng):
+    acts, tg, il, tl = _random_case(rng, 6, 3, 4, 2, 0, np.float32)
+    lp = _fake_dev(acts)
+    tg32, il32, tl32 = tg.astype(np.int32), il.astype(np.int32), np.minimum(tl, il).astype(np.int32)
+    loss = fastctc.CTCLossV2()
+    bad = [
+        ((_fake_dev(acts.astype(np.float16)), tg32, il32, tl32), fastctc.CTCTypeError, "float32 or float64"),
+        ((_fake_dev(acts[0]), tg32, il32, tl32), fastctc.CTCValueError, "rank 3"),
+        ((lp, tg32.astype(np.float32), il32, tl32), fastctc.CTCTypeError, "targets"),
+        ((lp, tg32, il32.astype(np.int64), tl32), fastctc.CTCTypeError, "same dtype"),
+        ((lp, tg32, _fake_dev(il32.astype(np.int64)), tl32), fastctc.CTCTypeError, "same dtype"),
+        ((lp, tg32[:2], il32, tl32), fastctc.CTCValueError, "N = 3"),
+        ((lp, tg32, _fake_dev(il32[:2]), tl32), fastctc.CTCValueError, "input_lengths"),
+        ((lp, tg32, np.array([7, 1, 1], np.int32), tl32), fastctc.CTCRuntimeError, "input_lengths\\[0\\] = 7"),
+        ((lp, tg32, il32, np.array([0, 0, 3], np.int32)), fastctc.CTCRuntimeError, "target_lengths\\[2\\]"),
+        ((lp, np.where(np.arange(2) == 0, 9, tg32).astype(np.int32), il32, np.maximum(tl32, 1)),
+         fastctc.CTCValueError, "targets\\[0, 0\\] = 9"),
+    ]
+    for args, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            loss(*args)
+    with pytest.raises(fastctc.CTCValueError, match="blank"):
+        fastctc.CTCLossV2(blank=4)(lp, tg32, il32, tl32)
+    assert not fake_cuda                          # every error came before run_device
+
+
 # ---------------------------------------------------------------- on a GPU
 
 _ST = _cuda.status()
@@ -487,3 +587,23 @@ def test_gpu_torch_adapter_and_gradcheck(rng):
     f = lambda z: ft.ctc_loss(torch.log_softmax(z, -1), torch.from_numpy(tg).cuda(),  # noqa: E731
                               torch.from_numpy(il).cuda(), torch.from_numpy(tl).cuda())
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+@gpu
+def test_gpu_ctclossv2_matches_cpu(rng):
+    torch = _torch_cuda()
+    for dtype, tol in ((np.float64, 1e-9), (np.float32, 2e-4)):
+        acts, tg, il, tl = _random_case(rng, 40, 6, 12, 8, 0, dtype, repeats=True)
+        tl = np.minimum(tl, il)
+        tg, il, tl = tg.astype(np.int32), il.astype(np.int32), tl.astype(np.int32)
+        for zero_inf in (False, True):
+            loss = fastctc.CTCLossV2(zero_infinity=zero_inf)
+            want = loss.loss_and_grad(acts, tg, il, tl)
+            for dev_ints in (False, True):
+                ints = [torch.from_numpy(a).cuda() if dev_ints else a for a in (tg, il, tl)]
+                got = loss.loss_and_grad(torch.from_numpy(acts).cuda(), *ints)
+                assert all(g.is_cuda for g in got)
+                for g, w in zip(got, want):
+                    np.testing.assert_allclose(g.cpu().numpy(), w, rtol=tol, atol=tol)
+                nll, la = loss(torch.from_numpy(acts).cuda(), *ints)
+                np.testing.assert_allclose(la.cpu().numpy(), want[1], rtol=tol, atol=tol)
