@@ -92,6 +92,79 @@ def test_status_never_raises():
     assert isinstance(st["available"], bool) and st["reason"]
 
 
+def _fake_cuda_stack(monkeypatch, *, libcuda=True, init=0, count=1, arch="90", name="Fake GPU", driver=12080,
+                     nvrtc=(12, 8), archs=(75, 80, 86, 89, 90)):
+    """Stand-in cuda.core / cuda.bindings modules, so status() is checked on every branch."""
+    import sys
+    import types
+
+    class Err(int):
+        pass
+
+    drv = types.SimpleNamespace()
+
+    def cuInit(flags):
+        if not libcuda:
+            raise OSError("libcuda.so.1: cannot open shared object file")
+        return (Err(init),)
+
+    drv.cuInit = cuInit
+    drv.cuGetErrorName = lambda e: (0, {100: b"CUDA_ERROR_NO_DEVICE", 999: b"CUDA_ERROR_UNKNOWN"}[int(e)])
+    drv.cuDriverGetVersion = lambda: (0, driver)
+    drv.cuDeviceGetCount = lambda: (0, count)
+    nv = types.SimpleNamespace(nvrtcVersion=lambda: (0, *nvrtc), nvrtcGetSupportedArchs=lambda: (0, list(archs)))
+    bindings = types.SimpleNamespace(driver=drv, nvrtc=nv)
+    core = types.SimpleNamespace(__version__="9.9", Device=lambda i: types.SimpleNamespace(name=name, arch=arch))
+    for key, mod in (("cuda.core", core), ("cuda.bindings", bindings), ("cuda.bindings.driver", drv),
+                     ("cuda.bindings.nvrtc", nv)):
+        monkeypatch.setitem(sys.modules, key, mod)
+
+
+def test_status_reports_device_arch_and_versions(monkeypatch):
+    _fake_cuda_stack(monkeypatch)
+    st = _cuda.status()
+    assert st["available"] and st["reason"] == "ok"
+    assert (st["device"], st["arch"], st["devices"], st["nvrtc"], st["driver"]) == ("Fake GPU", "sm_90", 1, "12.8",
+                                                                                   "12.8")
+    assert "warning" not in st
+    assert fastctc.info()["cuda"] == st
+
+
+@pytest.mark.parametrize("case,expect", [
+    (dict(libcuda=False), "no NVIDIA driver"),
+    (dict(init=100), "no CUDA device"),
+    (dict(init=999), "cuInit returned CUDA_ERROR_UNKNOWN"),
+    (dict(count=0), "no CUDA device"),
+    (dict(arch="70"), "cannot compile for sm_70"),
+])
+def test_status_says_why_not(monkeypatch, case, expect):
+    _fake_cuda_stack(monkeypatch, **case)
+    st = _cuda.status()
+    assert not st["available"] and expect in st["reason"]
+
+
+def test_status_warns_when_driver_is_older_than_nvrtc(monkeypatch, capsys):
+    _fake_cuda_stack(monkeypatch, driver=12040, nvrtc=(13, 0))
+    st = _cuda.status()
+    assert st["available"] and "nvidia-cuda-nvrtc-cu12" in st["warning"]
+    from fastctc import cli
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if "CUDA" in ln]
+    assert len(line) == 1 and "Fake GPU" in line[0] and "sm_90" in line[0] and "13.0" in line[0]
+    assert "None" not in line[0] and len(out.splitlines()) <= 24
+
+
+def test_info_without_cuda_core_says_how_to_get_it(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "cuda.core", None)
+    st = fastctc.info()["cuda"]
+    assert st["available"] is False and "pip install fastctc[cuda]" in st["reason"]
+    from fastctc import cli
+    assert cli.main(["info"]) == 0
+    assert "pip install fastctc[cuda]" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- host emulation of the kernels
 
 SHIM = r"""

@@ -148,34 +148,88 @@ def compile_cubin(arch: str, source: str | None = None, use_cache: bool = True) 
 
 # ------------------------------------------------------------------ device status
 
+def _driver_error(driver, err) -> str:
+    """'CUDA_ERROR_NO_DEVICE' for a CUresult (its name when the driver can give it)."""
+    try:
+        e2, name = driver.cuGetErrorName(err)
+        if int(e2) == 0 and name:
+            return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        pass
+    return str(err)
+
+
 def status() -> dict:
-    """Whether the GPU path can run here, and why not.  Cheap; never raises."""
-    out = {"available": False, "reason": "", "device": None, "arch": None, "nvrtc": None,
-           "cuda_core": None}
+    """Whether the GPU path can run here, and why not.  Cheap; never raises.
+
+    Keys: available (bool); reason ('ok' or what is missing and how to get it); device
+    (name of device 0), arch ('sm_90'), devices (count); nvrtc, driver (CUDA versions
+    'major.minor'); cuda_core (package version); warning (only when something may fail at
+    run time, e.g. a driver older than NVRTC).  The device is found through the CUDA driver
+    API (libcuda), not NVML, which some containers lack even with a working GPU."""
+    out = {"available": False, "reason": "", "device": None, "arch": None, "devices": 0, "nvrtc": None,
+           "driver": None, "cuda_core": None}
     try:
         import cuda.core as cc
         out["cuda_core"] = getattr(cc, "__version__", "unknown")
     except Exception as exc:
-        out["reason"] = f"cuda.core is not installed ({exc.__class__.__name__}); pip install fastctc[cuda]"
+        out["reason"] = f"cuda-core is not installed ({exc.__class__.__name__}): pip install fastctc[cuda]"
         return out
     try:
         out["nvrtc"] = nvrtc_version()
     except Exception as exc:
-        out["reason"] = f"NVRTC is not usable: {exc}"
+        out["reason"] = (f"NVRTC cannot be loaded ({exc.__class__.__name__}: {exc}): "
+                         "pip install nvidia-cuda-nvrtc (part of fastctc[cuda])")
         return out
     try:
-        from cuda.core import system
-        count = system.get_num_devices() if hasattr(system, "get_num_devices") else system.num_devices
-        if not count:
-            out["reason"] = "no CUDA device"
+        from cuda.bindings import driver
+    except Exception as exc:
+        out["reason"] = f"cuda-bindings is not installed ({exc.__class__.__name__}): pip install fastctc[cuda]"
+        return out
+    try:
+        (err,) = driver.cuInit(0)
+    except Exception as exc:  # libcuda.so missing: no NVIDIA driver on this machine
+        out["reason"] = (f"no NVIDIA driver: libcuda cannot be loaded ({exc.__class__.__name__}); "
+                         "this machine has no GPU, or its driver is not installed/mounted")
+        return out
+    if int(err) != 0:
+        name = _driver_error(driver, err)
+        out["reason"] = ("no CUDA device (the driver sees none)" if name == "CUDA_ERROR_NO_DEVICE"
+                         else f"the CUDA driver failed to start: cuInit returned {name}")
+        return out
+    try:
+        err, version = driver.cuDriverGetVersion()
+        if int(err) == 0:
+            out["driver"] = f"{int(version) // 1000}.{int(version) % 1000 // 10}"
+        err, count = driver.cuDeviceGetCount()
+        out["devices"] = int(count) if int(err) == 0 else 0
+        if not out["devices"]:
+            out["reason"] = "no CUDA device (the driver sees none)"
             return out
         from cuda.core import Device
         dev = Device(0)
         out["device"] = dev.name
         out["arch"] = f"sm_{dev.arch}"
     except Exception as exc:
-        out["reason"] = f"no usable CUDA device or driver ({exc.__class__.__name__}: {exc})"
+        out["reason"] = f"the CUDA device cannot be queried ({exc.__class__.__name__}: {exc})"
         return out
+    try:
+        from cuda.bindings import nvrtc
+        err, archs = nvrtc.nvrtcGetSupportedArchs()
+        if int(err) == 0 and archs and int(out["arch"][3:]) not in [int(a) for a in archs]:
+            out["reason"] = (f"NVRTC {out['nvrtc']} cannot compile for {out['arch']} "
+                             f"(it supports sm_{min(archs)} to sm_{max(archs)}): install an NVRTC wheel "
+                             "that supports this GPU")
+            return out
+    except Exception:
+        pass  # an older NVRTC without the query: the compile itself will tell
+    # cubins load on any driver of the same CUDA major version (minor version
+    # compatibility), not on an older major one
+    if out["driver"] and int(out["driver"].split(".")[0]) < int(out["nvrtc"].split(".")[0]):
+        major = out["driver"].split(".")[0]
+        out["warning"] = (f"the driver supports CUDA {out['driver']} but NVRTC is {out['nvrtc']}: the compiled "
+                          f"kernels may not load; install the CUDA {major} NVRTC wheel "
+                          f"(nvidia-cuda-nvrtc-cu{major}) or a newer driver")
     out["available"] = True
     out["reason"] = "ok"
     return out
