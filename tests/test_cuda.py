@@ -285,6 +285,7 @@ def emu_run(lib, acts, targets, input_lengths, target_lengths, *, blank, from_lo
     values = dict(acts=_ptr(acts), st_t=acts.strides[0] // isz, st_n=acts.strides[1] // isz, T=T, N=N, C=C,
                   targets=_ptr(tg), tg64=int(tg.dtype == np.int64), concat=int(concat),
                   tg_st_n=0 if concat else tg.strides[0] // tg.itemsize, tg_st_s=tg.strides[-1] // tg.itemsize,
+                  tg_count=tg.shape[0] if concat else 0,
                   Smax=Smax, in_len=_ptr(il), il64=int(il.dtype == np.int64), il_st=1,
                   tg_len=_ptr(tlc), tl64=int(tlc.dtype == np.int64), tl_st=1, blank=blank,
                   from_logits=int(from_logits), w=_ptr(w), w_kind=0 if w is None else 2, w_st=1, w_mul=1.0,
@@ -375,6 +376,28 @@ def test_emulated_bad_device_values_give_nan_not_a_crash(emu, rng):
     assert np.isfinite(costs[0]) and np.isnan(costs[1:]).all()
     np.testing.assert_array_equal(grad[:, 1:], 0)
     assert np.isneginf(la[1:]).all()
+
+
+def test_emulated_concatenated_lengths_past_the_labels_give_nan(emu, rng):
+    """Device-resident lengths that do not fit the concatenated targets: the sequences whose
+    labels cannot be located get a NaN cost and zero gradient, and nothing is read outside
+    the targets (here a view inside a larger array whose next values are valid labels, so a
+    read past the end would give a finite cost)."""
+    acts = random_log_probs(rng, 6, 3, 4)
+    big = np.array([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3], np.int64)
+    flat = big[4:7]                                   # 3 labels: [2, 3, 1]
+    costs, grad, _ = emu_run(emu, acts, flat, np.array([6, 6, 6]), np.array([2, 1, 1]), blank=0,
+                             from_logits=False, want_grad=True)
+    ec, eg, _ = _cpu(acts[:, :2], np.array([[2, 3], [1, 0]]), np.array([6, 6]), np.array([2, 1]), 0, False)
+    np.testing.assert_allclose(costs[:2], ec, rtol=1e-12)   # 2 + 1 labels fit
+    assert np.isnan(costs[2])                               # 2 + 1 + 1 > 3
+    np.testing.assert_array_equal(grad[:, 2], 0)
+    np.testing.assert_allclose(grad[:, :2], eg, atol=1e-12)
+    # a bad earlier length: the later sequences cannot be located either
+    costs, grad, _ = emu_run(emu, acts, big[6:9], np.array([6, 6, 6]), np.array([1, -4, 2]), blank=0,
+                             from_logits=False, want_grad=True)
+    assert np.isfinite(costs[0]) and np.isnan(costs[1:]).all()
+    np.testing.assert_array_equal(grad[:, 1:], 0)
 
 
 def test_emulated_mean_weights_and_deterministic(emu, rng):

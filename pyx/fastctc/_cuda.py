@@ -36,7 +36,8 @@ from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError
 # kinds: p = pointer, i = int32, q = int64, d = double.
 _TRELLIS_ARGS = (
     ("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"),
-    ("targets", "p"), ("tg64", "i"), ("concat", "i"), ("tg_st_n", "q"), ("tg_st_s", "q"), ("Smax", "i"),
+    ("targets", "p"), ("tg64", "i"), ("concat", "i"), ("tg_st_n", "q"), ("tg_st_s", "q"), ("tg_count", "q"),
+    ("Smax", "i"),
     ("in_len", "p"), ("il64", "i"), ("il_st", "q"),
     ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"),
     ("blank", "i"), ("from_logits", "i"),
@@ -539,7 +540,7 @@ def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logi
     base = be.ptr(ws)
     values = dict(acts=be.ptr(x), st_t=st_t, st_n=st_n, T=T, N=N, C=C,
                   targets=be.ptr(tg), tg64=tg64, concat=int(concat), tg_st_n=0 if concat else tg_st[0],
-                  tg_st_s=tg_st[-1], Smax=Smax, in_len=be.ptr(il), il64=il64, il_st=il_st[0],
+                  tg_st_s=tg_st[-1], tg_count=int(tshape[0]) if concat else 0, Smax=Smax, in_len=be.ptr(il), il64=il64, il_st=il_st[0],
                   tg_len=be.ptr(tl), tl64=tl64, tl_st=tl_st[0], blank=int(blank), from_logits=int(bool(from_logits)),
                   w=w_ptr, w_kind=w_kind, w_st=w_st, w_mul=1.0, mean=int(bool(mean_weights)),
                   costs=be.ptr(costs), grad=be.ptr(grad) if want_grad else 0,
