@@ -7,8 +7,10 @@ Three layers, so that the kernels are checked on every machine, not only on one 
   * emulation: ctc.cu compiled as host C++ (FCTC_EMULATION) with a block run by ordinary
     threads, __syncthreads a barrier and warp shuffles a shared exchange, then compared
     with the CPU engine: the kernels' arithmetic, band, chains and reductions, without a GPU.
+  * stand-ins (every machine): status() on each branch (device, versions, reasons) with fake
+    cuda modules; CTCLossV2's routing of device arrays to run_device with a fake _cuda.
   * device (skipped without a usable CUDA GPU): parity with the CPU engine, determinism,
-    the long case, float16/bfloat16, and the torch adapter on CUDA tensors.
+    the long case, float16/bfloat16, CTCLossV2, and the torch adapter on CUDA tensors.
 Run the GPU part alone with:  PYTHONPATH=$PWD/pyx python -m pytest -q tests/test_cuda.py -m "not slow or slow"
 """
 import ctypes
