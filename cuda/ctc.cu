@@ -147,9 +147,10 @@ FCTC_DEV void fctc_frame_lse(const In *acts, fctc_i64 st_t, fctc_i64 st_n, int T
 #define FCTC_FIELDS(X)                                                                      \
     /* activations (T, N, C), class axis contiguous; strides in elements */                 \
     X(const void *, acts) X(fctc_i64, st_t) X(fctc_i64, st_n) X(int, T) X(int, N) X(int, C)   \
-    /* targets: padded (N, Smax) with strides, or concatenated (concat = 1, stride st_s) */  \
+    /* targets: padded (N, Smax) with strides, or concatenated (concat = 1, stride st_s,  \
+       tg_count labels in all) */                                                           \
     X(const void *, targets) X(int, tg64) X(int, concat) X(fctc_i64, tg_st_n)               \
-    X(fctc_i64, tg_st_s) X(int, Smax)                                                       \
+    X(fctc_i64, tg_st_s) X(fctc_i64, tg_count) X(int, Smax)                                 \
     X(const void *, in_len) X(int, il64) X(fctc_i64, il_st)                                 \
     X(const void *, tg_len) X(int, tl64) X(fctc_i64, tl_st)                                 \
     X(int, blank) X(int, from_logits)                                                       \
@@ -186,16 +187,21 @@ FCTC_DEV void fctc_trellis(const fctc_args &a) {
     const fctc_i64 Tn64 = fctc_load_int(a.in_len, a.il64, n * a.il_st);
     const fctc_i64 L64 = fctc_load_int(a.tg_len, a.tl64, n * a.tl_st);
     bool valid = Tn64 >= 0 && Tn64 <= T && L64 >= 0 && L64 <= Smax;
-    const int Tn = valid ? (int)Tn64 : 0, L = valid ? (int)L64 : 0;
     fctc_i64 start = 0;  // first label of sequence n in concatenated targets
     if (a.concat) {
-        // every thread sums the earlier lengths itself: same value everywhere, no sync
+        // every thread sums the earlier lengths itself: same value everywhere, no sync.
+        // An earlier bad length, or labels running past the tg_count given, make this
+        // sequence invalid too (its labels cannot be located), so nothing is read outside
+        // the targets array; lengths are clamped so the sum cannot overflow.
         for (int j = 0; j < n; ++j) {
             fctc_i64 l = fctc_load_int(a.tg_len, a.tl64, j * a.tl_st);
-            if (l < 0 || l > Smax) valid = false;
+            if (l < 0 || l > Smax) { valid = false; l = 0; }
             start += l;
         }
+        if (valid && start + L64 > a.tg_count) valid = false;
     }
+    // after every validity check: L sizes the label reads below
+    const int Tn = valid ? (int)Tn64 : 0, L = valid ? (int)L64 : 0;
     int *lab = a.ws_lab + n * LS, *nxt = a.ws_next + n * LS;
     int *cls = want_grad ? a.ws_cls + (fctc_i64)n * C : (int *)0;
     A bad = 0, repeats = 0;

@@ -36,7 +36,8 @@ from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError
 # kinds: p = pointer, i = int32, q = int64, d = double.
 _TRELLIS_ARGS = (
     ("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"),
-    ("targets", "p"), ("tg64", "i"), ("concat", "i"), ("tg_st_n", "q"), ("tg_st_s", "q"), ("Smax", "i"),
+    ("targets", "p"), ("tg64", "i"), ("concat", "i"), ("tg_st_n", "q"), ("tg_st_s", "q"), ("tg_count", "q"),
+    ("Smax", "i"),
     ("in_len", "p"), ("il64", "i"), ("il_st", "q"),
     ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"),
     ("blank", "i"), ("from_logits", "i"),
@@ -48,13 +49,23 @@ _TRELLIS_ARGS = (
 )
 _LSE_ARGS = (("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"), ("lse", "p"))
 
-# input dtype name -> (kernel suffix, compute/accumulate dtype name, itemsize)
+# input dtype name -> (kernel suffix, accumulator dtype name).  The workspace, costs and
+# log_alpha hold accumulator values, so every byte size of them comes from the accumulator
+# (_acc_size), never from the input's itemsize: sizing them by the 2-byte half/bfloat16
+# input once made the workspace regions overlap (the last sequences' alpha rows shared
+# memory with beta and gamma, a race that corrupted their costs).
 _KERNEL_TYPES = {
-    "float32": ("f32", "float32", 4),
-    "float64": ("f64", "float64", 8),
-    "float16": ("f16", "float32", 2),
-    "bfloat16": ("bf16", "float32", 2),
+    "float32": ("f32", "float32"),
+    "float64": ("f64", "float64"),
+    "float16": ("f16", "float32"),
+    "bfloat16": ("bf16", "float32"),
 }
+_ACC_SIZES = {"float32": 4, "float64": 8}
+
+
+def _acc_size(acc: str) -> int:
+    """Bytes of one accumulator value (the kernels' A type)."""
+    return _ACC_SIZES[acc]
 _ALIGN = 256
 _NVRTC_OPTIONS = ("-std=c++17",)
 _lock = threading.Lock()
@@ -138,34 +149,88 @@ def compile_cubin(arch: str, source: str | None = None, use_cache: bool = True) 
 
 # ------------------------------------------------------------------ device status
 
+def _driver_error(driver, err) -> str:
+    """'CUDA_ERROR_NO_DEVICE' for a CUresult (its name when the driver can give it)."""
+    try:
+        e2, name = driver.cuGetErrorName(err)
+        if int(e2) == 0 and name:
+            return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        pass
+    return str(err)
+
+
 def status() -> dict:
-    """Whether the GPU path can run here, and why not.  Cheap; never raises."""
-    out = {"available": False, "reason": "", "device": None, "arch": None, "nvrtc": None,
-           "cuda_core": None}
+    """Whether the GPU path can run here, and why not.  Cheap; never raises.
+
+    Keys: available (bool); reason ('ok' or what is missing and how to get it); device
+    (name of device 0), arch ('sm_90'), devices (count); nvrtc, driver (CUDA versions
+    'major.minor'); cuda_core (package version); warning (only when something may fail at
+    run time, e.g. a driver older than NVRTC).  The device is found through the CUDA driver
+    API (libcuda), not NVML, which some containers lack even with a working GPU."""
+    out = {"available": False, "reason": "", "device": None, "arch": None, "devices": 0, "nvrtc": None,
+           "driver": None, "cuda_core": None}
     try:
         import cuda.core as cc
         out["cuda_core"] = getattr(cc, "__version__", "unknown")
     except Exception as exc:
-        out["reason"] = f"cuda.core is not installed ({exc.__class__.__name__}); pip install fastctc[cuda]"
+        out["reason"] = f"cuda-core is not installed ({exc.__class__.__name__}): pip install fastctc[cuda]"
         return out
     try:
         out["nvrtc"] = nvrtc_version()
     except Exception as exc:
-        out["reason"] = f"NVRTC is not usable: {exc}"
+        out["reason"] = (f"NVRTC cannot be loaded ({exc.__class__.__name__}: {exc}): "
+                         "pip install nvidia-cuda-nvrtc (part of fastctc[cuda])")
         return out
     try:
-        from cuda.core import system
-        count = system.get_num_devices() if hasattr(system, "get_num_devices") else system.num_devices
-        if not count:
-            out["reason"] = "no CUDA device"
+        from cuda.bindings import driver
+    except Exception as exc:
+        out["reason"] = f"cuda-bindings is not installed ({exc.__class__.__name__}): pip install fastctc[cuda]"
+        return out
+    try:
+        (err,) = driver.cuInit(0)
+    except Exception as exc:  # libcuda.so missing: no NVIDIA driver on this machine
+        out["reason"] = (f"no NVIDIA driver: libcuda cannot be loaded ({exc.__class__.__name__}); "
+                         "this machine has no GPU, or its driver is not installed/mounted")
+        return out
+    if int(err) != 0:
+        name = _driver_error(driver, err)
+        out["reason"] = ("no CUDA device (the driver sees none)" if name == "CUDA_ERROR_NO_DEVICE"
+                         else f"the CUDA driver failed to start: cuInit returned {name}")
+        return out
+    try:
+        err, version = driver.cuDriverGetVersion()
+        if int(err) == 0:
+            out["driver"] = f"{int(version) // 1000}.{int(version) % 1000 // 10}"
+        err, count = driver.cuDeviceGetCount()
+        out["devices"] = int(count) if int(err) == 0 else 0
+        if not out["devices"]:
+            out["reason"] = "no CUDA device (the driver sees none)"
             return out
         from cuda.core import Device
         dev = Device(0)
         out["device"] = dev.name
         out["arch"] = f"sm_{dev.arch}"
     except Exception as exc:
-        out["reason"] = f"no usable CUDA device or driver ({exc.__class__.__name__}: {exc})"
+        out["reason"] = f"the CUDA device cannot be queried ({exc.__class__.__name__}: {exc})"
         return out
+    try:
+        from cuda.bindings import nvrtc
+        err, archs = nvrtc.nvrtcGetSupportedArchs()
+        if int(err) == 0 and archs and int(out["arch"][3:]) not in [int(a) for a in archs]:
+            out["reason"] = (f"NVRTC {out['nvrtc']} cannot compile for {out['arch']} "
+                             f"(it supports sm_{min(archs)} to sm_{max(archs)}): install an NVRTC wheel "
+                             "that supports this GPU")
+            return out
+    except Exception:
+        pass  # an older NVRTC without the query: the compile itself will tell
+    # cubins load on any driver of the same CUDA major version (minor version
+    # compatibility), not on an older major one
+    if out["driver"] and int(out["driver"].split(".")[0]) < int(out["nvrtc"].split(".")[0]):
+        major = out["driver"].split(".")[0]
+        out["warning"] = (f"the driver supports CUDA {out['driver']} but NVRTC is {out['nvrtc']}: the compiled "
+                          f"kernels may not load; install the CUDA {major} NVRTC wheel "
+                          f"(nvidia-cuda-nvrtc-cu{major}) or a newer driver")
     out["available"] = True
     out["reason"] = "ok"
     return out
@@ -182,7 +247,7 @@ def _kernels(ordinal: int) -> dict:
         cubin = compile_cubin(f"sm_{dev.arch}")
         code = ObjectCode.from_cubin(cubin, name="ctc.cu")
         kernels = {}
-        for suffix, _, _ in _KERNEL_TYPES.values():
+        for suffix, _ in _KERNEL_TYPES.values():
             for stem in ("fctc_lse_", "fctc_ctc_"):
                 kernels[stem + suffix] = code.get_kernel(stem + suffix)
         _modules[ordinal] = kernels
@@ -343,8 +408,11 @@ def _check_host_ints(x, name, low, high):
             raise CTCValueError(f"{name}[{idx}] = {int(arr[i])} is outside [{low}, {high}]")
 
 
-def _layout(N, T, Smax, C, want_grad, from_logits, acc_size):
-    """Byte offsets of every workspace region (mirrors the kernel's per-sequence strides)."""
+def _layout(N, T, Smax, C, want_grad, from_logits, acc):
+    """Byte offsets of every workspace region (mirrors the kernel's per-sequence strides):
+    (offsets, total bytes, alpha elements per sequence).  `acc` is the accumulator dtype
+    name ('float32' for float16/bfloat16 inputs too)."""
+    acc_size = _acc_size(acc)
     W = 2 * Smax + 5
     LS = max(Smax, 1)
     rows = T if want_grad else 2
@@ -401,7 +469,7 @@ def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logi
     if be.strides(x)[2] != 1 or any(s < 0 for s in be.strides(x)):
         x = be.contiguous(x)
     st_t, st_n, _ = be.strides(x)
-    suffix, acc, acc_size = _KERNEL_TYPES[kind]
+    suffix, acc = _KERNEL_TYPES[kind]
 
     # targets and lengths: shapes always, values too when they are on the host
     tshape = tuple(be.shape(targets)) if is_cuda_array(targets) and hasattr(targets, "shape") \
@@ -467,12 +535,12 @@ def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logi
     if N == 0:
         return back(costs), back(grad), back(log_alpha)
 
-    offsets, total, alpha_n = _layout(N, T, Smax, C, want_grad, from_logits, acc_size)
+    offsets, total, alpha_n = _layout(N, T, Smax, C, want_grad, from_logits, acc)
     ws = be.empty((total,), "uint8")
     base = be.ptr(ws)
     values = dict(acts=be.ptr(x), st_t=st_t, st_n=st_n, T=T, N=N, C=C,
                   targets=be.ptr(tg), tg64=tg64, concat=int(concat), tg_st_n=0 if concat else tg_st[0],
-                  tg_st_s=tg_st[-1], Smax=Smax, in_len=be.ptr(il), il64=il64, il_st=il_st[0],
+                  tg_st_s=tg_st[-1], tg_count=int(tshape[0]) if concat else 0, Smax=Smax, in_len=be.ptr(il), il64=il64, il_st=il_st[0],
                   tg_len=be.ptr(tl), tl64=tl64, tl_st=tl_st[0], blank=int(blank), from_logits=int(bool(from_logits)),
                   w=w_ptr, w_kind=w_kind, w_st=w_st, w_mul=1.0, mean=int(bool(mean_weights)),
                   costs=be.ptr(costs), grad=be.ptr(grad) if want_grad else 0,

@@ -14,6 +14,13 @@ log_alpha[n, t, s] is -inf for t >= input_lengths[n] and for s >= 2 * target_len
 
 Every documented error is raised, with the documented builtin type (as the CTC*Error
 subclasses), before any kernel runs.
+
+GPU: when log_probs is a CUDA array (torch, CuPy, JAX, anything fastctc._cuda accepts),
+the call runs on the GPU through fastctc._cuda.run_device (want_alpha=True) without
+copying anything back to the host, and the results are arrays of log_probs' kind on its
+device.  Shapes and dtypes are checked as on the CPU; values of targets and lengths are
+checked when they are on the host (on the device, out-of-range values give a NaN loss
+instead of an exception, as documented for fastctc._cuda).
 """
 from __future__ import annotations
 
@@ -59,6 +66,27 @@ def _lengths(x, name, n, targets_dtype):
     return arr.astype(np.int64, copy=False)
 
 
+def _dtype_name(x) -> str:
+    """'float32', 'int64', ... for NumPy, torch ('torch.float32'), CuPy and JAX arrays."""
+    return str(getattr(x, "dtype", "")).replace("torch.", "")
+
+
+def _zero_positive_inf(costs):
+    """costs with +inf replaced by 0, as an array of the same kind, without leaving its device."""
+    mod = type(costs).__module__.split(".")[0]
+    if mod == "torch":
+        import torch as xp
+    elif mod == "cupy":
+        import cupy as xp
+    elif mod in ("jax", "jaxlib"):
+        import jax.numpy as xp
+    else:
+        out = costs.copy()
+        out[np.isinf(out) & (out > 0)] = 0
+        return out
+    return xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
+
+
 class CTCLossV2:
     """CTC loss with mindspore.ops.CTCLossV2's interface and errors.
 
@@ -68,7 +96,7 @@ class CTCLossV2:
         gradients (see loss_and_grad).
 
     Calling it returns (neg_log_likelihood (N,), log_alpha (N, T, 2S+1)) as NumPy arrays of
-    log_probs' dtype.
+    log_probs' dtype; for a CUDA log_probs, as arrays of its kind on its device (GPU path).
     """
 
     def __init__(self, blank=0, reduction="none", zero_infinity=False):
@@ -119,7 +147,84 @@ class CTCLossV2:
         batch, blank = check_ctc_inputs(lp, tg, il, tl, self.blank, allow_unbatched=False)
         return batch, blank, S
 
+    # ------------------------------------------------------------------ GPU routing
+    def _check_device(self, log_probs, targets, input_lengths, target_lengths):
+        """_check for a CUDA log_probs: shapes and dtypes everywhere, values of host operands.
+        Returns (targets, input_lengths, target_lengths) ready for run_device."""
+        kind = _dtype_name(log_probs)
+        if kind not in ("float32", "float64"):
+            raise CTCTypeError(f"log_probs must have dtype float32 or float64, got {kind}")
+        shape = tuple(log_probs.shape)
+        if len(shape) != 3:
+            raise CTCValueError(f"log_probs must have rank 3, shape (T, N, C); got shape {shape}")
+        T, N, C = shape
+        tg_dev = _engine._on_gpu(targets)
+        tg = targets if tg_dev else _to_numpy(targets, "targets")
+        tg_kind = _dtype_name(tg)
+        if tg_kind not in ("int32", "int64"):
+            raise CTCTypeError(f"targets must have dtype int32 or int64, got {tg_kind}")
+        tshape = tuple(tg.shape)
+        if len(tshape) != 2:
+            raise CTCValueError(f"targets must have rank 2, shape (N, S); got shape {tshape}")
+        if tshape[0] != N:
+            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tshape}")
+        S = tshape[1]
+        lengths = []
+        for x, name in ((input_lengths, "input_lengths"), (target_lengths, "target_lengths")):
+            if _engine._on_gpu(x):
+                k = _dtype_name(x)
+                if k not in ("int32", "int64"):
+                    raise CTCTypeError(f"{name} must have dtype int32 or int64, got {k}")
+                if k != tg_kind:
+                    raise CTCTypeError(f"targets and {name} must have the same dtype, got {tg_kind} and {k}")
+                if tuple(x.shape) != (N,):
+                    raise CTCValueError(f"{name} must have shape (N,) = ({N},) matching log_probs' batch size, "
+                                        f"got shape {tuple(x.shape)}")
+                lengths.append(x)
+            else:
+                lengths.append(_lengths(x, name, N, np.dtype(tg_kind)))
+        il, tl = lengths
+        if not 0 <= self.blank < C:
+            raise CTCValueError(f"blank must be in [0, C) = [0, {C}), got {self.blank}")
+        il_host = None if _engine._on_gpu(il) else il
+        tl_host = None if _engine._on_gpu(tl) else tl
+        if il_host is not None:
+            for i in range(N):
+                if not 0 <= il_host[i] <= T:
+                    raise CTCRuntimeError(f"input_lengths[{i}] = {int(il_host[i])} is outside [0, {T}] "
+                                          f"(T = log_probs.shape[0])")
+        if tl_host is not None:
+            for i in range(N):
+                if il_host is not None and not 0 <= tl_host[i] <= il_host[i]:
+                    raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl_host[i])} is outside "
+                                          f"[0, input_lengths[{i}]] = [0, {int(il_host[i])}]")
+                if tl_host[i] < 0:
+                    raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl_host[i])} is negative")
+                if tl_host[i] > S:
+                    raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl_host[i])} exceeds the padded target "
+                                          f"width S = {S}")
+            if not tg_dev and tg.size:
+                bad = ((tg < 0) | (tg >= C)) & (np.arange(S)[None, :] < tl_host[:, None])
+                if bad.any():
+                    n, s = (int(v) for v in np.argwhere(bad)[0])
+                    raise CTCValueError(f"targets[{n}, {s}] = {int(tg[n, s])} is outside [0, {C}) "
+                                        f"(C = log_probs.shape[2])")
+        return tg, il, tl
+
+    def _run_gpu(self, want_grad, log_probs, targets, input_lengths, target_lengths):
+        from . import _cuda
+        tg, il, tl = self._check_device(log_probs, targets, input_lengths, target_lengths)
+        costs, grad, log_alpha = _cuda.run_device(log_probs, tg, il, tl, blank=self.blank, from_logits=False,
+                                                  want_grad=want_grad, grad_weights=None, want_alpha=True)
+        if self.zero_infinity:
+            costs = _zero_positive_inf(costs)
+            # infeasible sequences already have zero gradient rows in the kernel
+        return costs, log_alpha, grad
+
+    # ------------------------------------------------------------------ CPU
     def _run(self, want_grad, log_probs, targets, input_lengths, target_lengths):
+        if _engine._on_gpu(log_probs):
+            return self._run_gpu(want_grad, log_probs, targets, input_lengths, target_lengths)
         batch, blank, S = self._check(log_probs, targets, input_lengths, target_lengths)
         costs, grad, log_alpha = _engine.run(batch, blank, False, want_grad=want_grad,
                                              want_alpha=True, alpha_cols=2 * S + 1)

@@ -77,7 +77,7 @@ def _info(out):
     cuda = info.get("cuda") or {}
     if isinstance(cuda, dict):
         status = "available" if cuda.get("available") else "not available"
-        extra = "; ".join(f"{k}: {v}" for k, v in cuda.items() if k != "available")
+        extra = "; ".join(f"{k}: {v}" for k, v in cuda.items() if k != "available" and v is not None)
         w(f"  CUDA / NVRTC      : {status}{' (' + extra + ')' if extra else ''}\n")
     else:
         w(f"  CUDA / NVRTC      : {cuda}\n")
