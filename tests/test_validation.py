@@ -75,7 +75,7 @@ def test_padding_values_past_target_length_are_ignored():
     np.testing.assert_array_equal(a, b)
 
 
-def test_non_finite_values_do_not_crash():
+def test_non_finite_values_do_not_crash(simd_level):
     lp = LP.copy()
     lp[2, 0, 1] = np.nan
     lp[3, 1, :] = -np.inf

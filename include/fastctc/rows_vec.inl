@@ -48,6 +48,11 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *c
         VT l = FCTC_VN(fctc_vlse3)(a, b, c, &m);
         VT e = V_SUB(V_LOAD(tmp + s), sh);
         VT v = V_SELECT(V_CMP_EQ(m, neg_inf), neg_inf, V_ADD(V_ADD(e, m), l));
+        /* x86 max/min drop a NaN first operand; the scalar kernel propagates NaN, so put
+         * it back: a + b + c is NaN exactly when an input is NaN (or +inf meets -inf, which
+         * the scalar kernel also turns into NaN). */
+        VT probe = V_ADD(V_ADD(a, b), c);
+        v = V_SELECT(V_CMP_EQ(probe, probe), v, probe);
         V_STORE(cur + s, v);
         best = V_MAX(best, v);
         if (s == hi - VW) break;
@@ -71,6 +76,8 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_beta_row)(const FCTC_T *nb, FCTC_T *cur,
         VT m;
         VT l = FCTC_VN(fctc_vlse3)(a, b, c, &m);
         VT v = V_SELECT(V_CMP_EQ(m, neg_inf), neg_inf, V_ADD(V_SUB(m, sh), l));
+        VT probe = V_ADD(V_ADD(a, b), c); /* NaN propagation, as in alpha_row */
+        v = V_SELECT(V_CMP_EQ(probe, probe), v, probe);
         V_STORE(cur + s, v);
         VT o = V_ADD(v, V_SUB(V_LOAD(tmp + s), esh));
         V_STORE(nb_out + s, o);
