@@ -157,8 +157,10 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
 
     log_probs: (T, N, C) or unbatched (T, C), float32/float64 log-probabilities (or
         unnormalised scores with from_logits=True: log_softmax is fused in).
-    targets: (N, S) padded or 1-D concatenated (sum(target_lengths),); (S,) when unbatched.
-    input_lengths, target_lengths: (N,) integers (sequences or arrays); scalars when unbatched.
+    targets: (N, S) padded or 1-D concatenated (sum(target_lengths),).  Unbatched input is a
+        batch of one, as in PyTorch: 1-D targets hold exactly target_length labels, (1, S) are padded.
+    input_lengths, target_lengths: N integers (sequences or arrays, read by element count as
+        PyTorch does); a scalar (or one value) when unbatched.
     reduction: 'none' -> (N,) (or () unbatched); 'sum'; 'mean' (each loss divided by
         max(target_length, 1), then the batch mean).  Returns NumPy arrays of log_probs'
         dtype (0-d for sum/mean).  Infeasible targets give +inf (0 with zero_infinity).
