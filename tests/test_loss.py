@@ -161,10 +161,11 @@ def test_input_forms_agree(simd_level, rng):
     np.testing.assert_array_equal(fastctc.ctc_loss(lp, flat, il, tl, reduction="none"), padded)
     np.testing.assert_array_equal(fastctc.ctc_loss(lp, tg.astype(np.int32), tuple(il), list(tl), reduction="none"), padded)
     for n in range(N):
-        single = fastctc.ctc_loss(lp[:, n], tg[n], int(il[n]), int(tl[n]), reduction="none")
+        # unbatched, as PyTorch reads it: 1-D targets concatenated (exactly tl labels), (1, S) padded
+        single = fastctc.ctc_loss(lp[:, n], tg[n, : tl[n]], int(il[n]), int(tl[n]), reduction="none")
         assert single.shape == ()
         np.testing.assert_allclose(single, padded[n], rtol=1e-13)
-        single = fastctc.ctc_loss(lp[:, n], tg[n], np.array([il[n]]), np.array(tl[n]), reduction="none")
+        single = fastctc.ctc_loss(lp[:, n], tg[n : n + 1], np.array([il[n]]), np.array(tl[n]), reduction="none")
         np.testing.assert_allclose(single, padded[n], rtol=1e-13)
     # batch-major memory read through strides, non-contiguous class axis copied
     bm = np.ascontiguousarray(lp.transpose(1, 0, 2)).transpose(1, 0, 2)

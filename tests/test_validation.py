@@ -49,7 +49,7 @@ def _both(*args, **kwargs):
     ((LP, TG, IL, TL), {"zero_infinity": "yes"}, CTCTypeError, ["zero_infinity"]),
     ((LP, TG, IL, TL), {"num_threads": 0}, CTCValueError, ["num_threads"]),
     ((LP[:, 0], [1, 2], [6, 6], 2), {}, CTCValueError, ["input_lengths", "unbatched"]),
-    ((LP[:, 0], [[1, 2]], 6, 2), {}, CTCValueError, ["targets", "unbatched"]),
+    ((LP[:, 0], [1, 2, 0], 6, 2), {}, CTCValueError, ["targets", "unbatched"]),  # 1-D = concatenated, as torch
     ((LP[:, :, :0], TG, IL, TL), {}, CTCValueError, ["C >= 1"]),
     ((LP, TG, IL, [2**40, 1]), {}, CTCValueError, ["target_lengths[0]"]),
     ((LP, TG, [2**40, 1], TL), {}, CTCValueError, ["input_lengths[0]"]),

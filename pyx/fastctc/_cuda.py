@@ -602,8 +602,7 @@ def ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, re
     be, x, back = _backend_for(log_probs)
     unbatched = len(be.shape(x)) == 2
     if unbatched:
-        x = x[:, None, :]
-        targets = np.asarray(targets)[None, :] if not is_cuda_array(targets) else targets[None, :]
+        x = x[:, None, :]  # targets keep their form: 1-D concatenated or (1, S) padded, as in PyTorch
         input_lengths = np.asarray(input_lengths).reshape(1) if not is_cuda_array(input_lengths) \
             else input_lengths.reshape(1)
         target_lengths = np.asarray(target_lengths).reshape(1) if not is_cuda_array(target_lengths) \

@@ -43,9 +43,13 @@ class Batch:
 
 def as_float_array(x, name: str) -> np.ndarray:
     """The activations as a float32/float64 ndarray (no copy when already one)."""
+    if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        # a CPU torch tensor (one that requires grad included): read its data in place;
+        # np.asarray alone refuses tensors that require grad
+        x = x.detach()
     try:
         arr = np.asarray(x)
-    except Exception as exc:  # e.g. a torch tensor that requires grad
+    except Exception as exc:
         raise CTCTypeError(f"{name} could not be read as an array: {exc}") from exc
     if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
         raise CTCTypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
@@ -125,14 +129,15 @@ def check_num_threads(num_threads):
 
 def _lengths(x, name: str, n: int, unbatched: bool) -> np.ndarray:
     arr = as_int_array(x, name)
+    # PyTorch reads the lengths by element count (a (N, 1) or (1, N) tensor works), so do we.
     if unbatched:
-        if arr.ndim > 1 or arr.size != 1:
+        if arr.size != 1:
             raise CTCValueError(f"{name} must be a scalar (or hold one value) for unbatched (T, C) input, "
                                 f"got shape {arr.shape}")
         return arr.reshape(1)
-    if arr.ndim != 1 or arr.shape[0] != n:
+    if arr.size != n or (arr.ndim == 0 and n != 1):
         raise CTCValueError(f"{name} must have shape (N,) = ({n},), got shape {arr.shape}")
-    return arr
+    return arr.reshape(n)
 
 
 def _check_range(arr: np.ndarray, name: str, low: int, high: int, high_name: str, per_item_high=None):
@@ -177,10 +182,8 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
     tl = _lengths(target_lengths, "target_lengths", N, unbatched)
     _check_range(il, "input_lengths", 0, T, f"T = {T}")
 
-    if unbatched:
-        if tg.ndim != 1:
-            raise CTCValueError(f"targets must have rank 1, shape (S,), for unbatched (T, C) input; got shape {tg.shape}")
-        tg = tg[None, :]
+    # Unbatched input is a batch of one, exactly as PyTorch treats it: 1-D targets are the
+    # concatenated form (exactly target_length labels), 2-D targets are padded (1, S).
     if tg.ndim == 2:
         if tg.shape[0] != N:
             raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tg.shape}")
@@ -197,6 +200,10 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
         _check_range(tl, "target_lengths", 0, INT32_MAX // 2 - 8, "int32 range")
         total = int(tl.astype(np.int64).sum())
         if total != tg.shape[0]:
+            if unbatched:
+                raise CTCValueError(f"targets of unbatched (T, C) input must hold exactly target_lengths = "
+                                    f"{total} values (1-D targets are the concatenated form, as in PyTorch; "
+                                    f"pass (1, S) for padded targets), got {tg.shape[0]}")
             raise CTCValueError(f"concatenated targets must hold sum(target_lengths) = {total} values, "
                                 f"got {tg.shape[0]}")
         flat = tg

@@ -74,6 +74,9 @@ def _validate(log_probs, targets, input_lengths, target_lengths, blank, from_log
     if log_probs.dtype not in (torch.float32, torch.float64):
         raise CTCTypeError(f"log_probs must have dtype torch.float32 or torch.float64, got {log_probs.dtype}")
     acts_name = "logits" if from_logits else "log_probs"
+    if log_probs.device.type not in ("cpu", "cuda"):
+        raise CTCRuntimeError(f"log_probs is on device {log_probs.device}; fastctc computes on CPU and CUDA "
+                              f"tensors only")
     if log_probs.device.type == "cpu":
         acts = log_probs.detach().numpy()  # shares memory: no copy
     else:
