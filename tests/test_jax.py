@@ -80,3 +80,21 @@ def test_padding_cotangents_are_zero_and_errors():
         fj.ctc_loss(case[0], case[1][:, 1:], *case[2:])
     with pytest.raises(TypeError, match="labels"):
         fj.ctc_loss(case[0], case[1], case[2].astype(jnp.float32), case[3])
+
+
+def test_float64_under_thread_local_enable_x64():
+    """Regression: `with jax.enable_x64(True)` is thread-local and JAX may run the host
+    callback on another thread, which narrowed float64 to float32 ("Incorrect output
+    dtype").  float64 now crosses the callback as uint32 pairs, bit for bit."""
+    for i in range(12):
+        dtype = np.float64 if i % 2 == 0 else np.float32
+        rng = np.random.default_rng(i)
+        with jax.enable_x64(dtype == np.float64):
+            x = jnp.asarray(rng.normal(size=(3, 12, 6)).astype(dtype))
+            fp = jnp.zeros((3, 12), dtype)
+            lab = jnp.asarray(rng.integers(1, 6, size=(3, 4)))
+            lp = jnp.zeros((3, 4), dtype)
+            loss, grad = jax.jit(jax.value_and_grad(lambda v: fj.ctc_loss(v, fp, lab, lp).sum()))(x)
+            want = optax.ctc_loss(x, fp, lab, lp).sum()
+            assert grad.dtype == dtype and loss.dtype == dtype
+            np.testing.assert_allclose(loss, want, rtol=1e-5 if dtype == np.float32 else 1e-12)

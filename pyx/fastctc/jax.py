@@ -62,8 +62,44 @@ def _host(logits, logit_paddings, labels, label_paddings, log_epsilon, *, blank,
     return loss
 
 
+def _to_words(x):
+    """float64 -> uint32 pairs (a trailing axis of 2), bit for bit."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _from_words(x):
+    return jax.lax.bitcast_convert_type(x, jnp.float64)
+
+
+def _np_from_words(a):
+    a = np.ascontiguousarray(a)
+    return a.view(np.float64).reshape(a.shape[:-1])
+
+
+def _np_to_words(a):
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a.view(np.uint32).reshape(a.shape + (2,))
+
+
+def _host_words(logits, logit_paddings, labels, label_paddings, log_epsilon, *, blank, want_grad):
+    """_host for float64 data that crossed the callback boundary as uint32 pairs."""
+    out = _host(_np_from_words(logits), _np_from_words(logit_paddings), labels, _np_from_words(label_paddings),
+                _np_from_words(log_epsilon), blank=blank, want_grad=want_grad)
+    return tuple(_np_to_words(o) for o in out) if want_grad else _np_to_words(out)
+
+
 def _callback(logits, logit_paddings, labels, label_paddings, log_epsilon, blank, want_grad):
     B, T, K = logits.shape
+    if logits.dtype == jnp.float64:
+        # float64 travels as uint32 pairs: `with jax.enable_x64(True)` is thread-local, and
+        # JAX may run the callback on another thread where float64 would be narrowed to
+        # float32 ("Incorrect output dtype").  Integers are not narrowed; bits are exact.
+        loss_shape = jax.ShapeDtypeStruct((B, 2), jnp.uint32)
+        shapes = (loss_shape, jax.ShapeDtypeStruct((B, T, K, 2), jnp.uint32)) if want_grad else loss_shape
+        fn = functools.partial(_host_words, blank=blank, want_grad=want_grad)
+        out = jax.pure_callback(fn, shapes, _to_words(logits), _to_words(logit_paddings), labels,
+                                _to_words(label_paddings), _to_words(log_epsilon), vmap_method="broadcast_all")
+        return tuple(_from_words(o) for o in out) if want_grad else _from_words(out)
     loss_shape = jax.ShapeDtypeStruct((B,), logits.dtype)
     shapes = (loss_shape, jax.ShapeDtypeStruct((B, T, K), logits.dtype)) if want_grad else loss_shape
     fn = functools.partial(_host, blank=blank, want_grad=want_grad)
