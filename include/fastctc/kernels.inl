@@ -20,6 +20,7 @@ typedef struct FCTC_FN(fctc_kernels) {
     FCTC_T (*row_lse)(const FCTC_T *x, int C);
     void (*scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C);
     void (*fill_row)(FCTC_T *out, FCTC_T value, int C);
+    FCTC_T (*softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out);
     /* test hooks: the kernel set's exp and log over an array */
     void (*exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);
     void (*log_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);

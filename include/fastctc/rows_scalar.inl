@@ -103,3 +103,25 @@ static void FCTC_FN(fctc_exp_array_scalar)(const FCTC_T *x, FCTC_T *out, ptrdiff
 static void FCTC_FN(fctc_log_array_scalar)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; ++i) out[i] = FCTC_LOG(x[i]);
 }
+
+/* out[c] = scale * softmax(x)[c]; returns log(sum_c exp(x[c])), max-shifted.  One exp per
+ * class (exp(x - max) is stored, summed, then rescaled while the row is still in cache),
+ * where row_lse + scaled_exp_row take two.  A row whose maximum is -inf or NaN gives what
+ * those two give (the log-sum-exp is that maximum, the row NaN). */
+static FCTC_T FCTC_FN(fctc_softmax_row_scalar)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out) {
+    FCTC_T m = FCTC_NEG_INF, sum = 0;
+    int c;
+    for (c = 0; c < C; ++c) m = x[c] > m ? x[c] : m;
+    if (m == FCTC_NEG_INF || m != m) {
+        for (c = 0; c < C; ++c) out[c] = scale * FCTC_EXP(x[c] - m);
+        return m;
+    }
+    for (c = 0; c < C; ++c) {
+        FCTC_T e = FCTC_EXP(x[c] - m);
+        out[c] = e;
+        sum += e;
+    }
+    FCTC_T r = scale / sum;
+    for (c = 0; c < C; ++c) out[c] *= r;
+    return m + FCTC_LOG(sum);
+}

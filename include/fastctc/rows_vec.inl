@@ -155,6 +155,57 @@ static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C
     for (; c < C; ++c) out[c] = value;
 }
 
+/* rows_scalar.inl's softmax_row: one vector exp per class, the row rescaled in cache. */
+static FCTC_VTARGET FCTC_T FCTC_VN(fctc_softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out) {
+    const int body = C - C % VW;
+    VT m0 = FCTC_C(-HUGE_VAL), m1 = m0;
+    int c;
+    for (c = 0; c + 2 * VW <= body; c += 2 * VW) {
+        m0 = V_MAX(m0, V_LOAD(x + c));
+        m1 = V_MAX(m1, V_LOAD(x + c + VW));
+    }
+    for (; c < body; c += VW) m0 = V_MAX(m0, V_LOAD(x + c));
+    if (body < C) m1 = V_MAX(m1, FCTC_VN(fctc_load_tail)(x + body, C - body, (FCTC_T)-HUGE_VAL));
+    FCTC_T m = V_HMAX(V_MAX(m0, m1));
+    /* (x86 max may drop a NaN here; exp(NaN - m) then makes the sum, the log-sum-exp and
+     * the row NaN, as in the scalar kernel) */
+    if (m == (FCTC_T)-HUGE_VAL || m != m) {
+        FCTC_VN(fctc_scaled_exp_row)(x, m, scale, out, C);
+        return m;
+    }
+    /* summed exactly as row_lse sums (same exps, same two accumulators, same order), so
+     * the log-sum-exp, and with it the loss, is bit-identical whether or not a gradient
+     * is computed */
+    const VT mv = V_SET1(m);
+    VT s0 = FCTC_C(0.0), s1 = s0;
+    for (c = 0; c + 2 * VW <= body; c += 2 * VW) {
+        VT e0 = FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv));
+        VT e1 = FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c + VW), mv));
+        V_STORE(out + c, e0);
+        V_STORE(out + c + VW, e1);
+        s0 = V_ADD(s0, e0);
+        s1 = V_ADD(s1, e1);
+    }
+    for (; c < body; c += VW) {
+        VT e0 = FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv));
+        V_STORE(out + c, e0);
+        s0 = V_ADD(s0, e0);
+    }
+    if (body < C) {
+        FCTC_T buf[VW];
+        VT e1 = FCTC_VN(fctc_vexp_occ)(V_SUB(FCTC_VN(fctc_load_tail)(x + body, C - body, (FCTC_T)-HUGE_VAL), mv));
+        V_STORE(buf, e1);
+        for (c = body; c < C; ++c) out[c] = buf[c - body];
+        s1 = V_ADD(s1, e1);
+    }
+    FCTC_T sum = V_HSUM(V_ADD(s0, s1));
+    const FCTC_T r = scale / sum;
+    const VT rv = V_SET1(r);
+    for (c = 0; c < body; c += VW) V_STORE(out + c, V_MUL(V_LOAD(out + c), rv));
+    for (; c < C; ++c) out[c] *= r;
+    return m + FCTC_LOG(sum);
+}
+
 /* Test hooks: the vector exp / log over an array (whole vectors, then a padded tail). */
 static FCTC_VTARGET void FCTC_VN(fctc_exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n) {
     ptrdiff_t i;
@@ -178,7 +229,8 @@ static FCTC_VTARGET void FCTC_VN(fctc_log_array)(const FCTC_T *x, FCTC_T *out, p
 
 static const FCTC_FN(fctc_kernels) FCTC_VN(fctc_kernels) = {
     FCTC_VN(fctc_alpha_row),      FCTC_VN(fctc_beta_row), FCTC_VN(fctc_gamma_row), FCTC_VN(fctc_row_lse),
-    FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row), FCTC_VN(fctc_exp_array), FCTC_VN(fctc_log_array)};
+    FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row), FCTC_VN(fctc_softmax_row), FCTC_VN(fctc_exp_array),
+    FCTC_VN(fctc_log_array)};
 
 #undef FCTC_VEXP_LO
 #undef FCTC_VEXP_HI

@@ -75,11 +75,11 @@ static void FCTC_FN(fctc_fence)(FCTC_T *row, int lo, int hi) {
  * (deterministic), all times the sequence's scale. */
 static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
                                    const FCTC_T *x, FCTC_T *g, FCTC_T lse, const FCTC_T *gam, const int *ext,
-                                   int lo, int hi) {
+                                   int lo, int hi, int softmax_written) {
     const FCTC_T scale = (FCTC_T)job->grad_scale;
     int s;
-    if (job->from_logits) k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
-    else k->fill_row(g, (FCTC_T)0, job->alphabet_size);
+    if (!job->from_logits) k->fill_row(g, (FCTC_T)0, job->alphabet_size);
+    else if (!softmax_written) k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
     FCTC_T blank_occupancy = 0;
     for (s = lo + (lo & 1); s < hi; s += 2) blank_occupancy += gam[s];
     g[job->blank] -= scale * blank_occupancy;
@@ -121,6 +121,11 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     const int feasible = T >= L + repeats;
     const int prune = !want_alpha;
     double log_likelihood_d = -HUGE_VAL;
+    /* Logits mode with a gradient: each frame's softmax row is written while the frame is
+     * in cache for its log-sum-exp (one exp per class, one read of the frame from memory);
+     * the backward pass then only subtracts the occupancies.  An infeasible sequence's
+     * rows are zeroed afterwards as usual. */
+    const int softmax_in_forward = want_grad && job->from_logits && feasible;
 
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
@@ -131,7 +136,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
             /* the frame's log-sum-exp just before its alpha row: the row is still cached
              * when the alpha kernel gathers its labels */
-            frame_lse[t] = job->from_logits ? k->row_lse(x, C) : (FCTC_T)0;
+            if (!job->from_logits) frame_lse[t] = 0;
+            else if (softmax_in_forward) /* the gradient's softmax part, written once, now */
+                frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale, job->grad + (ptrdiff_t)t * job->grad_stride);
+            else frame_lse[t] = k->row_lse(x, C);
             FCTC_T *cur = alpha_rows + (want_grad ? (size_t)t : (size_t)(t & 1)) * W + 2;
             int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
             int hi = fctc_min_int(S, 2 * t + 2);
@@ -208,7 +216,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                  * float32 keeps its precision however far the log-probs reach. */
                 k->gamma_row(arow, bcur, (FCTC_T)(row_offsets[t] + beta_offset - log_likelihood_d), gam, lo, hi);
 
-                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam, ext, lo, hi);
+                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam, ext, lo, hi, softmax_in_forward);
 
                 if (t == T - 1 && t > 0) {
                     /* the first nb row: beta(T-1) + emit(T-1); later ones come from beta_row */
@@ -414,7 +422,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     k->gamma_row(cur, rows + (size_t)tt * W + 2, (FCTC_T)(offset + row_offsets[tt] - lp_mid), a_gam,
                                  lo, hi);
                     FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
-                                           a_gam, ext, lo, hi);
+                                           a_gam, ext, lo, hi, 0);
                     prev = cur;
                 }
                 for (tt = T; tt < job->grad_rows; ++tt)
@@ -439,7 +447,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     k->gamma_row(rows + (size_t)tt * W + 2, b_cur, (FCTC_T)(row_offsets[tt] + boff - lp_mid), b_gam,
                                  lo, hi);
                     FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
-                                           b_gam, ext, lo, hi);
+                                           b_gam, ext, lo, hi, 0);
                 }
             }
         }
