@@ -12,7 +12,6 @@ Every check happens here, before the compiled code runs (see _validate.py).
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,7 @@ from . import _align_core
 from ._engine import _ThreadBudget, run
 from ._validate import (
     INT32_MAX, CTCRuntimeError, CTCTypeError, CTCValueError, as_float_array, as_int_array,
-    check_ctc_inputs, check_index, check_num_threads, class_contiguous,
+    check_ctc_inputs, check_index, check_integer, check_num_threads, class_contiguous,
 )
 
 __all__ = ["forced_align", "merge_tokens", "TokenSpan", "ctc_posteriors"]
@@ -149,12 +148,7 @@ def merge_tokens(tokens, scores, blank=0) -> list:
         raise CTCValueError(f"tokens and scores must have the same length, got {tok.shape[0]} and {sc.shape[0]}")
     if sc.dtype.kind not in "fiu":
         raise CTCTypeError(f"scores must be real numbers, got dtype {sc.dtype}")
-    if isinstance(blank, (bool, np.bool_)):
-        raise CTCTypeError(f"blank must be an integer, got bool {blank!r}")
-    try:
-        blank = operator.index(blank)
-    except TypeError:
-        raise CTCTypeError(f"blank must be an integer, got {type(blank).__name__} {blank!r}") from None
+    blank = check_integer(blank, "blank")
     if tok.size == 0:
         return []
     starts = np.flatnonzero(np.concatenate(([True], tok[1:] != tok[:-1])))

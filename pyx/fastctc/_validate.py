@@ -84,14 +84,19 @@ def as_int_array(x, name: str) -> np.ndarray:
     return arr
 
 
-def check_index(value, name: str, upper: int) -> int:
-    """An integer in [0, upper)."""
+def check_integer(value, name: str) -> int:
+    """A Python or NumPy integer (bool rejected), as an int."""
     if isinstance(value, (bool, np.bool_)):
         raise CTCTypeError(f"{name} must be an integer, got bool {value!r}")
     try:
-        v = operator.index(value)
+        return operator.index(value)
     except TypeError:
         raise CTCTypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
+def check_index(value, name: str, upper: int) -> int:
+    """An integer in [0, upper)."""
+    v = check_integer(value, name)
     if not 0 <= v < upper:
         raise CTCValueError(f"{name} must be in [0, {upper}), got {v}")
     return v
