@@ -84,12 +84,26 @@ def _valid_prefix(path, parse_line):
     return rows, pos
 
 
-class JsonlSink:
-    """One JSON object per line."""
+class _LineSink:
+    """A text output appended one encoded chunk at a time (fsync'ed); nothing to finalize."""
 
     def __init__(self, path, align=False):
         self.path = path
         self.align = align
+
+    def append(self, rows):
+        if rows:
+            _write_all(self.path, self.encode(rows))
+
+    def finalize(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class JsonlSink(_LineSink):
+    """One JSON object per line."""
 
     def open(self):
         if not os.path.exists(self.path):
@@ -114,16 +128,6 @@ class JsonlSink:
     def encode(self, rows) -> bytes:
         return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode("utf-8")
 
-    def append(self, rows):
-        if rows:
-            _write_all(self.path, self.encode(rows))
-
-    def finalize(self):
-        pass
-
-    def close(self):
-        pass
-
 
 def _csv_value(v):
     if v is None:
@@ -135,12 +139,11 @@ def _csv_value(v):
     return v
 
 
-class CsvSink:
+class CsvSink(_LineSink):
     """Comma-separated, a header line first; empty cells are nulls; `spans` is JSON."""
 
     def __init__(self, path, align=False):
-        self.path = path
-        self.align = align
+        super().__init__(path, align)
         self.columns = _columns(align)
 
     def _header(self):
@@ -195,16 +198,6 @@ class CsvSink:
         for r in rows:
             w.writerow([_csv_value(r.get(c)) for c in self.columns])
         return buf.getvalue().encode("utf-8")
-
-    def append(self, rows):
-        if rows:
-            _write_all(self.path, self.encode(rows))
-
-    def finalize(self):
-        pass
-
-    def close(self):
-        pass
 
 
 class ParquetSink:
