@@ -206,7 +206,8 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
     if (T > 0 && feasible) {
         if (job->from_logits) {
             const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
-            for (t = 0; t < T; ++t) frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C);
+            for (t = 0; t < T; ++t) frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C,
+                                                               t + 1 < T ? job->acts + (ptrdiff_t)(t + 1) * job->act_stride : NULL);
         }
         for (t = 0; t < T; ++t) {
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;

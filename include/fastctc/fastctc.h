@@ -324,6 +324,22 @@ static size_t fctc_row_width(int label_length) {
     return fctc_round_up((size_t)(2 * (size_t)label_length + 1) + 4, 16);
 }
 
+/* Software prefetch for reading, no temporal locality hint beyond L2 (the rows are
+ * streamed once).  FCTC_PREFETCH_LINES(p, bytes) covers [p, p + bytes) a 64-byte line at
+ * a time; with a constant `bytes` the loop unrolls to one or two instructions. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FCTC_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
+#define FCTC_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 0)
+#else
+#define FCTC_PREFETCH(p) ((void)(p))
+#define FCTC_PREFETCH_W(p) ((void)(p))
+#endif
+#define FCTC_PREFETCH_LINES(p, bytes)                                                      \
+    do {                                                                                   \
+        for (size_t fctc_pf_ = 0; fctc_pf_ < (size_t)(bytes); fctc_pf_ += 64)               \
+            FCTC_PREFETCH((const char *)(p) + fctc_pf_);                                   \
+    } while (0)
+
 #include "logmath.h"
 #include "dispatch.h"
 #include "template.h"

@@ -17,10 +17,10 @@ typedef struct FCTC_FN(fctc_kernels) {
     FCTC_T (*beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x, const int *ext,
                        FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi, FCTC_T shift, FCTC_T *tmp);
     void (*gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out, int lo, int hi);
-    FCTC_T (*row_lse)(const FCTC_T *x, int C);
+    FCTC_T (*row_lse)(const FCTC_T *x, int C, const FCTC_T *next);
     void (*scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C);
     void (*fill_row)(FCTC_T *out, FCTC_T value, int C);
-    FCTC_T (*softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out);
+    FCTC_T (*softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out, const FCTC_T *next);
     /* test hooks: the kernel set's exp and log over an array */
     void (*exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);
     void (*log_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);

@@ -74,7 +74,8 @@ static void FCTC_FN(fctc_gamma_row_scalar)(const FCTC_T *a, const FCTC_T *b, FCT
 }
 
 /* log(sum_c exp(x[c])) over one frame, max-shifted.  All -inf gives -inf. */
-static FCTC_T FCTC_FN(fctc_row_lse_scalar)(const FCTC_T *x, int C) {
+static FCTC_T FCTC_FN(fctc_row_lse_scalar)(const FCTC_T *x, int C, const FCTC_T *next) {
+    (void)next;
     FCTC_T m = FCTC_NEG_INF;
     int c;
     for (c = 0; c < C; ++c) m = x[c] > m ? x[c] : m;
@@ -108,7 +109,9 @@ static void FCTC_FN(fctc_log_array_scalar)(const FCTC_T *x, FCTC_T *out, ptrdiff
  * class (exp(x - max) is stored, summed, then rescaled while the row is still in cache),
  * where row_lse + scaled_exp_row take two.  A row whose maximum is -inf or NaN gives what
  * those two give (the log-sum-exp is that maximum, the row NaN). */
-static FCTC_T FCTC_FN(fctc_softmax_row_scalar)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out) {
+static FCTC_T FCTC_FN(fctc_softmax_row_scalar)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out,
+                                               const FCTC_T *next) {
+    (void)next;
     FCTC_T m = FCTC_NEG_INF, sum = 0;
     int c;
     for (c = 0; c < C; ++c) m = x[c] > m ? x[c] : m;

@@ -109,7 +109,7 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_load_tail)(const FCTC_T *x, int n, FC
     return V_LOAD(buf);
 }
 
-static FCTC_VTARGET FCTC_T FCTC_VN(fctc_row_lse)(const FCTC_T *x, int C) {
+static FCTC_VTARGET FCTC_T FCTC_VN(fctc_row_lse)(const FCTC_T *x, int C, const FCTC_T *next) {
     const int body = C - C % VW;
     VT m0 = FCTC_C(-HUGE_VAL), m1 = m0;
     int c = 0;
@@ -126,6 +126,7 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_row_lse)(const FCTC_T *x, int C) {
     for (c = 0; c + 2 * VW <= body; c += 2 * VW) {
         s0 = V_ADD(s0, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv)));
         s1 = V_ADD(s1, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c + VW), mv)));
+        if (next) FCTC_PREFETCH_LINES(next + c, 2 * VW * sizeof(FCTC_T));
     }
     for (; c < body; c += VW) s0 = V_ADD(s0, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv)));
     if (body < C)
@@ -156,7 +157,8 @@ static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C
 }
 
 /* rows_scalar.inl's softmax_row: one vector exp per class, the row rescaled in cache. */
-static FCTC_VTARGET FCTC_T FCTC_VN(fctc_softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out) {
+static FCTC_VTARGET FCTC_T FCTC_VN(fctc_softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out,
+                                                     const FCTC_T *next) {
     const int body = C - C % VW;
     VT m0 = FCTC_C(-HUGE_VAL), m1 = m0;
     int c;
@@ -181,6 +183,7 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_softmax_row)(const FCTC_T *x, int C, FCT
     for (c = 0; c + 2 * VW <= body; c += 2 * VW) {
         VT e0 = FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv));
         VT e1 = FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c + VW), mv));
+        if (next) FCTC_PREFETCH_LINES(next + c, 2 * VW * sizeof(FCTC_T));
         V_STORE(out + c, e0);
         V_STORE(out + c + VW, e1);
         s0 = V_ADD(s0, e0);

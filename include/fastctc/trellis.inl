@@ -29,15 +29,6 @@
  * Instantiated for float and double through template.h.
  */
 
-#ifndef FCTC_PREFETCH_DEFINED
-#define FCTC_PREFETCH_DEFINED
-#if defined(__GNUC__) || defined(__clang__)
-#define FCTC_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 0)
-#else
-#define FCTC_PREFETCH(p) ((void)(p))
-#endif
-#endif
-
 /* Large alphabets: the trellis reads a few scattered classes of every frame (the
  * labels), which would cost one cache miss each; fetching the whole next frame ahead
  * (one prefetch per 64-byte line, while this frame's row is computed) turns those misses
@@ -138,8 +129,9 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
              * when the alpha kernel gathers its labels */
             if (!job->from_logits) frame_lse[t] = 0;
             else if (softmax_in_forward) /* the gradient's softmax part, written once, now */
-                frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale, job->grad + (ptrdiff_t)t * job->grad_stride);
-            else frame_lse[t] = k->row_lse(x, C);
+                frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale, job->grad + (ptrdiff_t)t * job->grad_stride,
+                                              t + 1 < T ? x + job->act_stride : NULL);
+            else frame_lse[t] = k->row_lse(x, C, t + 1 < T ? x + job->act_stride : NULL);
             FCTC_T *cur = alpha_rows + (want_grad ? (size_t)t : (size_t)(t & 1)) * W + 2;
             int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
             int hi = fctc_min_int(S, 2 * t + 2);
@@ -308,7 +300,9 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
         /* phase 1 (each role also computes the per-frame log-sum-exp of its own frames) */
         for (role = tid; role < 2; role += nth) {
             for (tt = role == 0 ? 0 : m; tt < (role == 0 ? m : T); ++tt)
-                frame_lse[tt] = job->from_logits ? k->row_lse(job->acts + (ptrdiff_t)tt * job->act_stride, C) : (FCTC_T)0;
+                frame_lse[tt] = job->from_logits ? k->row_lse(job->acts + (ptrdiff_t)tt * job->act_stride, C,
+                                                              tt + 1 < T ? job->acts + (ptrdiff_t)(tt + 1) * job->act_stride : NULL)
+                                                  : (FCTC_T)0;
             if (role == 0) {
                 double offset = 0;
                 FCTC_T row_max = 0;
@@ -356,7 +350,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     lo = fctc_max_int(0, S - 2 * (T - tt));
                     hi = fctc_min_int(S, 2 * tt + 2);
                     /* frame m-1 belongs to role 0, which may not have reached it: own copy */
-                    FCTC_T lse = tt >= m ? frame_lse[tt] : job->from_logits ? k->row_lse(x, C) : (FCTC_T)0;
+                    FCTC_T lse = tt >= m ? frame_lse[tt] : job->from_logits ? k->row_lse(x, C, NULL) : (FCTC_T)0;
                     best = k->beta_row(nb, dst, spare, x, ext, lse, skip, lo, hi, nmax, b_gam);
                     FCTC_FN(fctc_fence)(dst, lo, hi);
                     FCTC_FN(fctc_fence)(spare, lo, hi);
