@@ -334,11 +334,31 @@ static size_t fctc_row_width(int label_length) {
 #define FCTC_PREFETCH(p) ((void)(p))
 #define FCTC_PREFETCH_W(p) ((void)(p))
 #endif
+/* Non-temporal (streaming) stores are weakly ordered on x86: after a sequence's last one,
+ * a store fence makes them visible to other threads before the caller's join does. */
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
+#include <xmmintrin.h>
+#define FCTC_STREAM_FENCE() _mm_sfence()
+#else
+#define FCTC_STREAM_FENCE() ((void)0)
+#endif
 #define FCTC_PREFETCH_LINES(p, bytes)                                                      \
     do {                                                                                   \
         for (size_t fctc_pf_ = 0; fctc_pf_ < (size_t)(bytes); fctc_pf_ += 64)               \
             FCTC_PREFETCH((const char *)(p) + fctc_pf_);                                   \
     } while (0)
+
+/* Whether a sequence's gradient rows are written with non-temporal stores: only when the
+ * block (rows x C) is larger than a core's L2 cache, so it could not stay cached for the
+ * caller anyway, and rows are long enough (4 KiB) that the partial lines at their ends
+ * are few.  Below that, cached stores are faster (and the caller may read the rows
+ * while they are still in cache). */
+#define FCTC_STREAM_MIN_ROW_BYTES 4096
+#define FCTC_STREAM_MIN_BLOCK_BYTES ((size_t)1 << 20)
+static int fctc_stream_rows(int rows, int C, size_t elem_size) {
+    size_t row = (size_t)(C > 0 ? C : 0) * elem_size;
+    return row >= FCTC_STREAM_MIN_ROW_BYTES && (size_t)(rows > 0 ? rows : 0) * row >= FCTC_STREAM_MIN_BLOCK_BYTES;
+}
 
 #include "logmath.h"
 #include "dispatch.h"

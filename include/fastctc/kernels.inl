@@ -19,7 +19,7 @@ typedef struct FCTC_FN(fctc_kernels) {
     void (*gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out, int lo, int hi);
     FCTC_T (*row_lse)(const FCTC_T *x, int C, const FCTC_T *next);
     void (*scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C);
-    void (*fill_row)(FCTC_T *out, FCTC_T value, int C);
+    void (*fill_row)(FCTC_T *out, FCTC_T value, int C, int stream);
     FCTC_T (*softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out, const FCTC_T *next);
     /* test hooks: the kernel set's exp and log over an array */
     void (*exp_array)(const FCTC_T *x, FCTC_T *out, ptrdiff_t n);

@@ -33,6 +33,7 @@
 #define VW 4
 #define V_LOAD(p) _mm256_loadu_pd(p)
 #define V_STORE(p, v) _mm256_storeu_pd((p), (v))
+#define V_STREAM(p, v) _mm256_stream_pd((p), (v)) /* p 32-byte aligned */
 #define V_SET1(x) _mm256_set1_pd(x)
 #define V_ADD(a, b) _mm256_add_pd((a), (b))
 #define V_SUB(a, b) _mm256_sub_pd((a), (b))
@@ -78,6 +79,7 @@ static inline FCTC_VTARGET double fctc_avx2_hsum_f64(__m256d v) {
 #define VW 8
 #define V_LOAD(p) _mm256_loadu_ps(p)
 #define V_STORE(p, v) _mm256_storeu_ps((p), (v))
+#define V_STREAM(p, v) _mm256_stream_ps((p), (v)) /* p 32-byte aligned */
 #define V_SET1(x) _mm256_set1_ps(x)
 #define V_ADD(a, b) _mm256_add_ps((a), (b))
 #define V_SUB(a, b) _mm256_sub_ps((a), (b))

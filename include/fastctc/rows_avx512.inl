@@ -28,6 +28,7 @@
 #define VW 8
 #define V_LOAD(p) _mm512_loadu_pd(p)
 #define V_STORE(p, v) _mm512_storeu_pd((p), (v))
+#define V_STREAM(p, v) _mm512_stream_pd((p), (v)) /* p 64-byte aligned */
 #define V_SET1(x) _mm512_set1_pd(x)
 #define V_ADD(a, b) _mm512_add_pd((a), (b))
 #define V_SUB(a, b) _mm512_sub_pd((a), (b))
@@ -56,6 +57,7 @@
 #define VW 16
 #define V_LOAD(p) _mm512_loadu_ps(p)
 #define V_STORE(p, v) _mm512_storeu_ps((p), (v))
+#define V_STREAM(p, v) _mm512_stream_ps((p), (v)) /* p 64-byte aligned */
 #define V_SET1(x) _mm512_set1_ps(x)
 #define V_ADD(a, b) _mm512_add_ps((a), (b))
 #define V_SUB(a, b) _mm512_sub_ps((a), (b))

@@ -17,6 +17,7 @@
 #define VW 2
 #define V_LOAD(p) vld1q_f64(p)
 #define V_STORE(p, v) vst1q_f64((p), (v))
+#define V_STREAM(p, v) vst1q_f64((p), (v)) /* NEON has no non-temporal vector store intrinsic */
 #define V_SET1(x) vdupq_n_f64(x)
 #define V_ADD(a, b) vaddq_f64((a), (b))
 #define V_SUB(a, b) vsubq_f64((a), (b))
@@ -54,6 +55,7 @@ static inline float64x2_t fctc_neon_frexp_f64(float64x2_t x, float64x2_t *e) {
 #define VW 4
 #define V_LOAD(p) vld1q_f32(p)
 #define V_STORE(p, v) vst1q_f32((p), (v))
+#define V_STREAM(p, v) vst1q_f32((p), (v))
 #define V_SET1(x) vdupq_n_f32(x)
 #define V_ADD(a, b) vaddq_f32((a), (b))
 #define V_SUB(a, b) vsubq_f32((a), (b))

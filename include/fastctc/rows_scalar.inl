@@ -92,7 +92,8 @@ static void FCTC_FN(fctc_scaled_exp_row_scalar)(const FCTC_T *x, FCTC_T shift, F
 }
 
 /* out[c] = value for c in [0, C). */
-static void FCTC_FN(fctc_fill_row_scalar)(FCTC_T *out, FCTC_T value, int C) {
+static void FCTC_FN(fctc_fill_row_scalar)(FCTC_T *out, FCTC_T value, int C, int stream) {
+    (void)stream;
     for (int c = 0; c < C; ++c) out[c] = value;
 }
 

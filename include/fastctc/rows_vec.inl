@@ -148,11 +148,26 @@ static FCTC_VTARGET void FCTC_VN(fctc_scaled_exp_row)(const FCTC_T *x, FCTC_T sh
     }
 }
 
-static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C) {
-    const int body = C - C % VW;
+/* Where streaming (non-temporal) stores may start: the number of leading elements of
+ * out[0, C) before the first vector-aligned address, or -1 when out is not aligned to
+ * its element size or the row is too short for the aligned part to hold a vector. */
+static inline int FCTC_VN(fctc_stream_head)(const FCTC_T *out, int C) {
+    const uintptr_t vbytes = VW * sizeof(FCTC_T), a = (uintptr_t)out;
+    if (a % sizeof(FCTC_T)) return -1;
+    int head = (int)(((vbytes - a % vbytes) % vbytes) / sizeof(FCTC_T));
+    return C - head >= VW ? head : -1;
+}
+
+/* out[0, C) = value; with `stream`, the aligned body with non-temporal stores (the
+ * caller fences, FCTC_STREAM_FENCE, before another thread may read the row). */
+static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C, int stream) {
     const VT v = V_SET1(value);
-    int c;
-    for (c = 0; c < body; c += VW) V_STORE(out + c, v);
+    int c = 0, head = stream ? FCTC_VN(fctc_stream_head)(out, C) : -1;
+    if (head >= 0) {
+        for (; c < head; ++c) out[c] = value;
+        for (; c + VW <= C; c += VW) V_STREAM(out + c, v);
+    }
+    for (; c + VW <= C; c += VW) V_STORE(out + c, v);
     for (; c < C; ++c) out[c] = value;
 }
 

@@ -30,15 +30,31 @@
  */
 
 /* Large alphabets: the trellis reads a few scattered classes of every frame (the
- * labels), which would cost one cache miss each; fetching the whole next frame ahead
- * (one prefetch per 64-byte line, while this frame's row is computed) turns those misses
- * into one streaming read.  Only for frames of 1 to 128 KiB (smaller ones are a line
- * or two anyway) with at most two lines per state (otherwise most fetched lines would
- * go unread: vocab5k's loss, 121 states in 313 lines, measured 1.7x slower with it). */
-static void FCTC_FN(fctc_prefetch_frame)(const FCTC_T *x, int C, int S) {
+ * labels and the blank), one cache miss each, and the row kernel waits for all of them.
+ * Fetching them one frame ahead, while this frame's row is computed, hides that wait:
+ *  - frames of 1 to 128 KiB with at most two lines per state: the whole frame (one
+ *    streaming read; most lines hold a label);
+ *  - larger frames, or more lines than two per state: only the lines of the blank and
+ *    of the labels of states [lo, hi) (fetching whole frames there was measured 1.7x
+ *    slower on vocab5k's loss: 121 states in 313 lines, most of them unread).
+ * Smaller frames are a line or two, which the hardware prefetcher handles. */
+static void FCTC_FN(fctc_prefetch_emissions)(const FCTC_T *x, int C, int S, const int *ext, int lo, int hi) {
     size_t bytes = (size_t)C * sizeof(FCTC_T);
-    if (bytes < 1024 || bytes / 64 > 2 * (size_t)S || bytes > 131072) return;
-    for (size_t off = 0; off < bytes; off += 64) FCTC_PREFETCH((const char *)x + off);
+    if (bytes < 1024) return;
+    if (bytes / 64 <= 2 * (size_t)S && bytes <= 131072) {
+        for (size_t off = 0; off < bytes; off += 64) FCTC_PREFETCH((const char *)x + off);
+        return;
+    }
+    FCTC_PREFETCH(x + ext[0]);
+    for (int s = lo | 1; s < hi; s += 2) FCTC_PREFETCH(x + ext[s]);
+}
+
+/* The backward pass subtracts occupancies at the label columns of gradient row g: with
+ * rows of 1 KiB and more, fetch those lines (for writing) one frame ahead as well. */
+static void FCTC_FN(fctc_prefetch_grad_labels)(FCTC_T *g, int C, const int *ext, int lo, int hi) {
+    if ((size_t)C * sizeof(FCTC_T) < 1024) return;
+    FCTC_PREFETCH_W(g + ext[0]);
+    for (int s = lo | 1; s < hi; s += 2) FCTC_PREFETCH_W(g + ext[s]);
 }
 
 static FCTC_T *FCTC_FN(fctc_carve)(unsigned char **cursor, size_t count) {
@@ -66,10 +82,10 @@ static void FCTC_FN(fctc_fence)(FCTC_T *row, int lo, int hi) {
  * (deterministic), all times the sequence's scale. */
 static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
                                    const FCTC_T *x, FCTC_T *g, FCTC_T lse, const FCTC_T *gam, const int *ext,
-                                   int lo, int hi, int softmax_written) {
+                                   int lo, int hi, int softmax_written, int stream) {
     const FCTC_T scale = (FCTC_T)job->grad_scale;
     int s;
-    if (!job->from_logits) k->fill_row(g, (FCTC_T)0, job->alphabet_size);
+    if (!job->from_logits) k->fill_row(g, (FCTC_T)0, job->alphabet_size, stream);
     else if (!softmax_written) k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
     FCTC_T blank_occupancy = 0;
     for (s = lo + (lo & 1); s < hi; s += 2) blank_occupancy += gam[s];
@@ -117,6 +133,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
      * the backward pass then only subtracts the occupancies.  An infeasible sequence's
      * rows are zeroed afterwards as usual. */
     const int softmax_in_forward = want_grad && job->from_logits && feasible;
+    const int stream_grad = want_grad && fctc_stream_rows(job->grad_rows, C, sizeof(FCTC_T));
 
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
@@ -143,7 +160,8 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
             } else {
                 const FCTC_T *prev = alpha_rows + (want_grad ? (size_t)(t - 1) : (size_t)((t - 1) & 1)) * W + 2;
-                if (t + 1 < T) FCTC_FN(fctc_prefetch_frame)(x + job->act_stride, C, S);
+                if (t + 1 < T && !softmax_in_forward) /* (the softmax row prefetched all of it) */
+                    FCTC_FN(fctc_prefetch_emissions)(x + job->act_stride, C, S, ext, lo, fctc_min_int(S, hi + 2));
                 best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, emit);
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
@@ -175,7 +193,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
         /* Rows past the input length, and every row of an infeasible sequence: zero. */
         int zero_from = (log_likelihood == FCTC_NEG_INF) ? 0 : T;
         for (t = zero_from; t < job->grad_rows; ++t)
-            k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride, (FCTC_T)0, C);
+            k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride, (FCTC_T)0, C, stream_grad);
         if (log_likelihood != FCTC_NEG_INF && T > 0) {
             FCTC_T *bcur = beta_rows + 2;          /* beta(t) - beta_offset */
             FCTC_T *bnext = beta_rows + W + 2;     /* beta(t+1) + emit(t+1) - beta_offset */
@@ -193,8 +211,11 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                     bcur[S - 1] = 0;
                     if (S > 1) bcur[S - 2] = 0;
                 } else {
-                    /* logits mode reads all of the previous frame there (softmax): fetch it whole */
-                    if (t > 0) FCTC_FN(fctc_prefetch_frame)(x - job->act_stride, C, S);
+                    if (t > 0) {
+                        int plo = fctc_max_int(0, lo - 2);
+                        FCTC_FN(fctc_prefetch_emissions)(x - job->act_stride, C, S, ext, plo, hi);
+                        FCTC_FN(fctc_prefetch_grad_labels)(g - job->grad_stride, C, ext, plo, hi);
+                    }
                     FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max, gam);
                     FCTC_FN(fctc_fence)(bcur, lo, hi);
                     FCTC_FN(fctc_fence)(bspare, lo, hi);
@@ -208,7 +229,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                  * float32 keeps its precision however far the log-probs reach. */
                 k->gamma_row(arow, bcur, (FCTC_T)(row_offsets[t] + beta_offset - log_likelihood_d), gam, lo, hi);
 
-                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam, ext, lo, hi, softmax_in_forward);
+                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam, ext, lo, hi, softmax_in_forward, stream_grad);
 
                 if (t == T - 1 && t > 0) {
                     /* the first nb row: beta(T-1) + emit(T-1); later ones come from beta_row */
@@ -225,6 +246,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
             }
         }
     }
+    if (stream_grad) FCTC_STREAM_FENCE();
     return (FCTC_T)(-log_likelihood_d);
 }
 
@@ -398,7 +420,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
         for (role = tid; role < 2; role += nth) {
             int from = role == 0 ? m : 0, to = role == 0 ? job->grad_rows : m;
             if (dead) {
-                for (tt = from; tt < to; ++tt) k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C);
+                for (tt = from; tt < to; ++tt) k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C, 0);
                 continue;
             }
             if (role == 0) {
@@ -416,11 +438,11 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     k->gamma_row(cur, rows + (size_t)tt * W + 2, (FCTC_T)(offset + row_offsets[tt] - lp_mid), a_gam,
                                  lo, hi);
                     FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
-                                           a_gam, ext, lo, hi, 0);
+                                           a_gam, ext, lo, hi, 0, 0);
                     prev = cur;
                 }
                 for (tt = T; tt < job->grad_rows; ++tt)
-                    k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C);
+                    k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C, 0);
             } else {
                 double boff = off[1];
                 FCTC_T nmax = maxv[1];
@@ -441,7 +463,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                     k->gamma_row(rows + (size_t)tt * W + 2, b_cur, (FCTC_T)(row_offsets[tt] + boff - lp_mid), b_gam,
                                  lo, hi);
                     FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
-                                           b_gam, ext, lo, hi, 0);
+                                           b_gam, ext, lo, hi, 0, 0);
                 }
             }
         }

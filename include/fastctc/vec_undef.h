@@ -8,6 +8,7 @@
 #undef VW
 #undef V_LOAD
 #undef V_STORE
+#undef V_STREAM
 #undef V_SET1
 #undef V_ADD
 #undef V_SUB

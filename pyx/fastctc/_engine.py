@@ -20,7 +20,8 @@ import threading
 import numpy as np
 
 from . import _core
-from ._validate import Batch, check_ctc_inputs, check_flag, check_num_threads, check_reduction
+from ._validate import (Batch, as_float_array, check_ctc_inputs, check_flag, check_grad_out, check_num_threads,
+                        check_reduction)
 
 _budget_lock = threading.Lock()
 _active_calls = 0
@@ -60,13 +61,15 @@ class _ThreadBudget:
 
 def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
         grad_weights=None, want_alpha: bool = False, alpha_cols: int = 0, num_threads=None,
-        alpha_rows: int | None = None):
-    """Runs the engine; returns (costs (N,), grad (T, N, C) or None, log_alpha (N, T, K) or None)."""
+        alpha_rows: int | None = None, grad=None):
+    """Runs the engine; returns (costs (N,), grad (T, N, C) or None, log_alpha (N, T, K) or None).
+    grad: None, or a validated (T, N, C) array the gradient is written into (every element)."""
     acts = batch.acts
     T, N, C = acts.shape
     dtype = acts.dtype
     costs = np.empty(N, dtype=dtype)
-    grad = np.empty((T, N, C), dtype=dtype) if want_grad else None
+    if want_grad and grad is None:
+        grad = np.empty((T, N, C), dtype=dtype)
     log_alpha = None
     if want_alpha:
         rows = T if alpha_rows is None else alpha_rows
@@ -179,7 +182,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
 
 
 def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
-                      zero_infinity=False, *, from_logits=False, num_threads=None):
+                      zero_infinity=False, *, from_logits=False, num_threads=None, grad_out=None):
     """(loss, grad): ctc_loss's value and the gradient of the reduced loss (for
     reduction='none', of the sum of the losses) with respect to the first argument, with
     its shape and dtype, from one forward-backward pass.
@@ -189,20 +192,37 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     times each sequence's weight; after a log_softmax both give the same gradient upstream.
     from_logits=True: grad = d loss / d logits = weight * (softmax - occupancy).
     Infeasible sequences: loss +inf (0 with zero_infinity), gradient rows 0.
+
+    grad_out: None, or a NumPy array of the first argument's shape and dtype (contiguous
+    class axis, sharing no memory with it) that receives the gradient, every element
+    overwritten, and is returned as `grad`.  A training loop that passes the same buffer
+    each step skips the allocation, and the page faults of first touching fresh memory,
+    which on large alphabets cost as much as the gradient pass itself.
     """
     if _on_gpu(log_probs):
+        if grad_out is not None:
+            raise NotImplementedError("grad_out is supported for CPU (NumPy) arrays only; on the GPU the "
+                                      "gradient is allocated by the GPU path")
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, True)
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
     N = batch.acts.shape[1]
+    engine_grad = None
+    if grad_out is not None:
+        acts_name = "logits" if from_logits else "log_probs"
+        views = (batch.acts, as_float_array(log_probs, acts_name))
+        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views)
+        engine_grad = grad_out[:, None, :] if batch.unbatched else grad_out
     # Weights depend only on the reduction and the lengths, so they are known before the pass.
     _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)
     costs, grad, _ = run(batch, blank, from_logits, want_grad=True, grad_weights=weights,
-                         num_threads=num_threads)
+                         num_threads=num_threads, grad=engine_grad)
     loss, _ = _reduce(costs, batch.label_lengths, reduction, zero_infinity)
-    if batch.unbatched:
+    if grad_out is not None:
+        grad = grad_out
+    elif batch.unbatched:
         grad = grad[:, 0, :]
         if reduction == "none":
             loss = loss.reshape(())

@@ -234,3 +234,29 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
         original_shape=original_shape,
     )
     return batch, blank
+
+
+def check_grad_out(grad_out, shape: tuple, dtype: np.dtype, acts_name: str, acts_views) -> np.ndarray:
+    """grad_out, when given: a writeable NumPy array of the gradient's shape and dtype,
+    with a contiguous class axis, that shares no memory with the activations (the engine
+    reads a frame after writing its gradient row, so an overlap would be silently wrong)."""
+    if not isinstance(grad_out, np.ndarray):
+        raise CTCTypeError(f"grad_out must be a NumPy array (for a torch tensor, pass tensor.numpy()), "
+                           f"got {type(grad_out).__name__}")
+    if grad_out.shape != tuple(shape):
+        raise CTCValueError(f"grad_out must have the shape of {acts_name}, {tuple(shape)}, got {grad_out.shape}")
+    if grad_out.dtype != dtype:
+        raise CTCTypeError(f"grad_out must have the dtype of {acts_name}, {dtype}, got {grad_out.dtype}")
+    if not grad_out.flags.writeable:
+        raise CTCValueError("grad_out is read-only")
+    item = grad_out.itemsize
+    if grad_out.size and not (grad_out.dtype.isnative and grad_out.flags.aligned
+                              and grad_out.strides[-1] == item
+                              and all(s % item == 0 for s in grad_out.strides)):
+        raise CTCValueError(f"grad_out must be aligned, in native byte order and contiguous along its last "
+                            f"(class) axis; its strides are {grad_out.strides} for itemsize {item}")
+    for other in acts_views:
+        if grad_out.size and np.may_share_memory(grad_out, other):
+            raise CTCValueError(f"grad_out shares memory with {acts_name}: the gradient cannot be written "
+                                f"in place of its input")
+    return grad_out
