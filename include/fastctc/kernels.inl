@@ -11,6 +11,10 @@
 #undef FCTC_IS_F64
 #define FCTC_IS_F64 FCTC_CAT(FCTC_ISF64, FCTC_SFX)
 
+/* j & 1 for j = 0..16: loaded at offset 0 or 1, the parity of each lane's state (the
+ * vector kernels' blank-lane masks, rows_vec.inl; 16 is the widest vector). */
+static const FCTC_T FCTC_FN(fctc_lane_parity)[17] = {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0};
+
 typedef struct FCTC_FN(fctc_kernels) {
     FCTC_T (*alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext, FCTC_T emit_shift,
                         const FCTC_T *skip, int lo, int hi, FCTC_T shift, FCTC_T *tmp);

@@ -116,6 +116,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     cursor += fctc_round_up((size_t)(T > 0 ? T : 1) * sizeof(double), FCTC_ALIGN);
     FCTC_T *alpha_rows = FCTC_FN(fctc_carve)(&cursor, (want_grad ? (size_t)(T > 0 ? T : 1) : 2) * W);
 
+    /* The rows the vector kernels gather emissions into (tmp) are read whole, their
+     * even entries discarded by a blend (rows_vec.inl): start them defined. */
+    for (s = 0; s < (int)W; ++s) emit[s] = gam[s] = 0;
+
     /* Extended labels and the skip mask (0 where s-2 -> s is allowed, else -inf). */
     int repeats = 0;
     for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : blank;
@@ -301,6 +305,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
     ext[S] = ext[S + 1] = job->blank;
     for (s = 0; s < S + 2; ++s)
         skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
+    for (s = 0; s < (int)W; ++s) a_gam[s] = b_gam[s] = 0; /* see fastctc_sequence */
 
     /* state carried from phase 1 to phase 2, per role */
     double off[2] = {0, 0};
