@@ -16,9 +16,12 @@ shapes of the project's targets.  Like for like:
   faults on first touch (a 64 MB vocab5k gradient: several ms), which a reused buffer
   does not.
 
-Timing: after one warm-up call each, the libraries' calls for a case alternate, round
-after round (`--repeats` rounds), so a noisy or shared machine slows both alike; the
-table shows each library's median and the median of the per-round ratios.  The
+Timing: after one warm-up call each, the libraries take turns, round after round
+(`--repeats` rounds), so a noisy or shared machine slows both alike; in its turn a library
+is called once untimed and then once timed, so that the other library's thread pool has
+stopped spinning (otherwise the idle OpenMP/XLA threads of one library steal the cores
+from the next call of the other).  The table shows each library's median and the median
+of the per-round ratios.  The
 machine's copy bandwidth is measured with a large np.copyto; for the logits rows of the
 memory-bound shapes (MEMORY_BOUND) the table also shows the time the unavoidable bytes
 take at that bandwidth (read the activations once, write the gradient once into an
@@ -56,15 +59,20 @@ def make_problem(T, N, C, S, seed=0, dtype=np.float32):
     return logits, targets, input_lengths, target_lengths
 
 
-def paired_ms(fns, repeats):
+def paired_ms(fns, repeats, settle=1):
     """Times several callables in alternation: one warm-up each (allocations, JIT, page
-    faults), then `repeats` rounds calling each once.  Returns ({name: median ms},
-    {name: per-round times in ms})."""
+    faults), then `repeats` rounds in which each is called `settle` times untimed and then
+    once timed.  The untimed calls let the previous library's thread pool (OpenMP, XLA)
+    finish spinning down, so each timed call sees its own steady state, as in a training
+    loop, not the other library's idle threads still holding the cores.  Returns
+    ({name: median ms}, {name: per-round times in ms})."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - t0))
