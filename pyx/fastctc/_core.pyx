@@ -39,52 +39,12 @@ cdef extern from *:
     int fctc_openmp_max_threads() nogil
 
 cdef extern from "fastctc/fastctc.h" nogil:
-    ctypedef struct fastctc_job_f32:
-        const float *acts
-        Py_ssize_t act_stride
-        const int *labels
-        int label_length
-        int input_length
-        int alphabet_size
-        int blank
-        int from_logits
-        float *grad
-        Py_ssize_t grad_stride
-        int grad_rows
-        double grad_scale
-        float *log_alpha
-        Py_ssize_t alpha_stride
-        int alpha_rows
-        int alpha_cols
-
-    ctypedef struct fastctc_job_f64:
-        const double *acts
-        Py_ssize_t act_stride
-        const int *labels
-        int label_length
-        int input_length
-        int alphabet_size
-        int blank
-        int from_logits
-        double *grad
-        Py_ssize_t grad_stride
-        int grad_rows
-        double grad_scale
-        double *log_alpha
-        Py_ssize_t alpha_stride
-        int alpha_rows
-        int alpha_cols
-
     size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad, size_t elem_size)
-    float fastctc_sequence_f32(const fastctc_job_f32 *job, void *scratch)
-    double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratch)
     int fastctc_simd_level()
     int fastctc_simd_level_supported(int level)
     const char *fastctc_simd_level_name(int level)
     int fastctc_simd_set_level(int level)
     int FASTCTC_SIMD_SCALAR, FASTCTC_SIMD_NEON, FASTCTC_SIMD_AVX2, FASTCTC_SIMD_AVX512
-    float fctc_sequence_threads_f32(const fastctc_job_f32 *job, void *scratch, int threads)
-    double fctc_sequence_threads_f64(const fastctc_job_f64 *job, void *scratch, int threads)
 
 cdef extern from *:
     """
@@ -182,69 +142,43 @@ def run_batch(acts, const int[::1] labels, const Py_ssize_t[::1] label_offsets,
     same shape and dtype, same rule; log_alpha None or (N, T_a, K) of the same dtype with
     a contiguous last axis; out_costs (N,) of the same dtype, contiguous.
     """
-    if acts.dtype == np.float32:
-        _run_f32(acts, labels, label_offsets, label_lengths, input_lengths, blank, from_logits,
-                 grad, grad_scale, log_alpha, out_costs, num_threads)
-    else:
-        _run_f64(acts, labels, label_offsets, label_lengths, input_lengths, blank, from_logits,
-                 grad, grad_scale, log_alpha, out_costs, num_threads)
+    _run(acts, labels, label_offsets, label_lengths, input_lengths, blank, from_logits,
+         grad, grad_scale, log_alpha, out_costs, num_threads)
 
 
 
-cdef float _one_f32(const float *acts, Py_ssize_t act_stride, const int *labels, int label_length,
-                    int input_length, int alphabet_size, int blank, int from_logits,
-                    float *grad, Py_ssize_t grad_stride, int grad_rows, double grad_scale,
-                    float *log_alpha, Py_ssize_t alpha_stride, int alpha_rows, int alpha_cols,
-                    void *scratch, int threads) noexcept nogil:
-    # The job lives on this thread's stack: prange bodies must not share it.
-    cdef fastctc_job_f32 job
-    job.acts = acts
-    job.act_stride = act_stride
-    job.labels = labels
-    job.label_length = label_length
-    job.input_length = input_length
-    job.alphabet_size = alphabet_size
-    job.blank = blank
-    job.from_logits = from_logits
-    job.grad = grad
-    job.grad_stride = grad_stride
-    job.grad_rows = grad_rows
-    job.grad_scale = grad_scale
-    job.log_alpha = log_alpha
-    job.alpha_stride = alpha_stride
-    job.alpha_rows = alpha_rows
-    job.alpha_cols = alpha_cols
-    if threads > 1:
-        return fctc_sequence_threads_f32(&job, scratch, threads)
-    return fastctc_sequence_f32(&job, scratch)
-
-
-cdef double _one_f64(const double *acts, Py_ssize_t act_stride, const int *labels, int label_length,
-                    int input_length, int alphabet_size, int blank, int from_logits,
-                    double *grad, Py_ssize_t grad_stride, int grad_rows, double grad_scale,
-                    double *log_alpha, Py_ssize_t alpha_stride, int alpha_rows, int alpha_cols,
-                    void *scratch, int threads) noexcept nogil:
-    # The job lives on this thread's stack: prange bodies must not share it.
-    cdef fastctc_job_f64 job
-    job.acts = acts
-    job.act_stride = act_stride
-    job.labels = labels
-    job.label_length = label_length
-    job.input_length = input_length
-    job.alphabet_size = alphabet_size
-    job.blank = blank
-    job.from_logits = from_logits
-    job.grad = grad
-    job.grad_stride = grad_stride
-    job.grad_rows = grad_rows
-    job.grad_scale = grad_scale
-    job.log_alpha = log_alpha
-    job.alpha_stride = alpha_stride
-    job.alpha_rows = alpha_rows
-    job.alpha_cols = alpha_cols
-    if threads > 1:
-        return fctc_sequence_threads_f64(&job, scratch, threads)
-    return fastctc_sequence_f64(&job, scratch)
+cdef extern from *:
+    """
+    /* One sequence through the engine, either dtype: fills the job (on the calling
+     * thread's stack, so prange bodies never share it) and runs it, split over `threads`
+     * when more than one.  acts, grad, log_alpha point at float or double (is_f64). */
+    #define FCTC_RUN_ONE(T_, SFX)                                                                 \
+        do {                                                                                      \
+            fastctc_job_##SFX job = {.acts = (const T_ *)acts, .act_stride = act_stride,           \
+                                     .labels = labels, .label_length = label_length,              \
+                                     .input_length = input_length, .alphabet_size = alphabet_size, \
+                                     .blank = blank, .from_logits = from_logits,                   \
+                                     .grad = (T_ *)grad, .grad_stride = grad_stride,               \
+                                     .grad_rows = grad_rows, .grad_scale = grad_scale,             \
+                                     .log_alpha = (T_ *)log_alpha, .alpha_stride = alpha_stride,   \
+                                     .alpha_rows = alpha_rows, .alpha_cols = alpha_cols};          \
+            return threads > 1 ? (double)fctc_sequence_threads_##SFX(&job, scratch, threads)      \
+                               : (double)fastctc_sequence_##SFX(&job, scratch);                   \
+        } while (0)
+    static double fctc_run_one(int is_f64, const void *acts, Py_ssize_t act_stride, const int *labels,
+                               int label_length, int input_length, int alphabet_size, int blank,
+                               int from_logits, void *grad, Py_ssize_t grad_stride, int grad_rows,
+                               double grad_scale, void *log_alpha, Py_ssize_t alpha_stride,
+                               int alpha_rows, int alpha_cols, void *scratch, int threads) {
+        if (is_f64) FCTC_RUN_ONE(double, f64);
+        FCTC_RUN_ONE(float, f32);
+    }
+    """
+    double fctc_run_one(int is_f64, const void *acts, Py_ssize_t act_stride, const int *labels,
+                        int label_length, int input_length, int alphabet_size, int blank,
+                        int from_logits, void *grad, Py_ssize_t grad_stride, int grad_rows,
+                        double grad_scale, void *log_alpha, Py_ssize_t alpha_stride,
+                        int alpha_rows, int alpha_cols, void *scratch, int threads) nogil
 
 
 cdef object _scratch(int n_threads, int max_t, int max_l, bint want_grad, size_t elem, size_t *per_thread):
@@ -255,24 +189,31 @@ cdef object _scratch(int n_threads, int max_t, int max_l, bint want_grad, size_t
     return np.empty(one * n_threads + 64, dtype=np.uint8)
 
 
-cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
-              const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
-              object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
-              int num_threads):
-    cdef const float[:, :, :] acts = acts_obj
-    cdef float[:, :, :] grad
-    cdef float[:, :, :] log_alpha
-    cdef float[::1] costs = costs_obj
-    cdef Py_ssize_t T = acts.shape[0], N = acts.shape[1], C = acts.shape[2]
+cdef inline void *_data(object arr):
+    return cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
+          const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
+          object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
+          int num_threads):
+    # Both dtypes: the arrays are addressed as bytes + element strides, and the engine's
+    # f32/f64 entry point is chosen per sequence by fctc_run_one.
+    cdef bint is_f64 = acts_obj.dtype == np.float64
+    cdef Py_ssize_t item = 8 if is_f64 else 4
+    cdef Py_ssize_t T = acts_obj.shape[0], N = acts_obj.shape[1], C = acts_obj.shape[2]
     cdef Py_ssize_t n
     cdef bint want_grad = grad_obj is not None
     cdef bint want_alpha = alpha_obj is not None
-    cdef Py_ssize_t t_stride = _elem_stride(acts.strides[0], 4), n_stride = _elem_stride(acts.strides[1], 4)
+    cdef Py_ssize_t t_stride = _elem_stride(acts_obj.strides[0], item)
+    cdef Py_ssize_t n_stride = _elem_stride(acts_obj.strides[1], item)
     cdef Py_ssize_t gt_stride = 0, gn_stride = 0, an_stride = 0, at_stride = 0
     cdef int alpha_rows = 0, alpha_cols = 0
-    cdef const float *acts_ptr
-    cdef float *grad_ptr = NULL
-    cdef float *alpha_ptr = NULL
+    cdef const char *acts_ptr
+    cdef char *grad_ptr = NULL
+    cdef char *alpha_ptr = NULL
+    cdef char *costs_ptr = <char *>_data(costs_obj)
+    cdef double cost
     cdef int max_t = 0, max_l = 0
     cdef size_t per_thread = 0
     cdef unsigned char *base
@@ -284,104 +225,46 @@ cdef _run_f32(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offs
     # at most one thread per sequence and at most MAX_THREADS (an OpenMP runtime that cannot
     # create the team it is asked for ends the process)
     n_threads = max(1, min(num_threads, N, MAX_THREADS))
-    scratch = _scratch(n_threads, max_t, max_l, want_grad, 4, &per_thread)
-    base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
-    acts_ptr = <const float *>cnp.PyArray_DATA(<cnp.ndarray>acts_obj) if T > 0 and C > 0 else NULL
+    scratch = _scratch(n_threads, max_t, max_l, want_grad, item, &per_thread)
+    base = <unsigned char *>((<uintptr_t>_data(scratch) + 63) & ~(<uintptr_t>63))
+    acts_ptr = <const char *>_data(acts_obj) if T > 0 and C > 0 else NULL
     if want_grad:
-        grad = grad_obj
-        gt_stride = _elem_stride(grad.strides[0], 4)
-        gn_stride = _elem_stride(grad.strides[1], 4)
-        grad_ptr = <float *>cnp.PyArray_DATA(<cnp.ndarray>grad_obj)
+        gt_stride = _elem_stride(grad_obj.strides[0], item)
+        gn_stride = _elem_stride(grad_obj.strides[1], item)
+        grad_ptr = <char *>_data(grad_obj)
     if want_alpha:
-        log_alpha = alpha_obj
-        an_stride = _elem_stride(log_alpha.strides[0], 4)
-        at_stride = _elem_stride(log_alpha.strides[1], 4)
-        alpha_rows = <int>log_alpha.shape[1]
-        alpha_cols = <int>log_alpha.shape[2]
-        alpha_ptr = <float *>cnp.PyArray_DATA(<cnp.ndarray>alpha_obj)
+        an_stride = _elem_stride(alpha_obj.strides[0], item)
+        at_stride = _elem_stride(alpha_obj.strides[1], item)
+        alpha_rows = <int>alpha_obj.shape[1]
+        alpha_cols = <int>alpha_obj.shape[2]
+        alpha_ptr = <char *>_data(alpha_obj)
     if want_grad and not want_alpha and N < num_threads:
         # Fewer sequences than threads: one at a time, each split over every thread (the
         # forward and backward halves run at once; see trellis.inl), no nested regions.
         with nogil:
             for n in range(N):
-                costs[n] = _one_f32(
-                    acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
+                cost = fctc_run_one(
+                    is_f64, acts_ptr + n * n_stride * item if acts_ptr != NULL else NULL, t_stride,
                     &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
                     label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-                    grad_ptr + n * gn_stride, gt_stride, <int>T, grad_scale[n],
+                    grad_ptr + n * gn_stride * item, gt_stride, <int>T, grad_scale[n],
                     NULL, 0, 0, 0, base, 2)
+                _store_cost(costs_ptr, n, cost, is_f64)
         return
     for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
-        costs[n] = _one_f32(
-            acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
+        cost = fctc_run_one(
+            is_f64, acts_ptr + n * n_stride * item if acts_ptr != NULL else NULL, t_stride,
             &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
             label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-            grad_ptr + n * gn_stride if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
-            alpha_ptr + n * an_stride if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
+            grad_ptr + n * gn_stride * item if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
+            alpha_ptr + n * an_stride * item if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
             base + per_thread * threadid(), 1)
+        _store_cost(costs_ptr, n, cost, is_f64)
 
 
-cdef _run_f64(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
-              const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
-              object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
-              int num_threads):
-    cdef const double[:, :, :] acts = acts_obj
-    cdef double[:, :, :] grad
-    cdef double[:, :, :] log_alpha
-    cdef double[::1] costs = costs_obj
-    cdef Py_ssize_t T = acts.shape[0], N = acts.shape[1], C = acts.shape[2]
-    cdef Py_ssize_t n
-    cdef bint want_grad = grad_obj is not None
-    cdef bint want_alpha = alpha_obj is not None
-    cdef Py_ssize_t t_stride = _elem_stride(acts.strides[0], 8), n_stride = _elem_stride(acts.strides[1], 8)
-    cdef Py_ssize_t gt_stride = 0, gn_stride = 0, an_stride = 0, at_stride = 0
-    cdef int alpha_rows = 0, alpha_cols = 0
-    cdef const double *acts_ptr
-    cdef double *grad_ptr = NULL
-    cdef double *alpha_ptr = NULL
-    cdef int max_t = 0, max_l = 0
-    cdef size_t per_thread = 0
-    cdef unsigned char *base
-    if N == 0:
-        return
-    for n in range(N):
-        max_t = max(max_t, input_lengths[n])
-        max_l = max(max_l, label_lengths[n])
-    # at most one thread per sequence and at most MAX_THREADS (an OpenMP runtime that cannot
-    # create the team it is asked for ends the process)
-    n_threads = max(1, min(num_threads, N, MAX_THREADS))
-    scratch = _scratch(n_threads, max_t, max_l, want_grad, 8, &per_thread)
-    base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
-    acts_ptr = <const double *>cnp.PyArray_DATA(<cnp.ndarray>acts_obj) if T > 0 and C > 0 else NULL
-    if want_grad:
-        grad = grad_obj
-        gt_stride = _elem_stride(grad.strides[0], 8)
-        gn_stride = _elem_stride(grad.strides[1], 8)
-        grad_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>grad_obj)
-    if want_alpha:
-        log_alpha = alpha_obj
-        an_stride = _elem_stride(log_alpha.strides[0], 8)
-        at_stride = _elem_stride(log_alpha.strides[1], 8)
-        alpha_rows = <int>log_alpha.shape[1]
-        alpha_cols = <int>log_alpha.shape[2]
-        alpha_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>alpha_obj)
-    if want_grad and not want_alpha and N < num_threads:
-        # Fewer sequences than threads: one at a time, each split over every thread (the
-        # forward and backward halves run at once; see trellis.inl), no nested regions.
-        with nogil:
-            for n in range(N):
-                costs[n] = _one_f64(
-                    acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
-                    &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
-                    label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-                    grad_ptr + n * gn_stride, gt_stride, <int>T, grad_scale[n],
-                    NULL, 0, 0, 0, base, 2)
-        return
-    for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
-        costs[n] = _one_f64(
-            acts_ptr + n * n_stride if acts_ptr != NULL else NULL, t_stride,
-            &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
-            label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-            grad_ptr + n * gn_stride if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
-            alpha_ptr + n * an_stride if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
-            base + per_thread * threadid(), 1)
+cdef inline void _store_cost(char *costs, Py_ssize_t n, double cost, bint is_f64) noexcept nogil:
+    # a float32 engine's cost went through double exactly, so the float store is exact too
+    if is_f64:
+        (<double *>costs)[n] = cost
+    else:
+        (<float *>costs)[n] = <float>cost
