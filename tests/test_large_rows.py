@@ -136,3 +136,27 @@ def test_grad_out_errors(rng):
             fastctc.ctc_loss_and_grad(*args, grad_out=out)
     with pytest.raises(ValueError, match="shares memory with logits"):
         fastctc.ctc_loss_and_grad(*args, from_logits=True, grad_out=lp)
+
+
+def test_engine_bridge_refuses_mismatched_buffers():
+    """_core.run_batch reads raw pointers: a wrong dtype, shape or stride is an error, not a bad read."""
+    from fastctc import _core
+    acts = np.zeros((4, 2, 3), np.float32)
+    labels, offsets = np.array([1, 2], np.int32), np.array([0, 1], np.intp)
+    lengths, inputs = np.array([1, 1], np.int32), np.array([4, 4], np.int32)
+    weights = np.ones(2)
+    good_costs = np.empty(2, np.float32)
+    bad = [
+        dict(grad=np.zeros((4, 2, 3), np.float64), costs=good_costs),
+        dict(grad=np.zeros((4, 2, 2), np.float32), costs=good_costs),
+        dict(grad=np.zeros((4, 2, 6), np.float32)[:, :, ::2], costs=good_costs),
+        dict(grad=None, costs=np.empty(2, np.float64)),
+        dict(grad=None, costs=np.empty(3, np.float32)),
+    ]
+    for case in bad:
+        with pytest.raises(ValueError, match="run_batch"):
+            _core.run_batch(acts, labels, offsets, lengths, inputs, 0, False, case["grad"], weights, None,
+                            case["costs"], 1)
+    _core.run_batch(acts, labels, offsets, lengths, inputs, 0, False, np.zeros_like(acts), weights, None,
+                    good_costs, 1)
+    assert np.all(np.isfinite(good_costs))

@@ -20,77 +20,37 @@ from libc.stdint cimport uintptr_t
 cnp.import_array()
 
 cdef extern from "fastctc/fastctc.h" nogil:
-    ctypedef struct fastctc_align_job_f32:
-        const float *acts
-        Py_ssize_t act_stride
-        const int *labels
-        int label_length
-        int input_length
-        int alphabet_size
-        int blank
-        int from_logits
-        int *path
-        float *scores
-        int out_rows
-
-    ctypedef struct fastctc_align_job_f64:
-        const double *acts
-        Py_ssize_t act_stride
-        const int *labels
-        int label_length
-        int input_length
-        int alphabet_size
-        int blank
-        int from_logits
-        int *path
-        double *scores
-        int out_rows
-
     size_t fastctc_align_scratch_bytes(int max_time, int max_label_length, size_t elem_size)
-    float fastctc_align_sequence_f32(const fastctc_align_job_f32 *job, void *scratch)
-    double fastctc_align_sequence_f64(const fastctc_align_job_f64 *job, void *scratch)
+
+cdef extern from *:
+    """
+    /* One sequence's alignment, either dtype: the job on the calling thread's stack (prange
+     * bodies must not share it); acts and scores point at float or double (is_f64). */
+    #define FCTC_ALIGN_ONE(T_, SFX)                                                              \
+        do {                                                                                     \
+            fastctc_align_job_##SFX job = {.acts = (const T_ *)acts, .act_stride = act_stride,   \
+                                           .labels = labels, .label_length = label_length,      \
+                                           .input_length = input_length,                        \
+                                           .alphabet_size = alphabet_size, .blank = blank,      \
+                                           .from_logits = 0, .path = path,                      \
+                                           .scores = (T_ *)scores, .out_rows = out_rows};       \
+            return (double)fastctc_align_sequence_##SFX(&job, scratch);                          \
+        } while (0)
+    static double fctc_align_one(int is_f64, const void *acts, Py_ssize_t act_stride, const int *labels,
+                                 int label_length, int input_length, int alphabet_size, int blank,
+                                 int *path, void *scores, int out_rows, void *scratch) {
+        if (is_f64) FCTC_ALIGN_ONE(double, f64);
+        FCTC_ALIGN_ONE(float, f32);
+    }
+    """
+    double fctc_align_one(int is_f64, const void *acts, Py_ssize_t act_stride, const int *labels,
+                          int label_length, int input_length, int alphabet_size, int blank,
+                          int *path, void *scores, int out_rows, void *scratch) nogil
 
 
 def scratch_bytes(int max_time, int max_label_length, size_t elem_size):
     """Per-thread scratch of one sequence's alignment; 0 when the size overflows."""
     return fastctc_align_scratch_bytes(max_time, max_label_length, elem_size)
-
-
-cdef double _one_f32(const float *acts, Py_ssize_t act_stride, const int *labels, int label_length,
-                     int input_length, int alphabet_size, int blank, int *path, float *scores,
-                     int out_rows, void *scratch) noexcept nogil:
-    # The job lives on this thread's stack: prange bodies must not share it.
-    cdef fastctc_align_job_f32 job
-    job.acts = acts
-    job.act_stride = act_stride
-    job.labels = labels
-    job.label_length = label_length
-    job.input_length = input_length
-    job.alphabet_size = alphabet_size
-    job.blank = blank
-    job.from_logits = 0
-    job.path = path
-    job.scores = scores
-    job.out_rows = out_rows
-    return fastctc_align_sequence_f32(&job, scratch)
-
-
-cdef double _one_f64(const double *acts, Py_ssize_t act_stride, const int *labels, int label_length,
-                     int input_length, int alphabet_size, int blank, int *path, double *scores,
-                     int out_rows, void *scratch) noexcept nogil:
-    cdef fastctc_align_job_f64 job
-    job.acts = acts
-    job.act_stride = act_stride
-    job.labels = labels
-    job.label_length = label_length
-    job.input_length = input_length
-    job.alphabet_size = alphabet_size
-    job.blank = blank
-    job.from_logits = 0
-    job.path = path
-    job.scores = scores
-    job.out_rows = out_rows
-    return fastctc_align_sequence_f64(&job, scratch)
 
 
 def align_batch(acts, const int[::1] labels, const Py_ssize_t[::1] label_offsets,
@@ -108,14 +68,14 @@ def align_batch(acts, const int[::1] labels, const Py_ssize_t[::1] label_offsets
     cdef int max_t = 0, max_l = 0, n_threads
     cdef size_t per_thread
     cdef unsigned char *base
-    cdef const float[:, :, :] a32
-    cdef const double[:, :, :] a64
-    cdef float[:, ::1] s32
-    cdef double[:, ::1] s64
-    cdef const float *p32 = NULL
-    cdef const double *p64 = NULL
-    cdef bint is_f32 = acts.dtype == np.float32
+    cdef bint is_f64 = acts.dtype == np.float64
+    cdef const char *acts_ptr
+    cdef char *scores_ptr
     cdef const int *lab0
+    if acts.dtype not in (np.float32, np.float64) or scores.dtype != acts.dtype or (acts.size and acts.strides[2] != itemsize):
+        raise ValueError("align_batch: acts must be float32/float64 with a contiguous class axis, scores the same dtype")
+    if scores.shape != (N, T) or not scores.flags.c_contiguous or paths.shape[0] != N or paths.shape[1] != T:
+        raise ValueError("align_batch: paths and scores must be C-contiguous (N, T)")
     if N == 0 or T == 0:
         return
     for n in range(N):
@@ -128,21 +88,11 @@ def align_batch(acts, const int[::1] labels, const Py_ssize_t[::1] label_offsets
     scratch = np.empty(per_thread * n_threads + 64, dtype=np.uint8)
     base = <unsigned char *>((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>scratch) + 63) & ~(<uintptr_t>63))
     lab0 = &labels[0] if labels.shape[0] > 0 else NULL
-    if is_f32:
-        a32 = acts
-        s32 = scores
-        p32 = &a32[0, 0, 0] if C > 0 else NULL
-        for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            totals[n] = _one_f32(p32 + n * n_stride, t_stride,
-                                 lab0 + label_offsets[n] if lab0 != NULL else NULL,
-                                 label_lengths[n], input_lengths[n], <int>C, blank,
-                                 &paths[n, 0], &s32[n, 0], <int>T, base + per_thread * threadid())
-    else:
-        a64 = acts
-        s64 = scores
-        p64 = &a64[0, 0, 0] if C > 0 else NULL
-        for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            totals[n] = _one_f64(p64 + n * n_stride, t_stride,
-                                 lab0 + label_offsets[n] if lab0 != NULL else NULL,
-                                 label_lengths[n], input_lengths[n], <int>C, blank,
-                                 &paths[n, 0], &s64[n, 0], <int>T, base + per_thread * threadid())
+    acts_ptr = <const char *>cnp.PyArray_DATA(<cnp.ndarray>acts) if C > 0 else NULL
+    scores_ptr = <char *>cnp.PyArray_DATA(<cnp.ndarray>scores)
+    for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
+        totals[n] = fctc_align_one(is_f64, acts_ptr + n * n_stride * itemsize if acts_ptr != NULL else NULL,
+                                   t_stride, lab0 + label_offsets[n] if lab0 != NULL else NULL,
+                                   label_lengths[n], input_lengths[n], <int>C, blank,
+                                   &paths[n, 0], scores_ptr + n * T * itemsize, <int>T,
+                                   base + per_thread * threadid())

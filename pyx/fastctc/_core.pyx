@@ -193,6 +193,15 @@ cdef inline void *_data(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray>arr)
 
 
+cdef _require(object arr, str name, object dtype, int ndim):
+    # The engine reads these through raw pointers: a caller bug must not become a bad read.
+    if (not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim
+            or (arr.size and arr.strides[ndim - 1] != arr.itemsize)
+            or any(s % arr.itemsize for s in arr.strides)):
+        raise ValueError(f"run_batch: {name} must be a {ndim}-d {np.dtype(dtype)} array with a contiguous "
+                         f"last axis")
+
+
 cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
           const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
           object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
@@ -201,6 +210,16 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
     # f32/f64 entry point is chosen per sequence by fctc_run_one.
     cdef bint is_f64 = acts_obj.dtype == np.float64
     cdef Py_ssize_t item = 8 if is_f64 else 4
+    _require(acts_obj, "acts", acts_obj.dtype if acts_obj.dtype in (np.float32, np.float64) else np.float32, 3)
+    _require(costs_obj, "out_costs", acts_obj.dtype, 1)
+    if costs_obj.shape[0] != acts_obj.shape[1]:
+        raise ValueError("run_batch: out_costs must have one entry per sequence")
+    if grad_obj is not None:
+        _require(grad_obj, "grad", acts_obj.dtype, 3)
+        if grad_obj.shape != acts_obj.shape:
+            raise ValueError("run_batch: grad must have acts' shape")
+    if alpha_obj is not None:
+        _require(alpha_obj, "log_alpha", acts_obj.dtype, 3)
     cdef Py_ssize_t T = acts_obj.shape[0], N = acts_obj.shape[1], C = acts_obj.shape[2]
     cdef Py_ssize_t n
     cdef bint want_grad = grad_obj is not None
