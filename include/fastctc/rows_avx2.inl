@@ -70,6 +70,7 @@ static inline FCTC_VTARGET double fctc_avx2_hsum_f64(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(m, _mm_unpackhi_pd(m, m)));
 }
 #define V_POW2(n) fctc_avx2_pow2_f64(n)
+#define V_POW2_MAGIC(y, n) _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(y), 52))
 #define V_FREXP(x, e) fctc_avx2_frexp_f64((x), &(e))
 #define V_HMAX(v) fctc_avx2_hmax_f64(v)
 #define V_HSUM(v) fctc_avx2_hsum_f64(v)
@@ -118,6 +119,7 @@ static inline FCTC_VTARGET float fctc_avx2_hsum_f32(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 #define V_POW2(n) fctc_avx2_pow2_f32(n)
+#define V_POW2_MAGIC(y, n) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(y), 23))
 #define V_FREXP(x, e) fctc_avx2_frexp_f32((x), &(e))
 #define V_HMAX(v) fctc_avx2_hmax_f32(v)
 #define V_HSUM(v) fctc_avx2_hsum_f32(v)

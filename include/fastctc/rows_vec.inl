@@ -266,6 +266,7 @@ static const FCTC_FN(fctc_kernels) FCTC_VN(fctc_kernels) = {
 #undef FCTC_EMISSIONS_BEGIN
 #undef FCTC_EMISSIONS_AT
 #undef FCTC_VEXP_POLY_FAST
+#undef FCTC_EXP_MAGIC
 #undef FCTC_VEXP_LO
 #undef FCTC_VEXP_HI
 #undef FCTC_VEXP_FLUSH

@@ -26,6 +26,7 @@
 #undef V_MASK_OR
 #undef V_SELECT
 #undef V_POW2
+#undef V_POW2_MAGIC
 #undef V_FREXP
 #undef V_HMAX
 #undef V_HSUM
