@@ -270,7 +270,8 @@ def main(argv=None):
     print()
     print(markdown(rows, bw))
     print()
-    print(f"Medians of {args.repeats} rounds in which the libraries' calls alternate; speed-ups are the "
+    print(f"Medians of {args.repeats} rounds in which the libraries take turns (one untimed call, then one "
+          "timed call each); speed-ups are the "
           "median of the per-round ratios. copy-bound: reading the activations once and writing the "
           "gradient once (into an existing buffer) at the measured copy bandwidth, and fastctc's time "
           "as a multiple of it. optax runs under XLA's own thread pool.")
