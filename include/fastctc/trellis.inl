@@ -38,23 +38,27 @@
  *    of the labels of states [lo, hi) (fetching whole frames there was measured 1.7x
  *    slower on vocab5k's loss: 121 states in 313 lines, most of them unread).
  * Smaller frames are a line or two, which the hardware prefetcher handles. */
+/* PREFETCH (FCTC_PREFETCH or FCTC_PREFETCH_W) the lines of row[blank] (ext[0]) and of
+ * row[label] for the label states of [lo, hi). */
+#ifndef FCTC_PREFETCH_LABEL_LINES
+#define FCTC_PREFETCH_LABEL_LINES(PREFETCH, row, ext, lo, hi)                               \
+    do {                                                                                    \
+        PREFETCH((row) + (ext)[0]);                                                         \
+        for (int fctc_s_ = (lo) | 1; fctc_s_ < (hi); fctc_s_ += 2) PREFETCH((row) + (ext)[fctc_s_]); \
+    } while (0)
+#endif
+
 static void FCTC_FN(fctc_prefetch_emissions)(const FCTC_T *x, int C, int S, const int *ext, int lo, int hi) {
     size_t bytes = (size_t)C * sizeof(FCTC_T);
     if (bytes < 1024) return;
-    if (bytes / 64 <= 2 * (size_t)S && bytes <= 131072) {
-        for (size_t off = 0; off < bytes; off += 64) FCTC_PREFETCH((const char *)x + off);
-        return;
-    }
-    FCTC_PREFETCH(x + ext[0]);
-    for (int s = lo | 1; s < hi; s += 2) FCTC_PREFETCH(x + ext[s]);
+    if (bytes / 64 <= 2 * (size_t)S && bytes <= 131072) FCTC_PREFETCH_LINES(x, bytes);
+    else FCTC_PREFETCH_LABEL_LINES(FCTC_PREFETCH, x, ext, lo, hi);
 }
 
 /* The backward pass subtracts occupancies at the label columns of gradient row g: with
  * rows of 1 KiB and more, fetch those lines (for writing) one frame ahead as well. */
 static void FCTC_FN(fctc_prefetch_grad_labels)(FCTC_T *g, int C, const int *ext, int lo, int hi) {
-    if ((size_t)C * sizeof(FCTC_T) < 1024) return;
-    FCTC_PREFETCH_W(g + ext[0]);
-    for (int s = lo | 1; s < hi; s += 2) FCTC_PREFETCH_W(g + ext[s]);
+    if ((size_t)C * sizeof(FCTC_T) >= 1024) FCTC_PREFETCH_LABEL_LINES(FCTC_PREFETCH_W, g, ext, lo, hi);
 }
 
 static FCTC_T *FCTC_FN(fctc_carve)(unsigned char **cursor, size_t count) {

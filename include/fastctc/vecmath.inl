@@ -119,7 +119,9 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp)(VT x) {
 
 /* e^x for x <= 0, used where the result is added to 1 (the log-add-exp sums): inputs
  * below FCTC_VEXP_FLUSH give e^FCTC_VEXP_FLUSH (about 1e-38 / 1e-307, nothing next to
- * 1), so 2^n is one normal factor; NaN in, NaN out; same polynomial as fctc_vexp. */
+ * 1), so 2^n is one normal factor; NaN in, NaN out; fctc_vexp's reduction (n rounded
+ * by the magic-number FMA below) and FCTC_VEXP_POLY_FAST (degree 5 in float, fctc_vexp's
+ * degree 13 in double). */
 static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp_neg)(VT x) {
     VT xc = V_MAX(FCTC_C(FCTC_VEXP_FLUSH), x);
     /* n = round(x / ln2) by the magic-number trick: adding 1.5 * 2^23 (2^52) in the FMA
@@ -141,18 +143,24 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vexp_occ)(VT x) {
     return V_SELECT(V_CMP_LT(x, FCTC_C(FCTC_VEXP_FLUSH)), FCTC_C(0.0), FCTC_VN(fctc_vexp_neg)(x));
 }
 
-/* log(m) + e ln2 for m in [1, 2) (from V_FREXP) and integral e; no special cases. */
-static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_parts)(VT m, VT e) {
+/* log(m) + e ln2 for m in [1, 2) (from V_FREXP, or y in [1, 3] with e = 0) and
+ * integral e; no special cases.  m above sqrt(2) is halved (e + 1), so u = (m-1)/(m+1)
+ * lies in [-0.172, 0.2].  log(m) = 2 atanh(u) = 2u (1 + s), s = u2/3 + u2^2/5 + ...,
+ * in Estrin's scheme: to u2^10/21 for double; for float to u2^4/9, or, with `trimmed`
+ * (a compile-time constant at every call), to u2^3/7: the dropped term 2 u^9 / 9 is at
+ * most 1.1e-7 absolute (u = 0.2), about one ulp of a result near log 3, for one multiply
+ * and one FMA fewer. */
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_parts)(VT m, VT e, const int trimmed) {
     VM big = V_CMP_GT(m, FCTC_C(1.41421356237309504880));
     m = V_SELECT(big, V_MUL(m, FCTC_C(0.5)), m);
     e = V_SELECT(big, V_ADD(e, FCTC_C(1.0)), e);
     VT u = V_DIV(V_SUB(m, FCTC_C(1.0)), V_ADD(m, FCTC_C(1.0)));
     VT u2 = V_MUL(u, u);
-    /* s = u2/3 + u2^2/5 + ... (to u2^4/9, or u2^10/21 for double), Estrin's scheme */
     VT w2 = V_MUL(u2, u2);
     VT qa = V_FMA(u2, FCTC_C(1.0 / 5.0), FCTC_C(1.0 / 3.0));
-    VT qb = V_FMA(u2, FCTC_C(1.0 / 9.0), FCTC_C(1.0 / 7.0));
 #if FCTC_IS_F64
+    (void)trimmed;
+    VT qb = V_FMA(u2, FCTC_C(1.0 / 9.0), FCTC_C(1.0 / 7.0));
     VT w4 = V_MUL(w2, w2);
     VT qc = V_FMA(u2, FCTC_C(1.0 / 13.0), FCTC_C(1.0 / 11.0));
     VT qd = V_FMA(u2, FCTC_C(1.0 / 17.0), FCTC_C(1.0 / 15.0));
@@ -160,6 +168,7 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_parts)(VT m, VT e) {
     VT lo4 = V_FMA(qb, w2, qa), hi4 = V_FMA(qd, w2, qc);
     VT s = V_MUL(V_FMA(qe, V_MUL(w4, w4), V_FMA(hi4, w4, lo4)), u2);
 #else
+    VT qb = trimmed ? FCTC_C(1.0 / 7.0) : V_FMA(u2, FCTC_C(1.0 / 9.0), FCTC_C(1.0 / 7.0));
     VT s = V_MUL(V_FMA(qb, w2, qa), u2);
 #endif
     VT two_u = V_ADD(u, u);
@@ -168,34 +177,10 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_parts)(VT m, VT e) {
 }
 
 /* log(y) for y in [1, 3] (the log-add-exp sums): y itself or y/2 is the mantissa, so
- * the exponent split is one compare; u = (m-1)/(m+1) stays within [-0.172, 0.2], where
- * the series above is still accurate to < 1e-8 (float) / 1e-17 (double) relative.
- * Shorter dependency chain than the general fctc_vlog (no exponent extraction). */
+ * the exponent split is one compare inside fctc_vlog_parts (no exponent extraction, a
+ * shorter dependency chain than the general fctc_vlog); the float series is trimmed. */
 static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_1to3)(VT y) {
-    VM big = V_CMP_GT(y, FCTC_C(1.41421356237309504880));
-    VT m = V_SELECT(big, V_MUL(y, FCTC_C(0.5)), y);
-    VT e = V_SELECT(big, FCTC_C(1.0), FCTC_C(0.0));
-    VT u = V_DIV(V_SUB(m, FCTC_C(1.0)), V_ADD(m, FCTC_C(1.0)));
-    VT u2 = V_MUL(u, u);
-    /* s = u2/3 + u2^2/5 + ... (to u2^4/9, or u2^10/21 for double), Estrin's scheme */
-    VT qa = V_FMA(u2, FCTC_C(1.0 / 5.0), FCTC_C(1.0 / 3.0));
-#if FCTC_IS_F64
-    VT w2 = V_MUL(u2, u2);
-    VT qb = V_FMA(u2, FCTC_C(1.0 / 9.0), FCTC_C(1.0 / 7.0));
-    VT w4 = V_MUL(w2, w2);
-    VT qc = V_FMA(u2, FCTC_C(1.0 / 13.0), FCTC_C(1.0 / 11.0));
-    VT qd = V_FMA(u2, FCTC_C(1.0 / 17.0), FCTC_C(1.0 / 15.0));
-    VT qe = V_FMA(u2, FCTC_C(1.0 / 21.0), FCTC_C(1.0 / 19.0));
-    VT lo4 = V_FMA(qb, w2, qa), hi4 = V_FMA(qd, w2, qc);
-    VT s = V_MUL(V_FMA(qe, V_MUL(w4, w4), V_FMA(hi4, w4, lo4)), u2);
-#else
-    /* to u2^3/7 only: the next term, 2 u^9 / 9 <= 3e-8 for |u| <= 0.172, is a quarter of
-     * an ulp of the result (log of [1, 3]); one multiply and one FMA fewer */
-    VT s = V_MUL(V_FMA(V_MUL(u2, u2), FCTC_C(1.0 / 7.0), qa), u2);
-#endif
-    VT two_u = V_ADD(u, u);
-    VT logm = V_FMA(two_u, s, two_u);
-    return V_FMA(e, FCTC_C(FCTC_LN2_HI), V_FMA(e, FCTC_C(FCTC_LN2_LO), logm));
+    return FCTC_VN(fctc_vlog_parts)(y, FCTC_C(0.0), 1);
 }
 
 /* log(x) for every x (see above). */
@@ -205,7 +190,7 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog)(VT x) {
     VT e;
     VT m = V_FREXP(xs, e);
     e = V_ADD(e, V_SELECT(sub, FCTC_C(FCTC_SUBNORMAL_EXP), FCTC_C(0.0)));
-    VT r = FCTC_VN(fctc_vlog_parts)(m, e);
+    VT r = FCTC_VN(fctc_vlog_parts)(m, e, 0);
     r = V_SELECT(V_CMP_EQ(x, FCTC_C(HUGE_VAL)), x, r);
     r = V_SELECT(V_CMP_EQ(x, FCTC_C(0.0)), FCTC_C(-HUGE_VAL), r);
     /* x < 0 or NaN: NaN (0 * inf) */

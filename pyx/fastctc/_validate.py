@@ -249,12 +249,9 @@ def check_grad_out(grad_out, shape: tuple, dtype: np.dtype, acts_name: str, acts
         raise CTCTypeError(f"grad_out must have the dtype of {acts_name}, {dtype}, got {grad_out.dtype}")
     if not grad_out.flags.writeable:
         raise CTCValueError("grad_out is read-only")
-    item = grad_out.itemsize
-    if grad_out.size and not (grad_out.dtype.isnative and grad_out.flags.aligned
-                              and grad_out.strides[-1] == item
-                              and all(s % item == 0 for s in grad_out.strides)):
+    if grad_out.size and not _readable_in_place(grad_out):   # the engine's own layout rule
         raise CTCValueError(f"grad_out must be aligned, in native byte order and contiguous along its last "
-                            f"(class) axis; its strides are {grad_out.strides} for itemsize {item}")
+                            f"(class) axis; its strides are {grad_out.strides} for itemsize {grad_out.itemsize}")
     for other in acts_views:
         if grad_out.size and np.may_share_memory(grad_out, other):
             raise CTCValueError(f"grad_out shares memory with {acts_name}: the gradient cannot be written "
