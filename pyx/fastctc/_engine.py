@@ -194,7 +194,10 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     if grad_out is not None:
         acts_name = "logits" if from_logits else "log_probs"
         views = (batch.acts, as_float_array(log_probs, acts_name))
-        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views)
+        others = [("targets", targets), ("targets", batch.labels), ("input_lengths", input_lengths),
+                  ("input_lengths", batch.input_lengths), ("target_lengths", target_lengths),
+                  ("target_lengths", batch.label_lengths)]
+        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views, others)
         engine_grad = grad_out[:, None, :] if batch.unbatched else grad_out
     # Weights depend only on the reduction and the lengths, so they are known before the pass.
     _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)
