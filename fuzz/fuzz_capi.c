@@ -161,25 +161,28 @@ static void check_untouched(const void *a, size_t count, int f32, const char *wh
         if (get(a, i, f32) != SENTINEL) fail(what);
 }
 
-/* The non-finite rule (fastctc.h), restated: a NaN or +inf in a column sequence n reads
- * at one of its frames -- the blank's and the labels' (every column when the target has
- * at least as many labels as there are classes) for log-probabilities, every column for
- * logits, where a frame with nothing above -inf counts too -- makes its cost NaN. */
+/* The non-finite rule (fastctc.h), restated: for a feasible sequence, a NaN or +inf in a
+ * cell it reads at one of its frames -- for log-probabilities the emission of a state s
+ * of the band S - 2(T - t) <= s < 2t + 2, for logits any column (and a frame with nothing
+ * above -inf) -- makes its cost NaN.  An infeasible sequence reads nothing. */
 static int nonfinite_rule(const problem *p, int n, const int *lab, int L, int Tn) {
-    int t, c, i;
+    int t, c, s, S = 2 * L + 1;
+    if (!feasible(lab, L, Tn)) return 0;
     for (t = 0; t < Tn; ++t) {
         const double *x = p->acts64 + ((size_t)t * p->N + n) * p->C;
         double m = -HUGE_VAL;
-        if (p->opt.from_logits || L >= p->C) {
+        if (p->opt.from_logits) {
             for (c = 0; c < p->C; ++c) {
                 if (isnan(x[c]) || x[c] == HUGE_VAL) return 1;
                 if (x[c] > m) m = x[c];
             }
-            if (p->opt.from_logits && m == -HUGE_VAL) return 1;
+            if (m == -HUGE_VAL) return 1;
         } else {
-            if (isnan(x[p->opt.blank]) || x[p->opt.blank] == HUGE_VAL) return 1;
-            for (i = 0; i < L; ++i)
-                if (isnan(x[lab[i]]) || x[lab[i]] == HUGE_VAL) return 1;
+            for (s = 0; s < S; ++s) {
+                double v = x[(s & 1) ? lab[s >> 1] : p->opt.blank];
+                if (s < S - 2 * (Tn - t) || s >= 2 * t + 2) continue;
+                if (isnan(v) || v == HUGE_VAL) return 1;
+            }
         }
     }
     return 0;

@@ -142,13 +142,22 @@ def test_grad_out_overlapping_an_input_is_refused(which):
 
 # ---- 3. one rule for non-finite inputs ----
 
+def _in_band(t, c, T, labels, blank=0):
+    """Whether class c is the emission of a state of frame t's band [S - 2(T - t), 2t + 2)."""
+    ext = [labels[s // 2] if s % 2 else blank for s in range(2 * len(labels) + 1)]
+    S = len(ext)
+    return any(ext[s] == c for s in range(max(0, S - 2 * (T - t)), min(S, 2 * t + 2)))
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_rule_every_cell(simd_level, from_logits, value):
     """Every cell of a sequence with targets [1, 2, 2, 3] (a repeat: cells inside the band
-    that no alignment uses) and columns it does not read, on one thread and on the split
-    pass: NaN/+inf in a read cell -> NaN loss and NaN gradient rows; elsewhere, and -inf
-    anywhere, a clean result (finite, or +inf with zero gradient)."""
+    that no alignment uses), cells outside the band and columns it does not read, on one
+    thread and on the split pass: NaN/+inf in a read cell -> NaN loss and NaN gradient
+    rows; elsewhere, and -inf anywhere, a clean result (finite, or +inf with zero
+    gradient).  The rule's cells: the band's emissions (log-probs), every column (logits)."""
+    assert _in_band(3, 3, 10, [1, 2, 2, 3]) and not _in_band(0, 3, 10, [1, 2, 2, 3])
     T, C = 10, 6
     rng = np.random.default_rng(3)
     base = rng.standard_normal((T, 1, C)).astype(np.float32)
@@ -159,7 +168,7 @@ def test_non_finite_rule_every_cell(simd_level, from_logits, value):
         for c in range(C):
             x = base.copy()
             x[t, 0, c] = value
-            read = from_logits or c in (0, 1, 2, 3)
+            read = from_logits or _in_band(t, c, T, [1, 2, 2, 3])
             loss_only = fastctc.ctc_loss(x, targets, il, tl, reduction="sum", from_logits=from_logits)
             for threads in (1, 2):
                 loss, grad = fastctc.ctc_loss_and_grad(x, targets, il, tl, reduction="sum",
@@ -197,12 +206,17 @@ def test_non_finite_rule_ctclossv2_and_posteriors():
 
 
 def test_non_finite_rule_infeasible_targets():
-    x = np.log(np.full((3, 1, 5), 0.2))
-    x[1, 0, 2] = np.nan
-    assert np.isnan(fastctc.ctc_loss(x, [[2, 2, 2, 2]], [3], [4], reduction="sum"))
-    assert np.isinf(fastctc.ctc_loss(x, [[1, 1, 1, 1]], [3], [4], reduction="sum"))
-    _, grad = fastctc.ctc_loss_and_grad(x, [[2, 2, 2, 2]], [3], [4], reduction="sum")
-    assert np.isnan(grad).all()
+    """An infeasible target reads no cell: +inf (0 with zero_infinity), zero gradient,
+    whatever the values; a feasible one next to it in the batch still sees its NaN."""
+    x = np.log(np.full((3, 2, 5), 0.2))
+    x[1, :, 2] = np.nan
+    for from_logits in (False, True):
+        loss, grad = fastctc.ctc_loss_and_grad(x, [[2, 2, 2, 2], [2, 1, 0, 0]], [3, 3], [4, 2], reduction="none",
+                                               from_logits=from_logits)
+        assert np.isposinf(loss[0]) and (grad[:, 0] == 0).all()
+        assert np.isnan(loss[1]) and np.isnan(grad[:, 1]).all()
+        assert fastctc.ctc_loss(x[:, :1], [[2, 2, 2, 2]], [3], [4], reduction="sum", zero_infinity=True,
+                                from_logits=from_logits) == 0
 
 
 # ---- 4. the same bits for any thread count and concurrency ----

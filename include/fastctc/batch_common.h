@@ -43,20 +43,6 @@ static int fctc_feasible(int T, int L, const int *labels) {
  * more than T (a 2e6-label target on 2000 frames must not ask for gigabytes). */
 static int fctc_scratch_label_length(int T, int L) { return L < T ? L : (T > 0 ? T : 0); }
 
-/* The distinct classes a sequence's trellis reads in log_probs mode (the blank, then its
- * labels, each once) into cols; returns how many.  cols holds L + 1 ints.  Quadratic in
- * the number of distinct labels, which is small next to the trellis (T >= L). */
-static int fctc_distinct_columns(const int *labels, int L, int blank, int *cols) {
-    int n = 1, i, j;
-    cols[0] = blank;
-    for (i = 0; i < L; ++i) {
-        const int c = labels[i];
-        for (j = 0; j < n && cols[j] != c; ++j) {}
-        if (j == n) cols[n++] = c;
-    }
-    return n;
-}
-
 /* Checks sizes, lengths and options, finds the longest input and label and the number of
  * labels; 0 when all is well. */
 static int fctc_check_sizes(const int *label_lengths, const int *input_lengths, int max_time,

@@ -99,21 +99,26 @@ static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN
 
 /* ---- The non-finite rule ----
  *
- * A NaN or +inf in a cell a sequence reads, at one of its valid frames [0, T), makes its
- * loss NaN and its gradient rows [0, T) NaN (rows past T stay 0); -inf is a legal
- * log-probability.  The cells read: in log_probs mode the blank's and the labels'
- * columns (every one of them, in or out of the trellis band; for an infeasible target
- * with more labels than the alphabet has classes, every column), in logits mode every
- * column (the log-softmax reads them all; a frame with no score above -inf has no
- * log-softmax and counts too).  One rule whatever the path (one thread, the split pass,
- * loss only or with gradient or forward variables, every SIMD level): an optimiser never
- * sees a finite loss with a non-finite gradient, or a NaN loss with a clean gradient. */
+ * A NaN or +inf in a cell a feasible sequence reads makes its loss NaN and its gradient
+ * rows [0, T) NaN (rows past T stay 0); -inf is a legal log-probability.  The cells read:
+ *  - log-probabilities: at each frame t < T, the emissions of the states in the trellis
+ *    band [S - 2(T - t), 2t + 2) -- the cells through which a path of T frames could pass
+ *    (the loss and gradient depend on no other cell; cells of the band that repeats make
+ *    unusable count too, since the two passes read them);
+ *  - logits: every column of every frame t < T (the log-softmax reads them all; a frame
+ *    with no score above -inf has no log-softmax and counts too).
+ * An infeasible target reads nothing: +inf, gradient 0, whatever the values.  One rule
+ * whatever the path (one thread, the split pass, loss only or with gradient or forward
+ * variables, every SIMD level): an optimiser never sees a finite loss with a non-finite
+ * gradient, or a NaN loss with a clean gradient.  Checked per frame while the frame is in
+ * cache: the band's emissions were just gathered by the row kernel, so these loads hit L1. */
 
-/* 1 when a log_probs frame holds NaN or +inf in one of cols[0..ncols): `!(v < inf)` is
+/* 1 when a log_probs frame holds NaN or +inf at a state of [lo, hi): `!(v < inf)` is
  * true for exactly those two, branch-free. */
-static int FCTC_FN(fctc_columns_bad)(const FCTC_T *x, const int *cols, int ncols) {
+static int FCTC_FN(fctc_band_bad)(const FCTC_T *x, const int *ext, int lo, int hi) {
     int bad = 0;
-    for (int j = 0; j < ncols; ++j) bad |= !(x[cols[j]] < (FCTC_T)HUGE_VAL);
+    if (lo < hi && (!(lo & 1) || lo + 1 < hi)) bad |= !(x[ext[0]] < (FCTC_T)HUGE_VAL); /* a blank state */
+    for (int q = lo | 1; q < hi; q += 2) bad |= !(x[ext[q]] < (FCTC_T)HUGE_VAL);
     return bad;
 }
 
@@ -131,27 +136,10 @@ static void FCTC_FN(fctc_fill_grad)(const FCTC_FN(fctc_kernels) *k, const FCTC_F
 }
 
 /* An infeasible target (T < L + repeats), without forward variables: no trellis is laid
- * out (so no scratch is needed), the loss is +inf and the gradient 0 -- or NaN under the
- * non-finite rule, checked here over the frames directly. */
+ * out (so no scratch is needed) and no cell is read: the loss is +inf, the gradient 0. */
 static FCTC_T FCTC_FN(fctc_infeasible)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job) {
-    const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
-    int bad = 0, t, i;
-    for (t = 0; t < T && !bad; ++t) {
-        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-        if (job->from_logits || L >= C) {
-            FCTC_T m = FCTC_NEG_INF;
-            for (i = 0; i < C; ++i) {
-                bad |= !(x[i] < (FCTC_T)HUGE_VAL);
-                m = x[i] > m ? x[i] : m;
-            }
-            if (job->from_logits) bad |= m == FCTC_NEG_INF;
-        } else {
-            bad |= !(x[job->blank] < (FCTC_T)HUGE_VAL);
-            for (i = 0; i < L; ++i) bad |= !(x[job->labels[i]] < (FCTC_T)HUGE_VAL);
-        }
-    }
-    if (job->grad) FCTC_FN(fctc_fill_grad)(k, job, bad, 0);
-    return bad ? (FCTC_T)NAN : (FCTC_T)HUGE_VAL;
+    if (job->grad) FCTC_FN(fctc_fill_grad)(k, job, 0, 0);
+    return (FCTC_T)HUGE_VAL;
 }
 
 /* Extended labels (blank, y1, blank, ..., yL, blank, then two blank pads) and the skip
@@ -181,8 +169,6 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     unsigned char *cursor = (unsigned char *)scratch;
     int *ext = (int *)cursor;
     cursor += fctc_round_up((size_t)(S + 2) * sizeof(int), FCTC_ALIGN);
-    int *cols = (int *)cursor;
-    cursor += fctc_round_up((size_t)(L + 1) * sizeof(int), FCTC_ALIGN);
     FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
     FCTC_T *emit = FCTC_FN(fctc_carve)(&cursor, W);
     FCTC_T *gam = FCTC_FN(fctc_carve)(&cursor, W);
@@ -196,7 +182,6 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
      * even entries discarded by a blend (rows_vec.inl): start them defined. */
     for (s = 0; s < (int)W; ++s) emit[s] = gam[s] = 0;
     FCTC_FN(fctc_extend_labels)(job, ext, skip);
-    const int ncols = job->from_logits ? 0 : fctc_distinct_columns(job->labels, L, job->blank, cols);
 
     const int prune = !want_alpha;
     int bad = 0; /* the non-finite rule */
@@ -239,8 +224,12 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
             }
-            /* the frame is in cache: check the cells the rule covers */
-            bad |= job->from_logits ? FCTC_FN(fctc_lse_bad)(frame_lse[t]) : FCTC_FN(fctc_columns_bad)(x, cols, ncols);
+            /* The non-finite rule: the row kernel flags a NaN or +inf emission of its
+             * band with a NaN maximum; the first row, and the band of a row widened for
+             * forward variables, are checked here. */
+            if (job->from_logits) bad |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
+            else if (t == 0 || !prune) bad |= FCTC_FN(fctc_band_bad)(x, ext, fctc_max_int(0, S - 2 * (T - t)), hi);
+            else bad |= best != best;
             row_offsets[t] = offset;
             row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
             if (want_alpha && t < job->alpha_rows) {
@@ -265,7 +254,8 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
             for (s = 0; s < job->alpha_cols; ++s) out[s] = FCTC_NEG_INF;
         }
     }
-    if (bad) log_likelihood_d = NAN;
+    if (bad && feasible) log_likelihood_d = NAN;
+    else bad = 0;
 
     const FCTC_T log_likelihood = (FCTC_T)log_likelihood_d;
     if (want_grad) {
@@ -354,11 +344,12 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
  */
 
 /* Alpha rows [from, to) into arows (stored minus the running offset, as fastctc_sequence
- * stores them), carrying the offset and the previous row's maximum. */
+ * stores them), carrying the offset and the previous row's maximum; *bad |= the
+ * non-finite rule's verdict on the emissions of those frames (log-probabilities). */
 static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
                                       const int *ext, const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *arows,
                                       double *aoff, size_t W, int from, int to, double *offset_io,
-                                      FCTC_T *row_max_io, FCTC_T *tmp) {
+                                      FCTC_T *row_max_io, FCTC_T *tmp, int *bad) {
     const int T = job->input_length, S = 2 * job->label_length + 1;
     double offset = *offset_io;
     FCTC_T row_max = *row_max_io;
@@ -372,6 +363,7 @@ static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) *k, const FCTC
             FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
             best = FCTC_NEG_INF;
             for (int s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
+            *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
         } else {
             if (t + 1 < T && !job->from_logits)
                 FCTC_FN(fctc_prefetch_emissions)(x + job->act_stride, job->alphabet_size, S, ext, lo,
@@ -379,6 +371,7 @@ static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) *k, const FCTC
             best = k->alpha_row(cur - W, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, tmp);
             FCTC_FN(fctc_fence)(cur, lo, hi);
             offset += (double)row_max;
+            *bad |= best != best;
         }
         aoff[t] = offset;
         row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
@@ -396,11 +389,13 @@ typedef struct {
 } FCTC_FN(fctc_beta_state);
 
 /* Beta rows from `from` down to `to` (inclusive) into brows, as fastctc_sequence's
- * backward pass makes them; from == T - 1 starts the pass. */
+ * backward pass makes them; from == T - 1 starts the pass.  bad: NULL, or *bad |= the
+ * non-finite rule's verdict on those frames' emissions (checked here, not by the beta
+ * kernel: the one-thread pass has checked every frame in its forward pass already). */
 static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
                                      const int *ext, const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *brows,
                                      double *boff, size_t W, int from, int to, FCTC_FN(fctc_beta_state) *st,
-                                     FCTC_T *tmp) {
+                                     FCTC_T *tmp, int *bad) {
     const int T = job->input_length, S = 2 * job->label_length + 1;
     for (int t = from; t >= to; --t) {
         const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
@@ -421,11 +416,13 @@ static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_
                 best = v > best ? v : best;
             }
             FCTC_FN(fctc_fence)(st->nb, lo, hi);
+            if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
         } else {
             if (t > 0)
                 FCTC_FN(fctc_prefetch_emissions)(x - job->act_stride, job->alphabet_size, S, ext,
                                                  fctc_max_int(0, lo - 2), hi);
             best = k->beta_row(st->nb, cur, st->spare, x, ext, frame_lse[t], skip, lo, hi, st->nb_max, tmp);
+            if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi); /* (frame t's emissions are in L1 now) */
             FCTC_FN(fctc_fence)(cur, lo, hi);
             FCTC_FN(fctc_fence)(st->spare, lo, hi);
             st->offset += (double)st->nb_max;
@@ -451,8 +448,6 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
     unsigned char *cursor = (unsigned char *)scratch;
     int *ext = (int *)cursor;
     cursor += fctc_round_up((size_t)(S + 2) * sizeof(int), FCTC_ALIGN);
-    int *cols = (int *)cursor;
-    cursor += fctc_round_up((size_t)(L + 1) * sizeof(int), FCTC_ALIGN);
     FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
     FCTC_T *tmp[2], *gam[2];
     tmp[0] = FCTC_FN(fctc_carve)(&cursor, W);
@@ -469,7 +464,6 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
     double *boff = (double *)cursor;
 
     FCTC_FN(fctc_extend_labels)(job, ext, skip);
-    const int ncols = job->from_logits ? 0 : fctc_distinct_columns(job->labels, L, job->blank, cols);
     for (s = 0; s < (int)W; ++s) tmp[0][s] = gam[0][s] = tmp[1][s] = gam[1][s] = 0; /* see fastctc_sequence */
 
     /* state carried between phases (shared; the barriers order it) */
@@ -499,14 +493,15 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
                 else /* the gradient's softmax part, as the one-thread pass writes it */
                     frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale,
                                                   job->grad + (ptrdiff_t)t * job->grad_stride, next);
-                bad[role] |= job->from_logits ? FCTC_FN(fctc_lse_bad)(frame_lse[t])
-                                              : FCTC_FN(fctc_columns_bad)(x, cols, ncols);
+                if (job->from_logits) bad[role] |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
             }
+            /* (log-probabilities: the rows' kernels check the emissions of these frames) */
             if (role == 0)
                 FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max,
-                                          tmp[0]);
+                                          tmp[0], &bad[0]);
             else
-                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1]);
+                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1],
+                                         &bad[1]);
         }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -515,14 +510,16 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
 
         /* phase 2 */
         for (role = tid; role < 2 && !any_bad; role += nth) {
+            int checked_in_phase_1 = 0; /* (these frames' emissions were checked by the other role) */
             if (role == 0) {
                 FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &a_offset, &a_max,
-                                          tmp[0]);
+                                          tmp[0], &checked_in_phase_1);
                 const FCTC_T *last = arows + (size_t)(T - 1) * W + 2;
                 double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
                 log_p = tail + aoff[T - 1];
             } else {
-                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1]);
+                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1],
+                                         NULL);
             }
         }
 #ifdef _OPENMP
