@@ -324,6 +324,23 @@ def test_score_example(builder, tmp_path):
 
 
 @needs_cc
+def test_score_example_as_the_readme_runs_it(builder):
+    """The README's C example, verbatim: the shipped examples/c/logprobs.npy (the CAT
+    walkthrough's probabilities) prints the number the README shows."""
+    import re
+    compiler = C_COMPILERS[0]
+    flags = ["-O2"] + (["-fopenmp"] if builder.openmp(compiler) else [])
+    exe = builder.build(compiler, [os.path.join(ROOT, "examples", "c", "score.c")], flags)
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    match = re.search(r"\./score --blank 0 logprobs\.npy 3,1,20 +# prints: (loss [0-9.]+)", readme)
+    assert match, "the README's C example line changed"
+    proc = _run(exe, "--blank", "0", os.path.join(ROOT, "examples", "c", "logprobs.npy"), "3,1,20")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == match.group(1)
+    np.testing.assert_allclose(float(proc.stdout.split()[1]), published.CAT_LOSS, rtol=1e-5)
+
+
+@needs_cc
 @pytest.mark.parametrize("compiler", C_COMPILERS)
 def test_static_build_calling_one_entry_point(builder, compiler):
     exe = builder.build(compiler, [os.path.join(CDIR, "test_static.c")], STRICT_C)

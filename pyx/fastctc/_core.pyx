@@ -67,6 +67,22 @@ cdef extern from *:
 
 SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
 
+def _warn_unknown_simd_env():
+    """FASTCTC_SIMD names a level to force; an unknown name is ignored by the C dispatch
+    (the best level runs), which must not happen silently."""
+    import os
+    import warnings
+    value = os.environ.get("FASTCTC_SIMD")
+    if not value:
+        return
+    if value not in SIMD_LEVELS:
+        warnings.warn(f"FASTCTC_SIMD={value!r} is not a SIMD level (one of {', '.join(SIMD_LEVELS)}); "
+                      f"ignored, using {simd_level()}", RuntimeWarning, stacklevel=2)
+    elif value not in simd_levels_supported():
+        warnings.warn(f"FASTCTC_SIMD={value!r}: this CPU/build cannot run it (supported: "
+                      f"{', '.join(simd_levels_supported())}); using {simd_level()}", RuntimeWarning, stacklevel=2)
+
+
 # A process forked after this import runs every call on one thread (threads.h): the
 # OpenMP runtime's inherited thread pool would hang its next parallel region.
 fctc_fork_guard_install()
@@ -313,3 +329,6 @@ cdef inline void _store_cost(char *costs, Py_ssize_t n, double cost, bint is_f64
         (<double *>costs)[n] = cost
     else:
         (<float *>costs)[n] = <float>cost
+
+
+_warn_unknown_simd_env()   # (here: it reports the level chosen, defined above)
