@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastctc import cli
-from score_helpers import by_id, make_set, read_jsonl, write_manifest
+from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PYX = os.path.join(ROOT, "pyx")
@@ -87,7 +87,7 @@ def test_exit_codes_and_summary(tmp_path, capsys):
 
 
 def test_progress_bar_only_on_a_terminal():
-    from fastctc._score_run import Progress
+    from fastctc.score.run import Progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -140,11 +140,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext):
     r = subprocess.run(_cmd("score", manifest, "--vocab", vocab, "--out", out), env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    if ext == "jsonl":
-        got = read_jsonl(out)
-    else:
-        from fastctc._score_io import CsvSink
-        got = CsvSink(str(out)).open()
+    got = read_rows(out)
     ids = [g["id"] for g in got]
     assert len(ids) == len(set(ids)) == len(items)
     want = by_id(read_jsonl(full))
@@ -165,12 +161,18 @@ def test_dask_local_cluster_gives_the_local_rows_and_resumes(tmp_path):
 
     # an interrupted earlier run: 5 rows already in OUT, a torn part file from a worker
     out = tmp_path / "dask.jsonl"
-    from fastctc._score_io import JsonlSink
+    from fastctc.score.rows import columns
+    from fastctc.score.sinks import JsonlSink
     ordered = read_jsonl(local)
-    JsonlSink(str(out)).append(ordered[:5])
+    sink = JsonlSink(str(out), columns())
+    sink.open()
+    sink.append(ordered[:5])
+    sink.close()
     os.makedirs(str(out) + ".parts")
-    part = JsonlSink(str(out) + ".parts/part-000001.jsonl")
+    part = JsonlSink(str(out) + ".parts/part-000001.jsonl", columns())
+    part.open()
     part.append(ordered[7:10])
+    part.close()
     with open(part.path, "ab") as f:
         f.write(b'{"id": "utt010", "nll": 1.')
     r = subprocess.run(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--dask", "local:2",

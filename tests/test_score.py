@@ -1,4 +1,4 @@
-"""Tests for fastctc's offline scoring engine (fastctc._score, _score_io, _score_run):
+"""Tests for fastctc's offline scoring engine (the fastctc.score package):
 values equal fastctc.ctc_loss item by item, every bad-item kind becomes an error row,
 JSONL/CSV/Parquet outputs agree, and a rerun resumes from a torn or partial OUT."""
 import json
@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 import fastctc
-from fastctc._score import UsageError
-from fastctc._score_run import run_score
-from score_helpers import SYMBOLS, by_id, log_softmax, make_set, read_jsonl, write_manifest, write_vocab
+from fastctc.score import ScoreOptions, UsageError, run_score
+from score_helpers import SYMBOLS, by_id, log_softmax, make_set, read_jsonl, read_rows, write_manifest, write_vocab
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "ocr")
 
 
 def _score(manifest, vocab, out, **kw):
     kw.setdefault("quiet", True)
-    return run_score(manifest, vocab, str(out), **kw)
+    return run_score(ScoreOptions(str(manifest), str(vocab), str(out), **kw))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -155,15 +154,7 @@ def test_usage_errors(tmp_path, problem, needle):
         _score(manifest, vocab, out, **kw)
 
 
-def _rows_of(path):
-    path = str(path)
-    if path.endswith(".jsonl"):
-        return read_jsonl(path)
-    if path.endswith(".csv"):
-        from fastctc._score_io import CsvSink
-        return CsvSink(path).open()
-    import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
+_rows_of = read_rows
 
 
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
@@ -193,7 +184,7 @@ def test_resume_from_partial_and_torn_output(tmp_path, ext):
     assert _score(manifest, vocab, full) == 0
     out = tmp_path / f"o.{ext}"
     # what a run killed after 8 rows, in the middle of writing the 9th, leaves behind
-    from fastctc._score_io import make_sink
+    from fastctc.score.sinks import make_sink
     sink = make_sink(str(out))
     sink.open()
     sink.append(read_jsonl(full)[:8])
@@ -223,7 +214,7 @@ def test_csv_resume_refuses_other_columns(tmp_path):
 
 
 def test_vocab_lines_are_verbatim(tmp_path):
-    from fastctc._score import load_vocab
+    from fastctc.score.vocab import load_vocab
     p = tmp_path / "v.txt"
     p.write_bytes(b"<b>\n \nab\r\nx\n")
     assert load_vocab(str(p)) == ["<b>", " ", "ab", "x"]
@@ -267,8 +258,7 @@ def test_ocr_example_flags_the_wrong_transcripts(tmp_path):
     wrong = {t["id"] for t in truth if t["wrong"]}
     assert 0 < len(wrong) < len(truth)
     out = tmp_path / "ocr.jsonl"
-    assert run_score(os.path.join(EXAMPLES, "manifest.jsonl"), os.path.join(EXAMPLES, "vocab.txt"),
-                     str(out), quiet=True) == 0
+    assert _score(os.path.join(EXAMPLES, "manifest.jsonl"), os.path.join(EXAMPLES, "vocab.txt"), out) == 0
     rows = read_jsonl(out)
     assert len(rows) == len(truth)
     ranked = sorted(rows, key=lambda r: r["nll_per_frame"], reverse=True)

@@ -1,0 +1,401 @@
+"""fastctc.score.emissions: reads the (T, C) arrays items point to, fast and safely.
+
+An item's `emissions` is `path.npy` or `path.npz:key` (relative paths start at the
+manifest's folder).  np.load costs ~100 us per .npz member (it re-reads the zip directory
+and parses the .npy header with ast.literal_eval every time), far more than scoring the
+item, so this module reads both formats itself:
+
+* a .npz archive's central directory is read once (one pread) and kept as raw bytes; a
+  member is found with one bytes.find of its name, its data read with one pread, checked
+  against the directory's CRC-32 and wrapped with np.frombuffer (stored members) or
+  inflated with zlib (np.savez_compressed);
+* an .npy header is parsed once per distinct header (a set of 50,000 items has a few
+  dozen), not once per item.
+
+Archives whose layout is unusual (zip64 directory, encryption, compression other than
+deflate) fall back to np.load's own reader, so any archive np.load reads is read.
+
+`load_many` reads a window of items archive by archive, members in file order, and
+neighbouring members with one pread, so a window costs a few system calls per archive
+whatever the manifest's order.  Memory stays bounded whatever the number of items or
+archives: no file stays open between windows, and the cached directories hold at most
+`dir_bytes` bytes (~60 bytes a member).
+
+Every path is checked with stat() before it is opened and opened O_NONBLOCK, then
+fstat()ed again: a FIFO, device node or directory is an item error and never blocks the
+run.  A file that is the run's own OUT (same device and inode) is a usage error.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import struct
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+from .errors import ItemError, UsageError, os_cause
+
+_CEN = struct.Struct("<4s6H3L5H2L")       # central directory file header, 46 bytes
+_LOC = struct.Struct("<4s5H3L2H")         # local file header, 30 bytes
+_EOCD = struct.Struct("<4s4H2LH")         # end of central directory, 22 bytes
+_LOC_NAMES = struct.Struct("<HH")          # name and extra lengths, at offset 26 of a local header
+_NPY_MAGIC = b"\x93NUMPY"
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket",
+          stat.S_IFLNK: "a symbolic link"}
+
+
+def _not_regular(mode):
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+class _Fallback(Exception):
+    """This archive or member needs np.load's reader."""
+
+
+class EmissionLoader:
+    """Loads items' emissions; see the module docstring.  `forbidden` maps (st_dev,
+    st_ino) of files no emissions may be (OUT, its journal) to a description."""
+
+    def __init__(self, base: str, dir_bytes: int = 16 << 20, forbidden=None, max_fds=None):
+        self.base = base
+        self.dir_bytes = dir_bytes
+        if max_fds is None:
+            try:
+                import resource
+                max_fds = max(4, min(512, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+            except (ImportError, OSError, ValueError):
+                max_fds = 64
+        self.max_fds = max_fds
+        self._fds = OrderedDict()      # archive path -> (fd, stat): open archives, LRU
+        self.forbidden = dict(forbidden or {})
+        self._dirs = OrderedDict()     # path -> (size, mtime_ns, central directory bytes)
+        self._dir_total = 0
+        self._headers = {}             # .npy header bytes -> (dtype, shape, fortran)
+        self._paths = {}               # file part of a spec -> path (bounded)
+
+    # ------------------------------------------------------------------ paths, files
+
+    def resolve(self, spec: str):
+        """(file path, key or None)."""
+        key = None
+        cut = spec.lower().rfind(".npz:")
+        if cut >= 0:
+            spec, key = spec[:cut + 4], spec[cut + 5:]
+        path = self._paths.get(spec)
+        if path is None:
+            path = spec if os.path.isabs(spec) else os.path.join(self.base, spec)
+            if len(self._paths) > 65536:
+                self._paths.clear()
+            self._paths[spec] = path
+        return path, key
+
+    def _check(self, st, path, spec):
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemError(f"emissions {spec!r}: {path} is {_not_regular(st.st_mode)}, not a regular file")
+        what = self.forbidden.get((st.st_dev, st.st_ino))
+        if what:
+            raise UsageError(f"emissions {spec!r}: {path} is the same file as {what}")
+
+    def _open(self, path, spec):
+        """(fd, stat) for `path`, checked to be a regular file (never blocks on a FIFO)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ItemError(f"emissions file not found: {path}") from None
+        except OSError as e:
+            raise ItemError(f"emissions {spec!r}: cannot read {path} ({os_cause(e)})") from None
+        self._check(st, path, spec)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        except OSError as e:
+            raise ItemError(f"emissions {spec!r}: cannot read {path} ({os_cause(e)})") from None
+        try:
+            st = os.fstat(fd)          # the file opened may not be the one stat() saw
+            self._check(st, path, spec)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    def close(self):
+        while self._fds:
+            os.close(self._fds.popitem()[1][0])
+        self._dirs.clear()
+        self._dir_total = 0
+
+    # ------------------------------------------------------------------ .npy
+
+    def _header(self, raw):
+        h = self._headers.get(raw)
+        if h is None:
+            try:
+                d = ast.literal_eval(raw.decode("latin1"))
+                if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+                    raise ValueError("header keys")
+                dtype = np.lib.format.descr_to_dtype(d["descr"])
+                shape = tuple(int(s) for s in d["shape"])
+                if any(s < 0 for s in shape) or not isinstance(d["fortran_order"], bool):
+                    raise ValueError("shape")
+            except Exception as e:
+                raise ValueError(f"bad .npy header ({e})") from None
+            if dtype.hasobject:
+                raise ValueError("the array holds Python objects (pickles are never loaded)")
+            count = 1
+            for n in shape:
+                count *= n
+            h = (dtype, shape, "F" if d["fortran_order"] else "C", count * dtype.itemsize)
+            if len(self._headers) > 4096:
+                self._headers.clear()
+            self._headers[raw] = h
+        return h
+
+    def _npy(self, buf):
+        """The array of an .npy file held in `buf` (bytes), without copying the data."""
+        if buf[:6] != _NPY_MAGIC or len(buf) < 10:
+            raise ValueError("not an .npy file (no magic string)")
+        major = buf[6]
+        if major == 1:
+            hlen, start = struct.unpack_from("<H", buf, 8)[0], 10
+        elif major in (2, 3):
+            if len(buf) < 12:
+                raise ValueError("truncated .npy header")
+            hlen, start = struct.unpack_from("<I", buf, 8)[0], 12
+        else:
+            raise ValueError(f"unsupported .npy format version {major}")
+        if start + hlen > len(buf):
+            raise ValueError("truncated .npy header")
+        dtype, shape, order, need = self._header(bytes(buf[start:start + hlen]))
+        if len(buf) - start - hlen < need:
+            raise ValueError(f"truncated: the header promises {need} data bytes, the file has "
+                             f"{len(buf) - start - hlen}")
+        return np.ndarray(shape, dtype, buf, start + hlen, order=order)
+
+    # ------------------------------------------------------------------ .npz
+
+    def _directory(self, path, fd, size, mtime):
+        """{member name: (local header offset, compressed size, size, method, crc,
+        central name + extra length) or None (needs np.load)} of an archive, cached."""
+        d = self._dirs.get(path)
+        if d is not None and d[0] == size and d[1] == mtime:
+            self._dirs.move_to_end(path)
+            return d[2]
+        tail = os.pread(fd, min(size, 22 + 65535), max(0, size - 22 - 65535))
+        k = tail.rfind(b"PK\x05\x06")
+        if k < 0 or len(tail) - k < 22:
+            raise ValueError("not a zip archive (no end of central directory)")
+        _, disk, _, n_here, n_total, cd_size, cd_off, _ = _EOCD.unpack_from(tail, k)
+        if n_total == 0xFFFF or cd_off == 0xFFFFFFFF or cd_size == 0xFFFFFFFF or disk:
+            raise _Fallback()
+        cd = os.pread(fd, cd_size, cd_off)
+        if len(cd) != cd_size:
+            raise ValueError("truncated central directory")
+        names, h, unpack = {}, 0, _CEN.unpack_from
+        while h + 46 <= cd_size and cd[h:h + 4] == b"PK\x01\x02":
+            (_, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, _, loff) = unpack(cd, h)
+            name = cd[h + 46:h + 46 + nlen].decode("utf-8", "replace")
+            fallback = flags & 1 or method not in (0, 8) or 0xFFFFFFFF in (csize, usize, loff)
+            names.setdefault(name, None if fallback else (loff, csize, usize, method, crc, nlen + xlen))
+            h += 46 + nlen + xlen + clen
+        cost = 200 * (len(names) + 1)      # rough bytes held per member
+        if d is not None:
+            self._dir_total -= d[3]
+        self._dirs[path] = (size, mtime, names, cost)
+        self._dir_total += cost
+        while self._dir_total > self.dir_bytes and len(self._dirs) > 1:
+            self._dir_total -= self._dirs.popitem(last=False)[1][3]
+        return names
+
+    def _entry(self, names, key, path, spec):
+        """The directory entry of member `key` (see _directory)."""
+        if key is None:
+            if len(names) != 1:
+                raise ItemError(f"emissions {spec!r}: the archive holds {len(names)} arrays; "
+                                "name one as file.npz:key")
+            key = next(iter(names))
+        e = names.get(key + ".npy", False)
+        if e is False:
+            e = names.get(key, False)
+            if e is False:
+                raise ItemError(f"emissions {spec!r}: no array {key!r} in {path}")
+        if e is None:
+            raise _Fallback()
+        return e
+
+    def _decode_member(self, fd, buf, at, entry, key):
+        """The array of the member whose local header starts at buf[at:]."""
+        loff, csize, usize, method, crc, _ = entry
+        if len(buf) - at < 30 or buf[at:at + 4] != b"PK\x03\x04":
+            raise ValueError(f"member {key!r}: bad local header")
+        ln, lx = _LOC.unpack_from(buf, at)[9:11]
+        start = at + 30 + ln + lx
+        if start + csize <= len(buf):
+            data = memoryview(buf)[start:start + csize]
+        else:                              # the run read was short for this member
+            data = os.pread(fd, csize, loff + 30 + ln + lx)
+            if len(data) != csize:
+                raise ValueError(f"member {key!r}: truncated")
+        if method == 8:
+            try:
+                data = zlib.decompress(data, -15, max(usize, 1))
+            except zlib.error as e:
+                raise ValueError(f"member {key!r}: {e}") from None
+            if len(data) != usize:
+                raise ValueError(f"member {key!r}: inflated to {len(data)} bytes, the directory says {usize}")
+        if zlib.crc32(data) != crc:
+            raise ValueError(f"member {key!r}: CRC-32 mismatch (the archive is damaged)")
+        return self._npy(data)
+
+    def _archive(self, path, reqs, out):
+        """Loads the members `reqs` [(index, key, spec)] of one archive into out[index]."""
+        spec0 = reqs[0][2]
+        cached = self._fds.get(path)
+        if cached is not None:
+            self._fds.move_to_end(path)
+            fd, st = cached
+        else:
+            try:
+                fd, st = self._open(path, spec0)
+            except (ItemError, UsageError) as e:
+                for i, _, _ in reqs:
+                    out[i] = e
+                return
+            self._fds[path] = (fd, st)
+            while len(self._fds) > self.max_fds:
+                os.close(self._fds.popitem(last=False)[1][0])
+        try:
+            try:
+                cd = self._directory(path, fd, st.st_size, st.st_mtime_ns)
+            except _Fallback:
+                for i, key, spec in reqs:
+                    out[i] = self._guard(spec, path, self._member_np_load, path, key, spec)
+                return
+            except Exception as e:
+                err = self._wrap(e, reqs[0][2], path)
+                for i, _, _ in reqs:
+                    out[i] = err
+                return
+            located = []
+            for i, key, spec in reqs:
+                try:
+                    located.append((self._entry(cd, key, path, spec), i, key, spec))
+                except _Fallback:
+                    out[i] = self._guard(spec, path, self._member_np_load, path, key, spec)
+                except Exception as e:
+                    out[i] = self._wrap(e, spec, path)
+            located.sort(key=lambda x: x[0][0])
+            k = 0
+            while k < len(located):
+                # one read for a run of neighbouring members (gaps under 64 KB)
+                first = located[k][0][0]
+                end = first + 30 + located[k][0][5] + 64 + located[k][0][1]
+                j = k + 1
+                while j < len(located) and located[j][0][0] < end + 65536 and end - first < (8 << 20):
+                    e = located[j][0]
+                    end = max(end, e[0] + 30 + e[5] + 64 + e[1])
+                    j += 1
+                try:
+                    buf = os.pread(fd, end - first, first)
+                except OSError as e:
+                    for _, i, _, spec in located[k:j]:
+                        out[i] = self._wrap(e, spec, path)
+                    k = j
+                    continue
+                mv = memoryview(buf)
+                nbuf = len(buf)
+                headers = self._headers
+                for entry, i, key, spec in located[k:j]:
+                    # fast path: a stored member wholly inside the run, a version-1 .npy
+                    # header seen before, CRC and size right; anything else takes the
+                    # checked path, which also names what is wrong
+                    at = entry[0] - first
+                    if entry[3] == 0 and buf[at:at + 4] == b"PK\x03\x04":
+                        ln, lx = _LOC_NAMES.unpack_from(buf, at + 26)
+                        start = at + 30 + ln + lx
+                        end = start + entry[1]
+                        if end <= nbuf and buf[start:start + 7] == b"\x93NUMPY\x01":
+                            h = headers.get(buf[start + 10:start + 10 + buf[start + 8] + 256 * buf[start + 9]])
+                            if h is not None and h[3] == entry[1] - 10 - buf[start + 8] - 256 * buf[start + 9]:
+                                data = mv[start:end]
+                                if zlib.crc32(data) == entry[4]:
+                                    out[i] = np.ndarray(h[1], h[0], data, end - start - h[3], order=h[2])
+                                    continue
+                    try:
+                        out[i] = self._decode_member(fd, buf, at, entry, key)
+                    except Exception as e:
+                        out[i] = self._wrap(e, spec, path)
+                k = j
+        except BaseException:
+            self._fds.pop(path, None)
+            os.close(fd)
+            raise
+
+    def _wrap(self, e, spec, path):
+        if isinstance(e, (ItemError, UsageError)):
+            return e
+        if isinstance(e, FileNotFoundError):
+            return ItemError(f"emissions file not found: {path}")
+        if isinstance(e, OSError):
+            return ItemError(f"emissions {spec!r}: cannot read {path} ({os_cause(e)})")
+        return ItemError(f"emissions {spec!r}: cannot read {path} ({e})")
+
+    def _guard(self, spec, path, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:
+            return self._wrap(e, spec, path)
+
+    def _npy_file(self, path, spec):
+        fd, st = self._open(path, spec)
+        try:
+            buf = os.pread(fd, st.st_size, 0) if st.st_size else b""
+        finally:
+            os.close(fd)
+        return self._npy(buf)
+
+    def _member_np_load(self, path, key, spec):
+        """np.load's reader, for archives the fast path does not handle."""
+        fd, _ = self._open(path, spec)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f, np.load(f, allow_pickle=False) as archive:
+                if not isinstance(archive, np.lib.npyio.NpzFile):
+                    raise ItemError(f"emissions {spec!r}: {path} is not an .npz archive")
+                names = archive.files
+                if key is None:
+                    if len(names) != 1:
+                        raise ItemError(f"emissions {spec!r}: the archive holds {len(names)} arrays; "
+                                        "name one as file.npz:key")
+                    key = names[0]
+                if key not in names:
+                    raise ItemError(f"emissions {spec!r}: no array {key!r} in {path}")
+                return archive[key]
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ entry points
+
+    def load_many(self, specs):
+        """For each spec, its array or the ItemError it raises (a UsageError is raised)."""
+        out = [None] * len(specs)
+        archives = {}
+        for i, spec in enumerate(specs):
+            path, key = self.resolve(spec)
+            if key is None and not path.lower().endswith(".npz"):
+                out[i] = self._guard(spec, path, self._npy_file, path, spec)
+            else:
+                archives.setdefault(path, []).append((i, key, spec))
+        for path, reqs in archives.items():
+            self._archive(path, reqs, out)
+        for v in out:
+            if isinstance(v, UsageError):
+                raise v
+        return out
+
+    def load(self, spec: str) -> np.ndarray:
+        v = self.load_many([spec])[0]
+        if isinstance(v, Exception):
+            raise v
+        return v
