@@ -279,21 +279,28 @@ class EmissionLoader:
                     out[i] = err
                 return
             located = []
-            for i, key, spec in reqs:
+            get = cd.get
+            for r in reqs:
+                e = get(r[1] + ".npy") if r[1] is not None else None
+                if e is not None:                    # the usual case: found, readable here
+                    located.append((e, r[0], r[1], r[2]))
+                    continue
+                i, key, spec = r
                 try:
                     located.append((self._entry(cd, key, path, spec), i, key, spec))
                 except _Fallback:
                     out[i] = self._guard(spec, path, self._member_np_load, path, key, spec)
                 except Exception as e:
                     out[i] = self._wrap(e, spec, path)
-            located.sort(key=lambda x: x[0][0])
+            located.sort()
             k = 0
             while k < len(located):
-                # one read for a run of neighbouring members (gaps under 64 KB)
+                # one read for a run of neighbouring members (gaps under 8 KB: reading a
+                # little unused data costs less than another system call, much does not)
                 first = located[k][0][0]
                 end = first + 30 + located[k][0][5] + 64 + located[k][0][1]
                 j = k + 1
-                while j < len(located) and located[j][0][0] < end + 65536 and end - first < (8 << 20):
+                while j < len(located) and located[j][0][0] < end + 8192 and end - first < (8 << 20):
                     e = located[j][0]
                     end = max(end, e[0] + 30 + e[5] + 64 + e[1])
                     j += 1
@@ -381,7 +388,18 @@ class EmissionLoader:
         """For each spec, its array or the ItemError it raises (a UsageError is raised)."""
         out = [None] * len(specs)
         archives = {}
+        paths = self._paths
         for i, spec in enumerate(specs):
+            # fast path: "dir/file.npz:key" whose file part was seen before
+            head, sep, key = spec.rpartition(":")
+            if sep and head[-4:].lower() == ".npz":
+                path = paths.get(head)
+                if path is not None:
+                    a = archives.get(path)
+                    if a is None:
+                        a = archives[path] = []
+                    a.append((i, key, spec))
+                    continue
             path, key = self.resolve(spec)
             if key is None and not path.lower().endswith(".npz"):
                 out[i] = self._guard(spec, path, self._npy_file, path, spec)
