@@ -47,7 +47,12 @@ def _add_score_args(p):
     p.add_argument("--batch-size", type=int, default=128, help="items per engine call (default 128)")
     p.add_argument("--chunk-size", type=int, default=2048,
                    help="items per write to OUT and per length-sorting window (default 2048)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores / OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU cores to use (default: all cores / OMP_NUM_THREADS)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes that read and score windows in parallel, each with one "
+                   "engine thread (Linux; default: --threads, i.e. one per core; 1: score in this "
+                   "process on --threads engine threads)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the loss is computed: cpu (default) or cuda (through fastctc.torch; "
                    "needs PyTorch with a CUDA device)")
@@ -146,7 +151,7 @@ def _main(argv) -> int:
     opts = ScoreOptions(
         args.manifest, args.vocab, args.out, command=args.command, blank=args.blank,
         from_logits=args.from_logits, batch_size=args.batch_size, chunk_size=args.chunk_size,
-        threads=args.threads, device=args.device,
+        threads=args.threads, jobs=args.jobs, device=args.device,
         align=args.command == "align" or getattr(args, "align", False),
         decode=args.decode, compare_raw=args.compare_raw, dask=args.dask, shard_size=args.shard_size,
         quiet=args.quiet, worst=args.worst, rank_by=args.rank_by)

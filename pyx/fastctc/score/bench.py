@@ -40,18 +40,27 @@ import json, os, resource, sys, time
 args = json.loads(sys.argv[1])
 import numpy as np
 import fastctc, fastctc.cli, fastctc._engine as engine
+import multiprocessing
 inner = engine.ctc_loss
-spent = [0.0, 0]
+# shared with forked worker processes, which inherit this wrapper
+spent = multiprocessing.get_context("fork").Array("d", 2) if sys.platform.startswith("linux") else [0.0, 0.0]
 def timed(*a, **k):
     t0 = time.perf_counter()
     try:
         return inner(*a, **k)
     finally:
-        spent[0] += time.perf_counter() - t0
-        spent[1] += 1
+        dt = time.perf_counter() - t0
+        if hasattr(spent, "get_lock"):
+            with spent.get_lock():
+                spent[0] += dt
+                spent[1] += 1
+        else:
+            spent[0] += dt
+            spent[1] += 1
 engine.ctc_loss = timed
 import io, contextlib
 ru0 = resource.getrusage(resource.RUSAGE_SELF)
+ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
 rss0 = ru0.ru_maxrss
 buf = io.StringIO()
 t0 = time.perf_counter()
@@ -59,8 +68,12 @@ with contextlib.redirect_stdout(buf):
     rc = fastctc.cli.main(args["argv"])
 wall = time.perf_counter() - t0
 ru1 = resource.getrusage(resource.RUSAGE_SELF)
+ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
 rss1 = ru1.ru_maxrss
-cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+# worker processes (if any) count too: their CPU time, and the largest one's peak RSS
+cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime) + \
+      (ch1.ru_utime - ch0.ru_utime) + (ch1.ru_stime - ch0.ru_stime)
+child_rss = ch1.ru_maxrss
 rate = None
 for line in buf.getvalue().splitlines():
     if "items/s" in line:
@@ -68,8 +81,8 @@ for line in buf.getvalue().splitlines():
         m = re.search(r"([0-9.]+) items/s", line)
         rate = float(m.group(1)) if m else None
         break
-print(json.dumps({"rc": rc, "wall": wall, "cpu": cpu, "engine": spent[0], "engine_calls": spent[1],
-                  "rss0_kb": rss0, "rss_kb": rss1, "tool_rate": rate,
+print(json.dumps({"rc": rc, "wall": wall, "cpu": cpu, "engine": spent[0], "engine_calls": int(spent[1]),
+                  "rss0_kb": rss0, "rss_kb": rss1, "worker_rss_kb": child_rss, "tool_rate": rate,
                   "fastctc": os.path.dirname(fastctc.__file__)}))
 """
 
@@ -182,8 +195,8 @@ def main(argv=None):
           f"1 in 100 as its own .npy, in {folder}; threads: {args.threads or 'default'}; "
           f"medians of {args.repeats} run(s)")
     print("| order | format | tree | items/s (wall) | items/s (CPU time) | items/s (tool) | engine share | "
-          "peak RSS MB | RSS added MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "peak RSS MB | RSS added MB | worker peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for fmt in formats:
         for order in orders:
@@ -206,15 +219,17 @@ def main(argv=None):
                          engine_share=_median([x["engine"] / x["wall"] for x in rs]),
                          rss_mb=_median([x["rss_kb"] / 1024 for x in rs]),
                          rss_added_mb=_median([(x["rss_kb"] - x["rss0_kb"]) / 1024 for x in rs]),
+                         worker_rss_mb=_median([x["worker_rss_kb"] / 1024 for x in rs]),
                          runs=rs)
                 results.append(r)
+                workers = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
                 print(f"| {order} | {fmt} | {name} ({r['fastctc']}) | {r['items_per_s']:.0f} | "
                       f"{r['items_per_cpu_s']:.0f} | {r['tool_rate']:.0f} | {r['engine_share']:.1%} | "
-                      f"{r['rss_mb']:.0f} | {r['rss_added_mb']:.0f} |", flush=True)
+                      f"{r['rss_mb']:.0f} | {r['rss_added_mb']:.0f} | {workers} |", flush=True)
             if args.baseline:
                 wall = _median([b["wall"] / t["wall"] for t, b in zip(runs["test"], runs["baseline"])])
                 cpu = _median([b["cpu"] / t["cpu"] for t, b in zip(runs["test"], runs["baseline"])])
-                print(f"| {order} | {fmt} | speed-up over baseline | {wall:.2f}x | {cpu:.2f}x | | | | |",
+                print(f"| {order} | {fmt} | speed-up over baseline | {wall:.2f}x | {cpu:.2f}x | | | | | |",
                       flush=True)
     return results
 

@@ -51,18 +51,6 @@ def _parquet_file(path):
 _scan_once = json.JSONDecoder().scan_once   # the C scanner behind json.loads, minus its wrapper
 
 
-def _parse_line(raw: bytes):
-    """json.loads(raw) for one manifest line, ~3x faster for the usual `{...}` line."""
-    try:
-        s = raw.decode("utf-8")
-        obj, end = _scan_once(s, 0)
-        if end == len(s) or s[end:].isspace():
-            return obj
-    except (StopIteration, UnicodeDecodeError, ValueError):
-        pass
-    return json.loads(raw)           # leading blanks, or an error with json's own message
-
-
 def _records(path, batch=4096, columns=None):
     """Yields lists of (row number, record dict) from MANIFEST; usage errors for rows that
     are not JSON objects."""
@@ -85,28 +73,76 @@ def _records(path, batch=4096, columns=None):
         f = open(path, "rb")
     except OSError as e:
         raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
-    parse = _parse_line
     with f:
-        out = []
         try:
-            for i, line in enumerate(f, 1):
-                try:
-                    rec = parse(line)
-                except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
-                    if not line.strip():
-                        continue
-                    msg = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-                    raise UsageError(f"manifest {path!r} line {i}: not valid JSON ({msg})") from None
-                if type(rec) is not dict:
-                    raise UsageError(f"manifest {path!r} line {i}: expected a JSON object")
-                out.append((i, rec))
-                if len(out) >= batch:
-                    yield out
-                    out = []
+            yield from parse_lines(f, path, 1, batch)
         except OSError as e:
             raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
-        if out:
+
+
+def _bad_line(line, i, path):
+    """The usage error for manifest line `line` (bytes), or None for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return UsageError(f"manifest {path!r} line {i}: not valid JSON ({e.msg})")
+    except ValueError:
+        return UsageError(f"manifest {path!r} line {i}: not valid JSON (not UTF-8)")
+    if type(rec) is not dict:
+        return UsageError(f"manifest {path!r} line {i}: expected a JSON object")
+    return None
+
+
+def parse_lines(lines, path, first_line=1, batch=4096, offsets=None, every=0, ids_only=False):
+    """Lists of (line number, record) from an iterable of JSONL lines (bytes); with
+    ids_only, lists of id hashes instead.  With `offsets` (a list) and `every`, appends
+    (byte offset, line number) of every `every`-th record, where a window starts, and
+    finally (end offset, None).
+
+    This loop runs once per manifest line in each pass, so the usual line (`{...}` and a
+    newline) is parsed inline with the C scanner; anything else goes through
+    _bad_line, which also writes the error message."""
+    scan = _scan_once
+    out = []
+    pos = 0
+    count = 0
+    track = offsets is not None and every > 0
+    for i, line in enumerate(lines, first_line):
+        if track:
+            start = pos
+            pos += len(line)
+        try:
+            s = line.decode("utf-8")
+            rec, end = scan(s, 0)
+            if end != len(s) and not (end == len(s) - 1 and s[-1] == "\n") and not s[end:].isspace():
+                raise ValueError
+            if type(rec) is not dict:
+                raise ValueError
+        except (StopIteration, ValueError):
+            err = _bad_line(line, i, path)
+            if err is not None:
+                raise err from None
+            continue                          # a blank line
+        if track:
+            if count % every == 0:
+                offsets.append((start, i))
+            count += 1
+        if ids_only:
+            v = rec.get("id")
+            if type(v) is not str or "\n" in v or "\r" in v:
+                v = _id_of(rec, path, i)
+            out.append(hash(v))
+        else:
+            out.append((i, rec))
+        if len(out) >= batch:
             yield out
+            out = []
+    if track:
+        offsets.append((pos, None))       # the end of the last window
+    if out:
+        yield out
 
 
 def _id_of(rec, path, line):
@@ -119,12 +155,15 @@ def _id_of(rec, path, line):
 
 
 class Ids:
-    """The manifest's ids as sorted 64-bit hashes (8 bytes per item)."""
+    """The manifest's ids as sorted 64-bit hashes (8 bytes per item); for a JSONL
+    manifest scanned with `window`, also `spans`: (first byte, end byte, first line) of
+    each window of `window` records, so that worker processes can read their own."""
 
-    def __init__(self, hashes: np.ndarray, ambiguous: set):
+    def __init__(self, hashes: np.ndarray, ambiguous: set, spans=None):
         self.sorted = np.sort(hashes)
         self.count = len(hashes)
         self.ambiguous = ambiguous  # hashes that two different ids share (resolve exactly)
+        self.spans = spans
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         return _member(self.sorted, hashes)
@@ -142,11 +181,24 @@ def hashes_of(ids) -> np.ndarray:
     return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
 
 
-def scan(path) -> Ids:
+def scan(path, window=0) -> Ids:
     """Pass 1 (see the module docstring)."""
     hashes = array("q")
-    for recs in _records(path, columns=("id",)):
-        hashes.extend(hash(_id_of(r, path, line)) for line, r in recs)
+    offsets = [] if window and not _is_parquet(path) else None
+    if offsets is not None:
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
+        with f:
+            try:
+                for hs in parse_lines(f, path, 1, 4096, offsets, window, ids_only=True):
+                    hashes.extend(hs)
+            except OSError as e:
+                raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
+    else:
+        for recs in _records(path, columns=("id",)):
+            hashes.extend(hash(_id_of(r, path, line)) for line, r in recs)
     h = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.zeros(0, dtype=np.int64)
     s = np.sort(h)
     same = s[1:][s[1:] == s[:-1]]
@@ -163,13 +215,21 @@ def scan(path) -> Ids:
                                          f"row {first[i]}")
                     first[i] = line
         ambiguous = suspects            # different ids, one hash: compared exactly later
-    return Ids(h.copy(), ambiguous)
+    spans = None
+    if offsets is not None:
+        spans = [(offsets[k][0], offsets[k + 1][0], offsets[k][1]) for k in range(len(offsets) - 1)]
+    return Ids(h.copy(), ambiguous, spans)
 
 
 def _item(rec, path, line):
-    item = {"id": _id_of(rec, path, line), "emissions": rec.get("emissions"), "text": rec.get("text"),
-            "tokens": rec.get("tokens"), "line": line}
-    em, text, tokens = item["emissions"], item["text"], item["tokens"]
+    i = rec.get("id")
+    if type(i) is not str or "\n" in i or "\r" in i:
+        i = _id_of(rec, path, line)
+    get = rec.get
+    em, text, tokens = get("emissions"), get("text"), get("tokens")
+    item = {"id": i, "emissions": em, "text": text, "tokens": tokens, "line": line}
+    if type(em) is str and em and type(text) is str and tokens is None:
+        return item                        # the usual row: nothing to check
     if type(em) is not str or not em:
         item["error"] = "manifest row has no `emissions` path"
     elif text is None and tokens is None:
@@ -179,6 +239,10 @@ def _item(rec, path, line):
     elif text is not None and type(text) is not str:
         item["error"] = f"`text` must be a string, got {type(text).__name__}"
     return item
+
+
+def items_of(recs, path):
+    return [_item(r, path, line) for line, r in recs]
 
 
 def windows(path, size):

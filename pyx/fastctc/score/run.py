@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import collections
 import os
-import queue
 import shutil
-import threading
 import sys
 import time
 from typing import Optional
@@ -34,7 +33,7 @@ import numpy as np
 
 from .emissions import EmissionLoader
 from .errors import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, os_cause
-from .manifest import _member, _records, hashes_of, scan, windows
+from .manifest import _member, _records, hashes_of, items_of, parse_lines, scan, windows
 from .scorer import Scorer
 from .rows import columns
 from .sinks import JsonlSink, OutLock, check_out_path, make_sink, try_lock_file
@@ -55,6 +54,7 @@ class ScoreOptions:
     batch_size: int = 128
     chunk_size: int = 2048
     threads: Optional[int] = None
+    jobs: Optional[int] = None      # worker processes (Linux); None: one per core (--threads)
     device: str = "cpu"
     align: bool = False
     decode: Optional[str] = None    # None or "greedy"
@@ -151,8 +151,8 @@ class Summary:
         if text is _NO_TEXT:
             self.missing_text += 1
 
-    def add_rows(self, w, items):
-        """A scored window (Rows) of `items`, column at a time."""
+    def add_rows(self, w, texts):
+        """A scored window (Rows) and its items' transcripts, column at a time."""
         n = len(w)
         self.rows += n
         errs = [k for k, e in enumerate(w.error) if e is not None]
@@ -170,10 +170,8 @@ class Summary:
             cand = np.flatnonzero(~np.isnan(vals))
         for k in cand.tolist():
             self.seq += 1
-            it = items[k]
             entry = [float(vals[k]), -self.seq, w.ids[k], float(w.nll[k]),
-                     w.hypothesis[k] if w.hypothesis is not None else None,
-                     it["text"] if it["text"] is not None else it["tokens"]]
+                     w.hypothesis[k] if w.hypothesis is not None else None, texts[k]]
             if len(self.heap) < self.worst:
                 heapq.heappush(self.heap, entry)
             elif entry[:2] > self.heap[0][:2]:
@@ -230,6 +228,8 @@ def _check_options(o: ScoreOptions, n_symbols):
         raise UsageError(f"--shard-size must be >= 1, got {o.shard_size}")
     if o.threads is not None and o.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {o.threads}")
+    if o.jobs is not None and o.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {o.jobs}")
     if o.worst < 0:
         raise UsageError(f"--worst must be >= 0, got {o.worst}")
     if not 0 <= o.blank < n_symbols:
@@ -382,65 +382,104 @@ def _merge_parts(parts_dir, sink, manifest_ids, done, summary):
     return added
 
 
-# --------------------------------------------------------------------------- reader
+# --------------------------------------------------------------------------- workers
 
-class _Reader:
-    """Reads the manifest's windows and their pending items' emissions on a thread, one
-    window ahead of the scorer: file reads, CRC checks and the engine (all outside the
-    GIL) then overlap.  Iterating yields (window, pending items, their emissions)."""
+# Worker processes (Linux): forked after OUT has been read, so they inherit the scorer,
+# the set of done ids (same hash seed as the parent) and the manifest's window spans;
+# each reads, parses and scores its own windows of the manifest and returns the encoded
+# rows, which the parent alone writes to OUT, in manifest order.  Each worker runs the
+# engine on one thread: the cores are shared out by process, not by OpenMP thread (and a
+# forked child never needs an OpenMP thread pool its parent may have started).
+_WORKER = {}
 
-    _END = object()
 
-    def __init__(self, manifest, size, done, loader, load=True):
-        self.q = queue.Queue(maxsize=1)
-        self.stopping = threading.Event()
-        self.args = (manifest, size, done, loader, load)
-        self.thread = threading.Thread(target=self._run, name="fastctc-score-reader", daemon=True)
-        self.thread.start()
+def _fork_context():
+    if not sys.platform.startswith("linux"):
+        return None
+    import multiprocessing
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:
+        return None
 
-    def _put(self, item):
-        while not self.stopping.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
-    def _run(self):
-        manifest, size, done, loader, load = self.args
-        try:
-            for window in windows(manifest, size):
-                if done.count:
-                    m = done.mask([it["id"] for it in window])
-                    todo = [it for it, d in zip(window, m.tolist()) if not d] if m.any() else window
-                else:
-                    todo = window
-                loaded = None
-                if load and todo:
-                    ok = [i for i, it in enumerate(todo) if not it.get("error")]
-                    got = loader.load_many([todo[i]["emissions"] for i in ok])
-                    loaded = [None] * len(todo)
-                    for i, a in zip(ok, got):
-                        loaded[i] = a
-                if not self._put((window, todo if load else [], loaded)):
-                    return
-            self._put(self._END)
-        except BaseException as e:     # handed to the consumer, raised there
-            self._put(e)
+def _jobs(o: ScoreOptions, n_windows):
+    if o.device != "cpu" or n_windows < 2 or _fork_context() is None:
+        return 1
+    if o.jobs is not None:
+        return max(1, min(o.jobs, n_windows))
+    from .._engine import default_threads
+    return max(1, min(o.threads or default_threads(), n_windows, 16))
 
-    def __iter__(self):
+
+def _init_worker():
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
+    _WORKER["loader"] = EmissionLoader(_WORKER["base"], forbidden=_WORKER["forbidden"])
+
+
+def _work(span):
+    """Scores one window of the manifest (bytes start..end, first line `line0`)."""
+    start, end, line0 = span
+    manifest, scorer, done, encode, cols = (_WORKER[k] for k in ("manifest", "scorer", "done", "encode", "cols"))
+    with open(manifest, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    window = [it for recs in parse_lines(data.splitlines(keepends=True), manifest, line0, 1 << 30)
+              for it in items_of(recs, manifest)]
+    todo = _pending(window, done)
+    if not todo:
+        return len(window), None, None, b""
+    rows = scorer.score(todo, _WORKER["loader"])
+    blob = encode(rows, cols)
+    rows.spans = None                   # the parent's summary does not need them
+    return len(window), rows, [_text(it) for it in todo], blob
+
+
+def _pending(window, done):
+    if not done.count:
+        return window
+    m = done.mask([it["id"] for it in window])
+    return [it for it, d in zip(window, m.tolist()) if not d] if m.any() else window
+
+
+def _text(it):
+    return it["text"] if it["text"] is not None else it["tokens"]
+
+
+def _run_workers(o, scorer, jobs, spans, done, base, forbidden, sink, summary, progress, delay):
+    ctx = _fork_context()
+    worker_scorer = Scorer(scorer.symbols, scorer.blank, scorer.from_logits, scorer.batch_size, 1,
+                           scorer.device, scorer.align, scorer.decode, scorer.compare_raw)
+    _WORKER.update(manifest=o.manifest, scorer=worker_scorer, done=done, base=base, forbidden=forbidden,
+                   encode=sink.encoder(), cols=sink.cols)
+    pool = ctx.Pool(jobs, initializer=_init_worker)
+    try:
+        pending = collections.deque()
+        tasks = iter(spans)
         while True:
-            item = self.q.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join()
+            while len(pending) < 2 * jobs:              # bounded: memory does not grow
+                span = next(tasks, None)
+                if span is None:
+                    break
+                pending.append(pool.apply_async(_work, (span,)))
+            if not pending:
+                break
+            _, rows, texts, blob = pending.popleft().get()
+            if rows is None:
+                continue
+            sink.append_encoded(blob, len(rows))
+            summary.add_rows(rows, texts)
+            progress.update(len(rows))
+            if delay:
+                time.sleep(delay)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        _WORKER.clear()
 
 
 # --------------------------------------------------------------------------- Dask
@@ -527,7 +566,7 @@ def run_score(o: ScoreOptions, stdout=None, stderr=None) -> int:
     decode = bool(o.decode)
     sink = make_sink(o.out, o.align, decode)          # extension (and pyarrow) first
     sink.stderr = stderr
-    manifest_ids = scan(o.manifest)
+    manifest_ids = scan(o.manifest, o.chunk_size)
     base = os.path.dirname(os.path.abspath(o.manifest))
     out_files = [o.out] + ([sink.journal.path] if hasattr(sink, "journal") else [])
     for p in out_files:
@@ -566,25 +605,33 @@ def run_score(o: ScoreOptions, stdout=None, stderr=None) -> int:
                         shards.append((k, shard))
                 _run_dask(o, scorer, shards, base, o.out + ".parts", progress)
                 _merge_parts(o.out + ".parts", sink, manifest_ids, done, summary)
-            elif n_pending or need_text:
-                ident = sink.identity()
-                loader = EmissionLoader(base, forbidden={ident: f"--out {o.out!r}"})
+            elif n_pending:
+                forbidden = {sink.identity(): f"--out {o.out!r}"}
                 delay = _test_delay()
-                reader = _Reader(o.manifest, o.chunk_size, done, loader, load=bool(n_pending))
-                try:
-                    for window, todo, loaded in reader:
-                        if need_text:
-                            summary.fill_text(window)
-                        if not todo:
-                            continue
-                        rows = scorer.score(todo, loader, progress.update, loaded)
-                        sink.append(rows)
-                        summary.add_rows(rows, todo)
-                        if delay:
-                            time.sleep(delay)
-                finally:
-                    reader.stop()
-                    loader.close()
+                jobs = _jobs(o, len(manifest_ids.spans or ()))
+                if need_text:
+                    for window in windows(o.manifest, o.chunk_size):
+                        summary.fill_text(window)
+                if jobs > 1 and manifest_ids.spans:
+                    _run_workers(o, scorer, jobs, manifest_ids.spans, done, base, forbidden, sink,
+                                 summary, progress, delay)
+                else:
+                    loader = EmissionLoader(base, forbidden=forbidden)
+                    try:
+                        for window in windows(o.manifest, o.chunk_size):
+                            todo = _pending(window, done)
+                            if not todo:
+                                continue
+                            rows = scorer.score(todo, loader, progress.update)
+                            sink.append(rows)
+                            summary.add_rows(rows, [_text(it) for it in todo])
+                            if delay:
+                                time.sleep(delay)
+                    finally:
+                        loader.close()
+            elif need_text:
+                for window in windows(o.manifest, o.chunk_size):
+                    summary.fill_text(window)
             progress.close()
             elapsed = time.monotonic() - t0
             sink.finalize()

@@ -330,7 +330,16 @@ class _LineSink:
             return
         if not isinstance(rows, Rows):
             rows = Rows.from_dicts(rows, self.cols)
-        data = self.encode(rows)
+        self.append_encoded(self.encode(rows), len(rows))
+
+    def encoder(self):
+        """A picklable function (rows, cols) -> bytes in this file's format."""
+        return encode_jsonl
+
+    def append_encoded(self, data: bytes, n: int):
+        """Appends `n` rows already encoded by `encoder()` (in a worker process)."""
+        if not data:
+            return
         size = os.fstat(self.fd).st_size
         try:
             self._write(data)
@@ -346,7 +355,7 @@ class _LineSink:
             raise OutputError(f"{self.what} {self.path!r}: writing failed after {self.written} rows "
                               f"of this run ({os_cause(e)}); the rows written are kept: fix the cause "
                               "and rerun the same command to resume") from None
-        self.written += len(rows)
+        self.written += n
 
     def sync(self):
         if self.fd is not None:
@@ -447,6 +456,9 @@ class CsvSink(_LineSink):
             rows = Rows.from_dicts(rows, self.cols)
         return encode_csv(rows, self.cols)
 
+    def encoder(self):
+        return encode_csv
+
 
 class ParquetSink:
     """Journalled (see the module docstring)."""
@@ -508,6 +520,12 @@ class ParquetSink:
 
     def append(self, rows):
         self.journal.append(rows)
+
+    def encoder(self):
+        return self.journal.encoder()
+
+    def append_encoded(self, data, n):
+        self.journal.append_encoded(data, n)
 
     def finalize(self):
         import pyarrow as pa
