@@ -116,15 +116,16 @@ def test_python_m_fastctc_runs_as_a_subprocess(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "absent.jsonl" in r.stderr
 
 
-@pytest.mark.parametrize("ext", ["jsonl", "csv"])
-def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext):
+@pytest.mark.parametrize("ext,jobs", [("jsonl", 1), ("csv", 1), ("jsonl", 2)])
+def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext, jobs):
     manifest, vocab, items, _ = make_set(tmp_path, n=48, seed=7)
     full = tmp_path / "full.jsonl"
     assert cli.main(["score", manifest, "--vocab", vocab, "--out", full, "--quiet"]) == 0
     out = tmp_path / f"o.{ext}"
     header = 1 if ext == "csv" else 0
     # a slow run (test hook: sleep after each chunk of 4 items), killed with SIGKILL mid-way
-    proc = subprocess.Popen(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--chunk-size", 4),
+    proc = subprocess.Popen(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--chunk-size", 4,
+                                 "--jobs", jobs),
                             env=_env(FASTCTC_SCORE_TEST_DELAY="0.15"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -137,6 +138,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext):
     proc.wait(timeout=30)
     partial_lines = out.read_bytes().count(b"\n") - header
     assert 8 <= partial_lines < len(items)
+    # the rerun below must find OUT unlocked: the lock died with the killed run (its worker
+    # processes, which may outlive it for a moment, hold no copy of it)
     r = subprocess.run(_cmd("score", manifest, "--vocab", vocab, "--out", out), env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

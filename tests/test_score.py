@@ -263,3 +263,40 @@ def test_ocr_example_flags_the_wrong_transcripts(tmp_path):
     assert len(rows) == len(truth)
     ranked = sorted(rows, key=lambda r: r["nll_per_frame"], reverse=True)
     assert {r["id"] for r in ranked[:len(wrong)]} == wrong
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
+def test_worker_processes_write_the_in_process_rows(tmp_path, ext):
+    """--jobs N (forked workers reading their own manifest windows) gives the rows of an
+    in-process run, byte for byte, bad items, token items, greedy columns and a resume
+    included."""
+    if ext == "parquet":
+        pytest.importorskip("pyarrow")
+    manifest, vocab, items, rows = make_set(tmp_path, n=60, seed=12)
+    extra = [{"id": "gone", "emissions": "gone.npy", "text": "a"},
+             {"id": "sym", "emissions": rows[0]["emissions"], "text": "abz"}]
+    write_manifest(manifest, rows[:30] + extra + rows[30:])
+    with open(manifest, "a") as f:
+        f.write("\n")                          # a blank line at the end
+    outs = {}
+    for jobs in (1, 2, 3):
+        out = tmp_path / f"o{jobs}.{ext}"
+        assert _score(manifest, vocab, out, jobs=jobs, chunk_size=7, batch_size=5, decode="greedy") == 1
+        outs[jobs] = out
+    if ext == "parquet":
+        ref = _rows_of(outs[1])
+        assert _rows_of(outs[2]) == ref and _rows_of(outs[3]) == ref
+    else:
+        ref = open(outs[1], "rb").read()
+        assert open(outs[2], "rb").read() == ref and open(outs[3], "rb").read() == ref
+    assert len(_rows_of(outs[1])) == len(items) + 2
+    # a resume in worker mode scores only what is missing
+    out = tmp_path / f"r.{ext}"
+    assert _score(manifest, vocab, out, jobs=1, chunk_size=7, decode="greedy") == 1
+    if ext == "jsonl":
+        data = open(out, "rb").read().splitlines(keepends=True)
+        open(out, "wb").write(b"".join(data[:20]))
+        assert _score(manifest, vocab, out, jobs=2, chunk_size=7, decode="greedy") == 1
+        got = read_jsonl(out)
+        assert len(got) == len({g["id"] for g in got}) == len(items) + 2
+        assert by_id(got) == by_id(read_jsonl(outs[1]))

@@ -366,10 +366,12 @@ def test_align_summary_label_and_device_help(tmp_path, capsys):
     assert "cuda" in device_help and "fastctc.torch" in device_help
 
 
-def test_interrupt_exits_130_and_a_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_interrupt_exits_130_and_a_rerun_resumes(tmp_path, jobs):
     manifest, vocab, items, _ = make_set(tmp_path, n=40, seed=9)
     out = tmp_path / "o.jsonl"
-    p = subprocess.Popen(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--chunk-size", 4),
+    p = subprocess.Popen(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--chunk-size", 4,
+                              "--jobs", jobs),
                          env=_env(FASTCTC_SCORE_TEST_DELAY="0.1"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import collections
+import io
 import os
 import shutil
 import sys
@@ -415,6 +416,13 @@ def _jobs(o: ScoreOptions, n_windows):
 def _init_worker():
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle
+    # the parent's OUT.lock and OUT descriptors came along with the fork: close them, so
+    # that the lock ends with the parent (an flock lasts while any copy is open)
+    for fd in _WORKER["parent_fds"]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     _WORKER["loader"] = EmissionLoader(_WORKER["base"], forbidden=_WORKER["forbidden"])
 
 
@@ -425,7 +433,8 @@ def _work(span):
     with open(manifest, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    window = [it for recs in parse_lines(data.splitlines(keepends=True), manifest, line0, 1 << 30)
+    # io.BytesIO splits lines at b"\n" only, as the parent's pass over the file did
+    window = [it for recs in parse_lines(io.BytesIO(data), manifest, line0, 1 << 30)
               for it in items_of(recs, manifest)]
     todo = _pending(window, done)
     if not todo:
@@ -447,12 +456,12 @@ def _text(it):
     return it["text"] if it["text"] is not None else it["tokens"]
 
 
-def _run_workers(o, scorer, jobs, spans, done, base, forbidden, sink, summary, progress, delay):
+def _run_workers(o, scorer, jobs, spans, done, base, forbidden, sink, summary, progress, delay, parent_fds):
     ctx = _fork_context()
     worker_scorer = Scorer(scorer.symbols, scorer.blank, scorer.from_logits, scorer.batch_size, 1,
                            scorer.device, scorer.align, scorer.decode, scorer.compare_raw)
     _WORKER.update(manifest=o.manifest, scorer=worker_scorer, done=done, base=base, forbidden=forbidden,
-                   encode=sink.encoder(), cols=sink.cols)
+                   encode=sink.encoder(), cols=sink.cols, parent_fds=parent_fds)
     pool = ctx.Pool(jobs, initializer=_init_worker)
     try:
         pending = collections.deque()
@@ -575,7 +584,7 @@ def run_score(o: ScoreOptions, stdout=None, stderr=None) -> int:
     scorer = Scorer(symbols, o.blank, o.from_logits, o.batch_size, o.threads, o.device, o.align,
                     o.decode, o.compare_raw)
     summary = Summary(o.rank_by, o.worst)
-    with OutLock(o.out):
+    with OutLock(o.out) as lock:
         try:
             sink.open()
             done = Done(manifest_ids.ambiguous)
@@ -614,7 +623,7 @@ def run_score(o: ScoreOptions, stdout=None, stderr=None) -> int:
                         summary.fill_text(window)
                 if jobs > 1 and manifest_ids.spans:
                     _run_workers(o, scorer, jobs, manifest_ids.spans, done, base, forbidden, sink,
-                                 summary, progress, delay)
+                                 summary, progress, delay, [lock.fd, sink.fileno()])
                 else:
                     loader = EmissionLoader(base, forbidden=forbidden)
                     try:

@@ -319,6 +319,9 @@ class _LineSink:
             n = os.write(self.fd, view)
             view = view[n:]
 
+    def fileno(self):
+        return self.fd
+
     def identity(self):
         """(st_dev, st_ino) of the open OUT."""
         st = os.fstat(self.fd)
@@ -517,6 +520,9 @@ class ParquetSink:
 
     def identity(self):
         return self.journal.identity()
+
+    def fileno(self):
+        return self.journal.fileno()
 
     def append(self, rows):
         self.journal.append(rows)
