@@ -45,8 +45,8 @@ def _add_score_args(p):
                    help="with --decode: compare transcript and hypothesis as they are (default: "
                    "strip leading/trailing whitespace and collapse runs of whitespace first)")
     p.add_argument("--batch-size", type=int, default=128, help="items per engine call (default 128)")
-    p.add_argument("--chunk-size", type=int, default=2048,
-                   help="items per write to OUT and per length-sorting window (default 2048)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="items per write to OUT and per length-sorting window (default 4096)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU cores to use (default: all cores / OMP_NUM_THREADS)")
     p.add_argument("--jobs", type=int, default=None,

@@ -53,7 +53,7 @@ class ScoreOptions:
     blank: int = 0
     from_logits: bool = False
     batch_size: int = 128
-    chunk_size: int = 2048
+    chunk_size: int = 4096
     threads: Optional[int] = None
     jobs: Optional[int] = None      # worker processes (Linux); None: one per core (--threads)
     device: str = "cpu"
