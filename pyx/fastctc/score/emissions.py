@@ -18,8 +18,9 @@ deflate) fall back to np.load's own reader, so any archive np.load reads is read
 `load_many` reads a window of items archive by archive, members in file order, and
 neighbouring members with one pread, so a window costs a few system calls per archive
 whatever the manifest's order.  Memory stays bounded whatever the number of items or
-archives: no file stays open between windows, and the cached directories hold at most
-`dir_bytes` bytes (~60 bytes a member).
+archives: at most `max_fds` archives stay open, and the cached directories (member names
+as 64-bit hashes, checked against the member's own header when read) hold at most
+`dir_bytes` bytes, 56 bytes a member.
 
 Every path is checked with stat() before it is opened and opened O_NONBLOCK, then
 fstat()ed again: a FIFO, device node or directory is an item error and never blocks the
@@ -32,6 +33,7 @@ import os
 import stat
 import struct
 import zlib
+from array import array
 from collections import OrderedDict
 
 import numpy as np
@@ -177,12 +179,13 @@ class EmissionLoader:
     # ------------------------------------------------------------------ .npz
 
     def _directory(self, path, fd, size, mtime):
-        """{member name: (local header offset, compressed size, size, method, crc,
-        central name + extra length) or None (needs np.load)} of an archive, cached."""
+        """The archive's directory, cached: member names as sorted 64-bit hashes and, row
+        for row, (local header offset or -1 if np.load must read it, compressed size,
+        size, method, crc, central name + extra length): 56 bytes a member."""
         d = self._dirs.get(path)
         if d is not None and d[0] == size and d[1] == mtime:
             self._dirs.move_to_end(path)
-            return d[2]
+            return d
         tail = os.pread(fd, min(size, 22 + 65535), max(0, size - 22 - 65535))
         k = tail.rfind(b"PK\x05\x06")
         if k < 0 or len(tail) - k < 22:
@@ -193,37 +196,64 @@ class EmissionLoader:
         cd = os.pread(fd, cd_size, cd_off)
         if len(cd) != cd_size:
             raise ValueError("truncated central directory")
-        names, h, unpack = {}, 0, _CEN.unpack_from
+        hashes, table, names = array("q"), array("q"), []
+        h, unpack = 0, _CEN.unpack_from
         while h + 46 <= cd_size and cd[h:h + 4] == b"PK\x01\x02":
             (_, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, _, loff) = unpack(cd, h)
-            name = cd[h + 46:h + 46 + nlen].decode("utf-8", "replace")
+            # zipfile's rule: UTF-8 when flag bit 11 is set, else code page 437
+            name = cd[h + 46:h + 46 + nlen].decode("utf-8" if flags & 0x800 else "cp437", "replace")
             fallback = flags & 1 or method not in (0, 8) or 0xFFFFFFFF in (csize, usize, loff)
-            names.setdefault(name, None if fallback else (loff, csize, usize, method, crc, nlen + xlen))
+            hashes.append(hash(name))
+            table.extend((-1 if fallback else loff, csize, usize, method, crc, nlen + xlen))
+            if len(names) < 2:
+                names.append(name)
             h += 46 + nlen + xlen + clen
-        cost = 200 * (len(names) + 1)      # rough bytes held per member
+        hs = np.frombuffer(hashes, dtype=np.int64) if hashes else np.zeros(0, np.int64)
+        tb = (np.frombuffer(table, dtype=np.int64) if table else np.zeros(0, np.int64)).reshape(-1, 6)
+        order = np.argsort(hs, kind="stable")
+        hs, tb = hs[order], tb[order].copy()
+        same = np.flatnonzero(hs[1:] == hs[:-1])
+        tb[same, 0] = tb[same + 1, 0] = -1     # a repeated name (or hash): np.load decides
+        single = names[0] if len(hs) == 1 else None
+        entry = (size, mtime, hs, tb, single, len(hs), 56 * len(hs) + 200)
         if d is not None:
-            self._dir_total -= d[3]
-        self._dirs[path] = (size, mtime, names, cost)
-        self._dir_total += cost
+            self._dir_total -= d[6]
+        self._dirs[path] = entry
+        self._dir_total += entry[6]
         while self._dir_total > self.dir_bytes and len(self._dirs) > 1:
-            self._dir_total -= self._dirs.popitem(last=False)[1][3]
-        return names
+            self._dir_total -= self._dirs.popitem(last=False)[1][6]
+        return entry
 
-    def _entry(self, names, key, path, spec):
-        """The directory entry of member `key` (see _directory)."""
+    @staticmethod
+    def _lookup(d, names):
+        """Directory rows (lists) for member `names`, None where absent."""
+        hs, tb = d[2], d[3]
+        if not len(hs):
+            return [None] * len(names)
+        h = np.fromiter(map(hash, names), dtype=np.int64, count=len(names))
+        pos = np.searchsorted(hs, h)
+        pos[pos == len(hs)] = 0
+        found = hs[pos] == h
+        rows = tb[pos].tolist()
+        return [r if f else None for r, f in zip(rows, found.tolist())]
+
+    def _entry(self, d, key, path, spec):
+        """(member name, directory row) of member `key` (see _directory)."""
         if key is None:
-            if len(names) != 1:
-                raise ItemError(f"emissions {spec!r}: the archive holds {len(names)} arrays; "
+            if d[5] != 1:
+                raise ItemError(f"emissions {spec!r}: the archive holds {d[5]} arrays; "
                                 "name one as file.npz:key")
-            key = next(iter(names))
-        e = names.get(key + ".npy", False)
-        if e is False:
-            e = names.get(key, False)
-            if e is False:
-                raise ItemError(f"emissions {spec!r}: no array {key!r} in {path}")
+            key = d[4]
+        name = key + ".npy"
+        e = self._lookup(d, [name])[0]
         if e is None:
+            name = key
+            e = self._lookup(d, [name])[0]
+            if e is None:
+                raise ItemError(f"emissions {spec!r}: no array {key!r} in {path}")
+        if e[0] < 0:
             raise _Fallback()
-        return e
+        return name, e
 
     def _decode_member(self, fd, buf, at, entry, key):
         """The array of the member whose local header starts at buf[at:]."""
@@ -231,6 +261,8 @@ class EmissionLoader:
         if len(buf) - at < 30 or buf[at:at + 4] != b"PK\x03\x04":
             raise ValueError(f"member {key!r}: bad local header")
         ln, lx = _LOC.unpack_from(buf, at)[9:11]
+        if buf[at + 30:at + 30 + ln] != key.encode("utf-8"):
+            raise _Fallback()               # the lookup by hash found another member
         start = at + 30 + ln + lx
         if start + csize <= len(buf):
             data = memoryview(buf)[start:start + csize]
@@ -279,15 +311,15 @@ class EmissionLoader:
                     out[i] = err
                 return
             located = []
-            get = cd.get
-            for r in reqs:
-                e = get(r[1] + ".npy") if r[1] is not None else None
-                if e is not None:                    # the usual case: found, readable here
-                    located.append((e, r[0], r[1], r[2]))
+            names = [r[1] + ".npy" if r[1] is not None else "" for r in reqs]
+            for r, name, e in zip(reqs, names, self._lookup(cd, names)):
+                if e is not None and e[0] >= 0:      # the usual case: found, readable here
+                    located.append((e, r[0], name, r[2]))
                     continue
                 i, key, spec = r
                 try:
-                    located.append((self._entry(cd, key, path, spec), i, key, spec))
+                    name, e = self._entry(cd, key, path, spec)
+                    located.append((e, i, name, spec))
                 except _Fallback:
                     out[i] = self._guard(spec, path, self._member_np_load, path, key, spec)
                 except Exception as e:
@@ -314,14 +346,19 @@ class EmissionLoader:
                 mv = memoryview(buf)
                 nbuf = len(buf)
                 headers = self._headers
-                for entry, i, key, spec in located[k:j]:
+                for entry, i, name, spec in located[k:j]:
                     # fast path: a stored member wholly inside the run, a version-1 .npy
                     # header seen before, CRC and size right; anything else takes the
-                    # checked path, which also names what is wrong
+                    # checked path, which also names what is wrong.  The local header's
+                    # name is checked too: the directory lookup went by hash.
                     at = entry[0] - first
                     if entry[3] == 0 and buf[at:at + 4] == b"PK\x03\x04":
                         ln, lx = _LOC_NAMES.unpack_from(buf, at + 26)
                         start = at + 30 + ln + lx
+                        if buf[at + 30:at + 30 + ln] != name.encode("utf-8"):
+                            out[i] = self._guard(spec, path, self._member_np_load, path,
+                                                 name[:-4] if name.endswith(".npy") else name, spec)
+                            continue
                         end = start + entry[1]
                         if end <= nbuf and buf[start:start + 7] == b"\x93NUMPY\x01":
                             h = headers.get(buf[start + 10:start + 10 + buf[start + 8] + 256 * buf[start + 9]])
@@ -331,7 +368,10 @@ class EmissionLoader:
                                     out[i] = np.ndarray(h[1], h[0], data, end - start - h[3], order=h[2])
                                     continue
                     try:
-                        out[i] = self._decode_member(fd, buf, at, entry, key)
+                        out[i] = self._decode_member(fd, buf, at, entry, name)
+                    except _Fallback:
+                        out[i] = self._guard(spec, path, self._member_np_load, path,
+                                             name[:-4] if name.endswith(".npy") else name, spec)
                     except Exception as e:
                         out[i] = self._wrap(e, spec, path)
                 k = j

@@ -51,7 +51,7 @@ def _parquet_file(path):
 _scan_once = json.JSONDecoder().scan_once   # the C scanner behind json.loads, minus its wrapper
 
 
-def _records(path, batch=4096, columns=None):
+def records(path, batch=4096, columns=None):
     """Yields lists of (row number, record dict) from MANIFEST; usage errors for rows that
     are not JSON objects."""
     if _is_parquet(path):
@@ -166,10 +166,11 @@ class Ids:
         self.spans = spans
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
-        return _member(self.sorted, hashes)
+        return member_of(self.sorted, hashes)
 
 
-def _member(sorted_hashes, hashes):
+def member_of(sorted_hashes, hashes):
+    """Boolean mask: which of `hashes` are in the sorted array `sorted_hashes`."""
     if len(sorted_hashes) == 0:
         return np.zeros(len(hashes), dtype=bool)
     pos = np.searchsorted(sorted_hashes, hashes)
@@ -197,7 +198,7 @@ def scan(path, window=0) -> Ids:
             except OSError as e:
                 raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
     else:
-        for recs in _records(path, columns=("id",)):
+        for recs in records(path, columns=("id",)):
             hashes.extend(hash(_id_of(r, path, line)) for line, r in recs)
     h = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.zeros(0, dtype=np.int64)
     s = np.sort(h)
@@ -206,7 +207,7 @@ def scan(path, window=0) -> Ids:
     if len(same):
         suspects = set(same.tolist())
         first = {}
-        for recs in _records(path, columns=("id",)):
+        for recs in records(path, columns=("id",)):
             for line, r in recs:
                 i = _id_of(r, path, line)
                 if hash(i) in suspects:
@@ -248,7 +249,7 @@ def items_of(recs, path):
 def windows(path, size):
     """Pass 2: lists of at most `size` items, in manifest order."""
     buf = []
-    for recs in _records(path, batch=size):
+    for recs in records(path, batch=size):
         for line, r in recs:
             buf.append(_item(r, path, line))
             if len(buf) >= size:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .emissions import EmissionLoader
 from .errors import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, os_cause
-from .manifest import _member, _records, hashes_of, items_of, parse_lines, scan, windows
+from .manifest import hashes_of, items_of, member_of, parse_lines, records, scan, windows
 from .scorer import Scorer
 from .rows import columns
 from .sinks import JsonlSink, OutLock, check_out_path, make_sink, try_lock_file
@@ -128,7 +128,6 @@ class Summary:
         self.failures = []
         self.heap = []
         self.seq = 0
-        self.missing_text = 0
 
     def add(self, row, text=_NO_TEXT):
         self.rows += 1
@@ -147,10 +146,6 @@ class Summary:
             heapq.heappush(self.heap, entry)
         elif entry[:2] > self.heap[0][:2]:
             heapq.heapreplace(self.heap, entry)
-        else:
-            return
-        if text is _NO_TEXT:
-            self.missing_text += 1
 
     def add_rows(self, w, texts):
         """A scored window (Rows) and its items' transcripts, column at a time."""
@@ -283,7 +278,7 @@ def _check_out_is_no_input(o: ScoreOptions, out_files, base):
             raise UsageError(f"--out {o.out!r}: {hit} is {what} ({p}); writing there would destroy it")
     loader = EmissionLoader(base)
     last = None
-    for recs in _records(o.manifest, columns=("emissions",)):
+    for recs in records(o.manifest, columns=("emissions",)):
         for line, r in recs:
             spec = r.get("emissions")
             if not isinstance(spec, str) or not spec or spec == last:
@@ -324,7 +319,7 @@ class Done:
 
     def mask(self, ids_list, hashes=None):
         hashes = hashes_of(ids_list) if hashes is None else hashes
-        m = _member(self.sorted, hashes)
+        m = member_of(self.sorted, hashes)
         if self.ambiguous:
             for k, h in enumerate(hashes.tolist()):
                 if h in self.ambiguous:

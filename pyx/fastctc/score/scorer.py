@@ -21,12 +21,6 @@ from .rows import Rows
 from .vocab import Tokenizer
 
 
-def frames_needed(tokens) -> int:
-    """Fewest frames a CTC path for `tokens` needs: one per token plus one blank between
-    each pair of equal neighbours."""
-    return len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
-
-
 def _log_softmax(x):
     m = x.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
