@@ -300,3 +300,104 @@ def test_worker_processes_write_the_in_process_rows(tmp_path, ext):
         got = read_jsonl(out)
         assert len(got) == len({g["id"] for g in got}) == len(items) + 2
         assert by_id(got) == by_id(read_jsonl(outs[1]))
+
+
+def test_emission_reader_matches_np_load_on_every_layout(tmp_path):
+    """fastctc.score.emissions reads .npy files and .npz members itself (not through
+    np.load); every layout np.save/np.savez can write must give np.load's array, and
+    anything it does not handle must fall back to np.load, not fail."""
+    import io
+    import zipfile
+    from fastctc.score.emissions import EmissionLoader
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(7, 6)).astype(np.float32)
+    cases = {
+        "plain.npy": a, "f64.npy": a.astype(np.float64), "fortran.npy": np.asfortranarray(a),
+        "f16.npy": a.astype(np.float16), "big.npy": a.astype(">f4"), "empty.npy": a[:0],
+    }
+    for name, arr in cases.items():
+        np.save(tmp_path / name, arr)
+    np.save(tmp_path / "v2.npy", a)
+    raw = bytearray(open(tmp_path / "v2.npy", "rb").read())   # rewrite as format version 2.0
+    hlen = raw[8] | raw[9] << 8
+    raw[6:10] = b"\x02\x00" + hlen.to_bytes(2, "little")
+    raw[10:10] = b"\x00\x00"
+    open(tmp_path / "v2.npy", "wb").write(bytes(raw))
+    np.savez(tmp_path / "s.npz", x=a, f=np.asfortranarray(a), h=a.astype(np.float16))
+    np.savez_compressed(tmp_path / "c.npz", x=a, y=a * 2)
+    np.savez(tmp_path / "one.npz", only=a)
+    buf = io.BytesIO()
+    np.save(buf, a * 3)
+    with zipfile.ZipFile(tmp_path / "bz.npz", "w", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("x.npy", buf.getvalue())                     # not stored/deflated: np.load reads it
+    specs = list(cases) + ["v2.npy", "s.npz:x", "s.npz:f", "s.npz:h", "s.npz:x.npy", "c.npz:x", "c.npz:y",
+                           "one.npz", "bz.npz:x"]
+    loader = EmissionLoader(str(tmp_path))
+    got = loader.load_many(specs)
+    for spec, arr in zip(specs, got):
+        f, _, k = spec.partition(":")
+        ref = np.load(tmp_path / f)
+        if isinstance(ref, np.ndarray):
+            want = ref
+        else:
+            want = np.asarray(ref[k] if k else ref[ref.files[0]])
+            ref.close()
+        assert isinstance(arr, np.ndarray), (spec, arr)
+        assert arr.dtype == want.dtype and arr.shape == want.shape, spec
+        np.testing.assert_array_equal(arr, want, err_msg=spec)
+    loader.close()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("crc", "CRC-32 mismatch"), ("truncated_npy", "truncated"), ("pickle", "Python objects"),
+    ("two_members", "holds 2 arrays"), ("not_zip", "not a zip archive"), ("bad_header", "bad .npy header"),
+])
+def test_damaged_emissions_are_error_rows(tmp_path, damage, needle):
+    vocab = write_vocab(tmp_path / "v.txt")
+    a = log_softmax(np.random.default_rng(1).normal(size=(9, len(SYMBOLS)))).astype(np.float32)
+    if damage == "crc":
+        np.savez(tmp_path / "e.npz", x=a)
+        data = bytearray(open(tmp_path / "e.npz", "rb").read())
+        k = data.find(a.tobytes()[:16])
+        data[k + 5] ^= 0x10                                      # one bit flipped in the data
+        open(tmp_path / "e.npz", "wb").write(bytes(data))
+        spec = "e.npz:x"
+    elif damage == "truncated_npy":
+        np.save(tmp_path / "e.npy", a)
+        data = open(tmp_path / "e.npy", "rb").read()
+        open(tmp_path / "e.npy", "wb").write(data[:-10])
+        spec = "e.npy"
+    elif damage == "pickle":
+        np.save(tmp_path / "e.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        spec = "e.npy"
+    elif damage == "two_members":
+        np.savez(tmp_path / "e.npz", x=a, y=a)
+        spec = "e.npz"
+    elif damage == "not_zip":
+        np.save(tmp_path / "e.npy", a)
+        import shutil
+        shutil.copy(tmp_path / "e.npy", tmp_path / "f.npz")
+        spec = "f.npz:x"
+    else:
+        np.save(tmp_path / "e.npy", a)
+        data = open(tmp_path / "e.npy", "rb").read().replace(b"'descr'", b"'dexcr'")
+        open(tmp_path / "e.npy", "wb").write(data)
+        spec = "e.npy"
+    write_manifest(tmp_path / "m.jsonl", [{"id": "x", "emissions": spec, "text": "ab"}])
+    out = tmp_path / "o.jsonl"
+    assert _score(tmp_path / "m.jsonl", vocab, out) == 1
+    (row,) = read_jsonl(out)
+    assert row["nll"] is None and needle in row["error"], row["error"]
+
+
+def test_directory_cache_is_bounded(tmp_path):
+    from fastctc.score.emissions import EmissionLoader
+    a = np.zeros((3, 2), np.float32)
+    for k in range(12):
+        np.savez(tmp_path / f"a{k}.npz", **{f"m{j}": a for j in range(50)})
+    loader = EmissionLoader(str(tmp_path), dir_bytes=4 * (56 * 50 + 200), max_fds=3)
+    for k in range(12):
+        got = loader.load_many([f"a{k}.npz:m{j}" for j in range(50)])
+        assert all(isinstance(g, np.ndarray) for g in got)
+        assert len(loader._dirs) <= 4 and len(loader._fds) <= 3
+    loader.close()
