@@ -187,3 +187,19 @@ def test_dask_local_cluster_gives_the_local_rows_and_resumes(tmp_path):
     assert by_id(got) == want
     assert not os.path.exists(str(out) + ".parts")
     assert f"{len(want) - 8} scored by this run" in r.stdout
+
+
+def test_bench_score_runs_on_a_small_set(tmp_path, capsys):
+    """`fastctc bench score` builds the synthetic set and runs the real command in child
+    processes; on 300 items it must print one table row per order (numbers unchecked:
+    timings belong to benchmarks/, not to tests)."""
+    assert cli.main(["bench", "score", "--items", "300", "--dir", tmp_path / "set", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| sorted") or ln.startswith("| interleaved")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0 and cells[6].endswith("%")
+    assert len(read_jsonl(tmp_path / "set" / "manifest-sorted.jsonl")) == 300
+    with open(tmp_path / "set" / "manifest-interleaved.jsonl") as f:
+        assert sorted(f) == sorted(open(tmp_path / "set" / "manifest-sorted.jsonl"))
