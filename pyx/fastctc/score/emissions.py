@@ -50,6 +50,20 @@ _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device
           stat.S_IFLNK: "a symbolic link"}
 
 
+if hasattr(os, "pread"):
+    _pread = os.pread
+else:                                     # Windows: no pread; a loader is used by one thread
+    def _pread(fd, n, offset):
+        os.lseek(fd, offset, os.SEEK_SET)
+        out = b""
+        while len(out) < n:
+            chunk = os.read(fd, n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
 def _not_regular(mode):
     return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
@@ -186,14 +200,14 @@ class EmissionLoader:
         if d is not None and d[0] == size and d[1] == mtime:
             self._dirs.move_to_end(path)
             return d
-        tail = os.pread(fd, min(size, 22 + 65535), max(0, size - 22 - 65535))
+        tail = _pread(fd, min(size, 22 + 65535), max(0, size - 22 - 65535))
         k = tail.rfind(b"PK\x05\x06")
         if k < 0 or len(tail) - k < 22:
             raise ValueError("not a zip archive (no end of central directory)")
         _, disk, _, n_here, n_total, cd_size, cd_off, _ = _EOCD.unpack_from(tail, k)
         if n_total == 0xFFFF or cd_off == 0xFFFFFFFF or cd_size == 0xFFFFFFFF or disk:
             raise _Fallback()
-        cd = os.pread(fd, cd_size, cd_off)
+        cd = _pread(fd, cd_size, cd_off)
         if len(cd) != cd_size:
             raise ValueError("truncated central directory")
         hashes, table, names = array("q"), array("q"), []
@@ -267,7 +281,7 @@ class EmissionLoader:
         if start + csize <= len(buf):
             data = memoryview(buf)[start:start + csize]
         else:                              # the run read was short for this member
-            data = os.pread(fd, csize, loff + 30 + ln + lx)
+            data = _pread(fd, csize, loff + 30 + ln + lx)
             if len(data) != csize:
                 raise ValueError(f"member {key!r}: truncated")
         if method == 8:
@@ -337,7 +351,7 @@ class EmissionLoader:
                     end = max(end, e[0] + 30 + e[5] + 64 + e[1])
                     j += 1
                 try:
-                    buf = os.pread(fd, end - first, first)
+                    buf = _pread(fd, end - first, first)
                 except OSError as e:
                     for _, i, _, spec in located[k:j]:
                         out[i] = self._wrap(e, spec, path)
@@ -398,7 +412,7 @@ class EmissionLoader:
     def _npy_file(self, path, spec):
         fd, st = self._open(path, spec)
         try:
-            buf = os.pread(fd, st.st_size, 0) if st.st_size else b""
+            buf = _pread(fd, st.st_size, 0) if st.st_size else b""
         finally:
             os.close(fd)
         return self._npy(buf)
