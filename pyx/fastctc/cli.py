@@ -44,7 +44,7 @@ def _add_score_args(p):
     p.add_argument("--compare-raw", action="store_true",
                    help="with --decode: compare transcript and hypothesis as they are (default: "
                    "strip leading/trailing whitespace and collapse runs of whitespace first)")
-    p.add_argument("--batch-size", type=int, default=128, help="items per engine call (default 128)")
+    p.add_argument("--batch-size", type=int, default=256, help="items per engine call (default 256)")
     p.add_argument("--chunk-size", type=int, default=4096,
                    help="items per write to OUT and per length-sorting window (default 4096)")
     p.add_argument("--threads", type=int, default=None,

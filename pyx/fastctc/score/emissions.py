@@ -214,8 +214,13 @@ class EmissionLoader:
         h, unpack = 0, _CEN.unpack_from
         while h + 46 <= cd_size and cd[h:h + 4] == b"PK\x01\x02":
             (_, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, _, loff) = unpack(cd, h)
-            # zipfile's rule: UTF-8 when flag bit 11 is set, else code page 437
-            name = cd[h + 46:h + 46 + nlen].decode("utf-8" if flags & 0x800 else "cp437", "replace")
+            # zipfile's rule: UTF-8 when flag bit 11 is set, else code page 437 (ASCII names,
+            # the usual ones, read the same either way: the ASCII codec is the fast one)
+            raw = cd[h + 46:h + 46 + nlen]
+            try:
+                name = raw.decode("ascii")
+            except UnicodeDecodeError:
+                name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
             fallback = flags & 1 or method not in (0, 8) or 0xFFFFFFFF in (csize, usize, loff)
             hashes.append(hash(name))
             table.extend((-1 if fallback else loff, csize, usize, method, crc, nlen + xlen))

@@ -116,7 +116,8 @@ def parse_lines(lines, path, first_line=1, batch=4096, offsets=None, every=0, id
         try:
             s = line.decode("utf-8")
             rec, end = scan(s, 0)
-            if end != len(s) and not (end == len(s) - 1 and s[-1] == "\n") and not s[end:].isspace():
+            n = len(s)
+            if end != n and not (end == n - 1 and s[-1] == "\n") and not s[end:].isspace():
                 raise ValueError
             if type(rec) is not dict:
                 raise ValueError

@@ -110,13 +110,19 @@ def json_str(s):
 def _enc(rows, c):
     v = rows.column(c)
     if c in FLOAT_COLUMNS:
+        if not np.isnan(v).any():                 # the usual window: no nulls to look for
+            return list(map(float.__repr__, v.tolist()))
         r = float.__repr__
         return ["null" if x != x else r(x) for x in v.tolist()]
     if c in INT_COLUMNS:
+        if not (v < 0).any():
+            return list(map(int.__repr__, v.tolist()))
         r = int.__repr__
         return ["null" if x < 0 else r(x) for x in v.tolist()]
     if c == "spans":
         return ["null" if x is None else json.dumps(x, ensure_ascii=False, allow_nan=False) for x in v]
+    if c == "error" and v.count(None) == len(v):
+        return ["null"] * len(v)
     return ["null" if x is None else json_str(x) for x in v]
 
 

@@ -52,7 +52,7 @@ class ScoreOptions:
     command: str = "score"          # "score" or "align": the label of messages and summary
     blank: int = 0
     from_logits: bool = False
-    batch_size: int = 128
+    batch_size: int = 256
     chunk_size: int = 4096
     threads: Optional[int] = None
     jobs: Optional[int] = None      # worker processes (Linux); None: one per core (--threads)
