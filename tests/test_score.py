@@ -401,3 +401,15 @@ def test_directory_cache_is_bounded(tmp_path):
         assert all(isinstance(g, np.ndarray) for g in got)
         assert len(loader._dirs) <= 4 and len(loader._fds) <= 3
     loader.close()
+
+
+def test_integer_ids_are_written_as_strings_and_resume(tmp_path):
+    manifest, vocab, items, rows = make_set(tmp_path, n=9)
+    write_manifest(manifest, [dict(r, id=k) for k, r in enumerate(rows)])
+    out = tmp_path / "o.jsonl"
+    assert _score(manifest, vocab, out, chunk_size=4) == 0
+    assert [r["id"] for r in read_jsonl(out)] == [str(k) for k in range(9)]
+    data = open(out, "rb").read()
+    open(out, "wb").write(data[:data.index(b"\n") + 1])
+    assert _score(manifest, vocab, out, chunk_size=4) == 0
+    assert sorted(r["id"] for r in read_jsonl(out)) == sorted(str(k) for k in range(9))

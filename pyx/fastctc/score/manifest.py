@@ -229,9 +229,15 @@ def _item(rec, path, line):
         i = _id_of(rec, path, line)
     get = rec.get
     em, text, tokens = get("emissions"), get("text"), get("tokens")
+    if type(em) is str and em and type(text) is str and tokens is None and len(rec) == 3:
+        # the usual row, {id, emissions, text}: becomes the item itself (no copy)
+        rec["id"] = i
+        rec["tokens"] = None
+        rec["line"] = line
+        return rec
     item = {"id": i, "emissions": em, "text": text, "tokens": tokens, "line": line}
     if type(em) is str and em and type(text) is str and tokens is None:
-        return item                        # the usual row: nothing to check
+        return item                        # nothing to check
     if type(em) is not str or not em:
         item["error"] = "manifest row has no `emissions` path"
     elif text is None and tokens is None:

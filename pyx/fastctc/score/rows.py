@@ -123,6 +123,10 @@ def _enc(rows, c):
         return ["null" if x is None else json.dumps(x, ensure_ascii=False, allow_nan=False) for x in v]
     if c == "error" and v.count(None) == len(v):
         return ["null"] * len(v)
+    if c == "id":
+        whole = "".join(v)                  # one check for the window's plain ids
+        if whole.isascii() and whole.isprintable() and '"' not in whole and "\\" not in whole:
+            return ['"' + x + '"' for x in v]
     return ["null" if x is None else json_str(x) for x in v]
 
 

@@ -244,9 +244,12 @@ class Scorer:
         C = len(self.symbols)
         gl = group.tolist()
         Tg = T[group]
-        batch = np.zeros((int(Tg.max()), len(gl), C), dtype=arrs[gl[0]].dtype)
+        # filled batch-major (one contiguous copy per item), handed over as the (T, N, C)
+        # view the engine reads through its strides: no copy there
+        buf = np.zeros((len(gl), int(Tg.max()), C), dtype=arrs[gl[0]].dtype)
         for n, i in enumerate(gl):
-            batch[:arrs[i].shape[0], n] = arrs[i]
+            buf[n, :arrs[i].shape[0]] = arrs[i]
+        batch = buf.transpose(1, 0, 2)
         if not batch.max() < np.inf:         # NaN or +inf somewhere: find whose, drop them
             keep = []
             for i in gl:
