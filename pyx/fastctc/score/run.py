@@ -404,6 +404,10 @@ def _jobs(o: ScoreOptions, n_windows):
         return 1
     if o.jobs is not None:
         return max(1, min(o.jobs, n_windows))
+    if "jax" in sys.modules:
+        # JAX runs threads of its own and warns that a fork may deadlock: by default a
+        # process that has imported it scores in-process (--jobs N still forks)
+        return 1
     from .._engine import default_threads
     return max(1, min(o.threads or default_threads(), n_windows, 16))
 
