@@ -23,18 +23,28 @@ from . import _core, _fast
 from ._validate import (Batch, as_float_array, check_ctc_inputs, check_flag, check_grad_out, check_num_threads,
                         check_reduction)
 
+_UNIT_WEIGHTS = np.ones(256, dtype=np.float64)
+_UNIT_WEIGHTS.flags.writeable = False
 _budget_lock = threading.Lock()
 _active_calls = 0
 
 
+_cores = None  # cores this process may use, read once: the system call costs more than a tiny problem
+
+
 def default_threads() -> int:
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    global _cores
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env:
+        env = env.split(",")[0].strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+    if _cores is None:
+        try:
+            _cores = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            _cores = max(1, os.cpu_count() or 1)
+    return _cores
 
 
 class _ThreadBudget:
@@ -75,7 +85,8 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
         rows = T if alpha_rows is None else alpha_rows
         log_alpha = np.empty((N, rows, alpha_cols), dtype=dtype)
     if grad_weights is None:
-        grad_weights = np.ones(N, dtype=np.float64)
+        # unit weights; small batches share one read-only array (np.ones costs a microsecond)
+        grad_weights = _UNIT_WEIGHTS[:N] if N <= _UNIT_WEIGHTS.shape[0] else np.ones(N, dtype=np.float64)
     elif (type(grad_weights) is not np.ndarray or grad_weights.dtype != np.float64 or grad_weights.ndim != 1
           or not grad_weights.flags.c_contiguous):
         grad_weights = np.ascontiguousarray(grad_weights, dtype=np.float64)

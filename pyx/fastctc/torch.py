@@ -261,37 +261,77 @@ class _NoSecondDerivative(torch.autograd.Function):
         raise RuntimeError(_NO_SECOND_DERIVATIVE)
 
 
+def _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank):
+    """(Batch, blank, acts dtype is the input's) for the common CPU call, or None: float32/
+    float64 CPU log_probs with CPU integer tensors, every value valid.  Kept to a handful
+    of attribute reads; anything else, valid or not, is left to _validate."""
+    if not log_probs.is_cpu or type(targets) is not torch.Tensor or type(input_lengths) is not torch.Tensor \
+            or type(target_lengths) is not torch.Tensor:
+        return None
+    dtype = log_probs.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return None
+    try:
+        return _fast.prepare(log_probs.detach().numpy(), targets.numpy(), input_lengths.numpy(),
+                             target_lengths.numpy(), blank)
+    except Exception:  # a device or a grad-requiring index tensor: the general path says what is wrong
+        return None
+
+
+def _forward(log_probs, args, want_grad):
+    """The eager computation: (loss tensor, gradient rows already weighted by the
+    reduction (like log_probs) or None).  args: (targets, input_lengths, target_lengths,
+    blank, reduction, zero_infinity, from_logits, num_threads)."""
+    targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
+    checked = _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank)
+    if checked is None:  # the general path: any device, dtype or input form, and every error
+        return _forward_general(log_probs, args, want_grad)
+    batch, blank = checked
+    weights = _fast.grad_weights(batch.label_lengths, reduction) if want_grad else None
+    costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights,
+                                 num_threads=num_threads)
+    loss = torch.from_numpy(_fast.reduce(costs, batch.label_lengths, reduction, zero_infinity))
+    if batch.unbatched:
+        if reduction == "none":
+            loss = loss.reshape(())
+        if grad is not None:
+            grad = grad[:, 0, :]
+    return loss, (None if grad is None else torch.from_numpy(grad))
+
+
+def _forward_general(log_probs, args, want_grad):
+    targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
+    costs, grad, label_lengths, unbatched = _costs_and_grad(
+        log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad, num_threads,
+        weights_for=reduction if want_grad else None)
+    if log_probs.device.type == "cpu":
+        loss = torch.from_numpy(_fast.reduce(costs.numpy(), label_lengths, reduction, zero_infinity))
+    else:
+        loss = _reduce(costs, torch.from_numpy(label_lengths).to(costs.device), reduction, zero_infinity)
+        if zero_infinity and grad is not None:
+            # keeps any GPU backend honest about zero_infinity's "and its gradient" promise
+            bad = torch.isposinf(costs)
+            grad = torch.where(bad.reshape(1, -1, 1) if grad.dim() == 3 else bad.reshape(1, 1),
+                               torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+    if unbatched and reduction == "none":
+        loss = loss.reshape(())
+    return loss, grad
+
+
 class _CTCLossFunction(torch.autograd.Function):
-    """Forward: the engine's losses (and, when needed, its gradient rows, already weighted
-    by the reduction).  Backward: those rows times the upstream gradient."""
+    """Forward: the engine's losses and, in the same sweep, its gradient rows (weighted by
+    the reduction).  Backward: those rows times the upstream gradient.  The non-tensor
+    arguments travel as one tuple: autograd inspects every argument of apply, per call."""
 
     @staticmethod
-    def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
-                from_logits, num_threads):
-        want_grad = bool(ctx.needs_input_grad[0])
-        costs, grad, label_lengths, unbatched = _costs_and_grad(
-            log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad, num_threads,
-            weights_for=reduction if want_grad else None)
-        if log_probs.device.type == "cpu":
-            loss = torch.from_numpy(_fast.reduce(costs.numpy(), label_lengths, reduction, zero_infinity))
-        else:
-            loss = _reduce(costs, torch.from_numpy(label_lengths).to(costs.device), reduction, zero_infinity)
-            if zero_infinity and grad is not None:
-                # keeps any GPU backend honest about zero_infinity's "and its gradient" promise
-                bad = torch.isposinf(costs)
-                grad = torch.where(bad.reshape(1, -1, 1) if grad.dim() == 3 else bad.reshape(1, 1),
-                                   torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
-        if unbatched and reduction == "none":
-            loss = loss.reshape(())
-        ctx.per_sequence = reduction == "none" and not unbatched
-        if grad is not None:
-            ctx.save_for_backward(grad, log_probs)
+    def forward(ctx, log_probs, args):
+        loss, grad = _forward(log_probs, args, True)
+        ctx.per_sequence = args[4] == "none" and log_probs.dim() == 3
+        ctx.save_for_backward(grad, log_probs)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
-        if not ctx.saved_tensors:
-            return (None,) * 9
         grad, log_probs = ctx.saved_tensors
         if ctx.per_sequence:
             out = grad * grad_out.reshape(1, -1, 1)
@@ -301,7 +341,7 @@ class _CTCLossFunction(torch.autograd.Function):
             out = out.to(grad.dtype)
         if torch.is_grad_enabled():  # create_graph=True: mark the result as not differentiable again
             out = _NoSecondDerivative.apply(out, log_probs)
-        return (out,) + (None,) * 8
+        return out, None
 
 
 def _reduce(costs, label_lengths, reduction, zero_infinity):
@@ -427,8 +467,10 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
                                          and not isinstance(log_probs, torch.nn.Parameter)):
         return _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                             zero_infinity, from_logits, num_threads)
-    return _CTCLossFunction.apply(log_probs, targets, input_lengths, target_lengths, blank, reduction,
-                                  zero_infinity, from_logits, num_threads)
+    args = (targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads)
+    if log_probs.requires_grad and torch.is_grad_enabled():
+        return _CTCLossFunction.apply(log_probs, args)
+    return _forward(log_probs, args, False)[0]  # nothing to differentiate: no autograd node
 
 
 class CTCLoss(torch.nn.Module):
