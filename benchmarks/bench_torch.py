@@ -9,8 +9,8 @@ Rows per shape (T, N, C, S):
   torch.nn.functional.ctc_loss and with fastctc.torch.ctc_loss (the drop-in);
 * step, from_logits: the same torch run against fastctc.torch.ctc_loss(logits, ...,
   from_logits=True) (log_softmax fused into the CTC pass; no log_softmax backward);
-* forward (tiny shapes only): the loss alone under torch.no_grad(), where a call's
-  fixed cost is all there is.
+* forward (small and tiny shapes only): the loss alone under torch.no_grad(), where a
+  call's fixed cost is all there is; and NumPy's fastctc.ctc_loss on the same arrays.
 
 and one compiled-model row: a small convolutional CRNN (conv stack -> per-column linear
 -> log_softmax -> CTC, SGD step) under torch.compile, with fastctc.torch.CTCLoss
@@ -91,7 +91,7 @@ class CRNN(torch.nn.Module):
         return self.loss(self.head(f).log_softmax(-1), targets, il, tl)
 
 
-def crnn_fns(batch=16, width=128, label_len=10, classes=37):
+def crnn_fns(batch=8, width=64, label_len=6, classes=37):
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 1, 32, width, generator=g)
     targets = torch.randint(1, classes, (batch, label_len), generator=g)
@@ -156,12 +156,18 @@ def main(argv=None):
                 with torch.no_grad():
                     fct.ctc_loss(lp, targets, il, tl)
 
-            _, t = paired_ms({"torch": torch_fwd, "fast": fast_fwd}, repeats)
+            lp_np, tg_np, il_np, tl_np = lp.numpy(), targets.numpy(), il.numpy(), tl.numpy()
+
+            def numpy_fwd():
+                fastctc.ctc_loss(lp_np, tg_np, il_np, tl_np)
+
+            _, t = paired_ms({"torch": torch_fwd, "fast": fast_fwd, "numpy": numpy_fwd}, repeats)
             print(row(f"{shape} | forward", t["torch"], t["fast"]), flush=True)
+            print(row(f"{shape} | forward, NumPy fastctc.ctc_loss", t["torch"], t["numpy"]), flush=True)
     if not args.no_compile:
         fns = crnn_fns()
         _, t = paired_ms(fns, max(args.repeats, 20))
-        print(row("CRNN (16 x 1 x 32 x 128 images, 37 classes, T = 32, S = 10) | torch.compile step, SGD",
+        print(row("CRNN (8 x 1 x 32 x 64 images, 37 classes, T = 16, S = 6) | torch.compile step, SGD",
                   t["torch"], t["fastctc"]), flush=True)
     print()
     print("ms: medians over the rounds; torch / fastctc: median of the per-round ratios (above 1: fastctc "
