@@ -137,9 +137,3 @@ def test_reduce_matches_engine_bit_for_bit(reduction, dtype, N):
     if reduction != "none" or N:
         _, weights = _engine._reduce(costs, tl, reduction, False)
         np.testing.assert_array_equal(_fast.grad_weights(tl, reduction), weights)
-
-
-def test_has_posinf():
-    assert not _fast.has_posinf(np.array([1.0, -np.inf, np.nan], np.float32))
-    assert _fast.has_posinf(np.array([1.0, np.inf]))
-    assert not _fast.has_posinf(np.zeros(0))

@@ -171,25 +171,6 @@ def prepare(acts, targets, input_lengths, target_lengths, blank):
                  unbatched=unbatched, original_shape=acts.shape), blank
 
 
-def has_posinf(costs):
-    """True when some entry of a float32/float64 costs array is +inf (only then does the
-    caller need the NaN-in-NaN-out inspection, which costs NumPy calls)."""
-    cdef cnp.ndarray c = <cnp.ndarray>costs
-    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(c)
-    cdef double x
-    if cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT32:
-        for i in range(n):
-            x = (<float *>cnp.PyArray_DATA(c))[i]
-            if x == float("inf"):
-                return True
-    else:
-        for i in range(n):
-            x = (<double *>cnp.PyArray_DATA(c))[i]
-            if x == float("inf"):
-                return True
-    return False
-
-
 def grad_weights(label_lengths, str reduction):
     """Per-sequence weight of each loss in the reduced loss (float64 (N,)): 1 for 'none'
     and 'sum', 1 / (max(target_length, 1) * N) for 'mean', as _engine._reduce computes it."""

@@ -30,9 +30,10 @@ Dtypes: float32 and float64 are computed as given; float16 and bfloat16 are comp
 float32 (the loss is float32, the gradient comes back in the input's dtype), and under
 torch.autocast the op runs in float32.
 
-Errors: every input error is a fastctc error (CTCValueError / CTCTypeError, subclasses of
-ValueError / TypeError) that is also a RuntimeError, the class torch.nn.functional.ctc_loss
-raises for bad lengths, shapes and dtypes, so `except RuntimeError` keeps working.  Empty
+Errors: every input error is a fastctc error that is also a RuntimeError
+(CTCValueRuntimeError / CTCTypeRuntimeError: subclasses of ValueError / TypeError and of
+RuntimeError, the class torch.nn.functional.ctc_loss raises for bad lengths, shapes and
+dtypes), so `except RuntimeError` keeps working.  Empty
 log_probs (T, N or C zero) raise as PyTorch 2.13 does.
 
 CUDA tensors go to fastctc._cuda.run_device when the GPU path is available (see
@@ -44,10 +45,10 @@ import numpy as np
 import torch
 
 from . import _engine, _fast
-from ._validate import (CTCRuntimeError, CTCTypeError, CTCValueError, check_ctc_inputs, check_flag,
-                        check_num_threads, check_reduction)
+from ._validate import (CTCRuntimeError, CTCTypeError, CTCTypeRuntimeError, CTCValueError, CTCValueRuntimeError,
+                        as_runtime_error, check_ctc_inputs, check_flag, check_num_threads, check_reduction)
 
-__all__ = ["ctc_loss", "CTCLoss", "gpu_status", "CTCTorchValueError", "CTCTorchTypeError"]
+__all__ = ["ctc_loss", "CTCLoss", "gpu_status"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -59,26 +60,11 @@ _NO_SECOND_DERIVATIVE = (
     "'derivative for aten::_ctc_loss_backward is not implemented'")
 
 
-class CTCTorchValueError(CTCValueError, RuntimeError):
-    """A bad value or shape given to fastctc.torch: a CTCValueError (ValueError) that is also a
-    RuntimeError, the class torch.nn.functional.ctc_loss raises for the same input."""
-
-
-class CTCTorchTypeError(CTCTypeError, RuntimeError):
-    """A bad dtype given to fastctc.torch: a CTCTypeError (TypeError) that is also a
-    RuntimeError, the class torch.nn.functional.ctc_loss raises for the same input."""
-
-
-def _torch_error(exc):
-    cls = CTCTorchTypeError if isinstance(exc, TypeError) else CTCTorchValueError
-    return cls(*exc.args)
-
-
 def _host_ints(x, name):
     """Targets or lengths as a NumPy integer array (tensors copied to the host if on a device)."""
     if isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise CTCTorchTypeError(f"{name} must hold integers, got dtype {x.dtype}")
+            raise CTCTypeRuntimeError(f"{name} must hold integers, got dtype {x.dtype}")
         return x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
     if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
         return np.asarray(x)
@@ -118,14 +104,14 @@ def _check_acts(log_probs, acts_name):
     if not isinstance(log_probs, torch.Tensor):
         raise CTCTypeError(f"{acts_name} must be a torch.Tensor, got {type(log_probs).__name__}")
     if log_probs.dtype not in _FLOATS:
-        raise CTCTorchTypeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
+        raise CTCTypeRuntimeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
                                 f"torch.bfloat16, got {log_probs.dtype}")
     if log_probs.device.type not in ("cpu", "cuda"):
         raise CTCRuntimeError(f"{acts_name} is on device {log_probs.device}; fastctc computes on CPU and CUDA "
                               f"tensors only")
     if log_probs.dim() in (2, 3) and log_probs.numel() == 0:
         # PyTorch 2.13 raises RuntimeError('log_probs tensor must not be empty') here
-        raise CTCTorchValueError(f"{acts_name} must not be empty (T, N and C at least 1), got shape "
+        raise CTCValueRuntimeError(f"{acts_name} must not be empty (T, N and C at least 1), got shape "
                                  f"{tuple(log_probs.shape)}")
 
 
@@ -140,7 +126,7 @@ def _shape_probe(log_probs):
 
 
 def _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits, acts=None):
-    """(Batch, blank) for the engine; input errors as CTCTorch*Error (also RuntimeError).
+    """(Batch, blank) for the engine; input errors as CTCValueRuntimeError / CTCTypeRuntimeError.
     acts: the NumPy view of a CPU log_probs (computed by the caller), else derived here."""
     acts_name = "logits" if from_logits else "log_probs"
     try:
@@ -160,7 +146,7 @@ def _validate(log_probs, targets, input_lengths, target_lengths, blank, from_log
     except (CTCValueError, CTCTypeError) as exc:
         if isinstance(exc, RuntimeError):
             raise
-        raise _torch_error(exc) from None
+        raise as_runtime_error(exc) from None
 
 
 def _host_acts(log_probs):
@@ -209,7 +195,7 @@ def _costs_and_grad(log_probs, targets, input_lengths, target_lengths, blank, fr
     try:
         _check_acts(log_probs, acts_name)
     except CTCTypeError as exc:
-        raise (exc if isinstance(exc, RuntimeError) else _torch_error(exc)) from None
+        raise as_runtime_error(exc) from None
     if log_probs.device.type != "cpu":
         batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits)
         costs, grad = _cuda_costs(log_probs, batch, blank, from_logits, want_grad)
@@ -379,10 +365,10 @@ def _ctc_op(acts: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tens
 def _ctc_op_fake(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad, num_threads):
     acts_name = "logits" if from_logits else "log_probs"
     if acts.dtype not in _FLOATS:
-        raise CTCTorchTypeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
+        raise CTCTypeRuntimeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
                                 f"torch.bfloat16, got {acts.dtype}")
     if acts.dim() not in (2, 3):
-        raise CTCTorchValueError(f"{acts_name} must have rank 2 or 3, shape (T, N, C) or unbatched (T, C); "
+        raise CTCValueRuntimeError(f"{acts_name} must have rank 2 or 3, shape (T, N, C) or unbatched (T, C); "
                                  f"got shape {tuple(acts.shape)}")
     N = acts.shape[1] if acts.dim() == 3 else 1
     cost_dtype = torch.float32 if acts.dtype in _HALF else acts.dtype
