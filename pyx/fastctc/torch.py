@@ -105,14 +105,14 @@ def _check_acts(log_probs, acts_name):
         raise CTCTypeError(f"{acts_name} must be a torch.Tensor, got {type(log_probs).__name__}")
     if log_probs.dtype not in _FLOATS:
         raise CTCTypeRuntimeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
-                                f"torch.bfloat16, got {log_probs.dtype}")
+                                  f"torch.bfloat16, got {log_probs.dtype}")
     if log_probs.device.type not in ("cpu", "cuda"):
         raise CTCRuntimeError(f"{acts_name} is on device {log_probs.device}; fastctc computes on CPU and CUDA "
                               f"tensors only")
     if log_probs.dim() in (2, 3) and log_probs.numel() == 0:
         # PyTorch 2.13 raises RuntimeError('log_probs tensor must not be empty') here
         raise CTCValueRuntimeError(f"{acts_name} must not be empty (T, N and C at least 1), got shape "
-                                 f"{tuple(log_probs.shape)}")
+                                   f"{tuple(log_probs.shape)}")
 
 
 def _shape_probe(log_probs):
@@ -366,10 +366,10 @@ def _ctc_op_fake(acts, targets, input_lengths, target_lengths, blank, from_logit
     acts_name = "logits" if from_logits else "log_probs"
     if acts.dtype not in _FLOATS:
         raise CTCTypeRuntimeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
-                                f"torch.bfloat16, got {acts.dtype}")
+                                  f"torch.bfloat16, got {acts.dtype}")
     if acts.dim() not in (2, 3):
         raise CTCValueRuntimeError(f"{acts_name} must have rank 2 or 3, shape (T, N, C) or unbatched (T, C); "
-                                 f"got shape {tuple(acts.shape)}")
+                                   f"got shape {tuple(acts.shape)}")
     N = acts.shape[1] if acts.dim() == 3 else 1
     cost_dtype = torch.float32 if acts.dtype in _HALF else acts.dtype
     costs = acts.new_empty((N,), dtype=cost_dtype)
