@@ -264,3 +264,13 @@ def test_other_argument_errors():
         fp.ctc_loss(_t(x), lab, _t(il), _t(ll))
     with pytest.raises(ValueError, match="num_threads"):
         _call(fp.ctc_loss, _good(), num_threads=0)
+
+
+def test_static_graph_is_refused():
+    """Under paddle.jit.to_static the door cannot run (it calls the engine from Python): a
+    RuntimeError that says so, not a wrong graph."""
+    @paddle.jit.to_static(full_graph=True)
+    def f(x, lab, il, ll):
+        return fp.ctc_loss(x, lab, il, ll)
+    with pytest.raises(RuntimeError, match="dynamic-graph mode only"):
+        _call(f, _good())
