@@ -72,6 +72,13 @@ def test_matches_mindspore(rng, mode, dtype, tol, normalised):
         np.testing.assert_allclose(g, h, rtol=tol, atol=tol)
 
 
+def test_int64_operands(rng, mode):
+    x, tg, il, tl = _case(rng, np.float32)
+    tg, il, tl = (a.astype(np.int64) for a in (tg, il, tl))
+    for g, h in zip(_value_and_grad(fm.CTCLossV2(), x, tg, il, tl), _value_and_grad(ops.CTCLossV2(), x, tg, il, tl)):
+        np.testing.assert_allclose(g, h, rtol=2e-5, atol=2e-5)
+
+
 def test_gradient_convention_and_finite_difference(rng):
     """MindSpore's gradient is exp(log_probs) - occupancy (PyTorch's convention): minus the
     exp term it is the exact derivative, checked by finite differences on unnormalised input."""
