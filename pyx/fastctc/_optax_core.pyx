@@ -7,7 +7,7 @@ only where the engine cannot give optax's numbers):
 
 * ``run``: NumPy arrays validated by fastctc._optax, read in place through their strides
   (any strides, negative ones included, as long as the class axis is contiguous).
-* ``xla_handlers``: PyCapsules holding the XLA FFI handlers (pyx/fastctc/_xla_ffi.h) that
+* ``xla_handler``: a PyCapsule holding the XLA FFI handler (pyx/fastctc/_xla_ffi.h) that
   fastctc.jax registers once with jax.ffi; JAX calls it from compiled code with no Python
   on the path.
 
@@ -35,9 +35,7 @@ cdef extern from *:
     #include "fastctc/optax_batch.inl"
     #undef FCTC_OX_LOG1P
     #include "_xla_ffi.h"
-    static void *fctc_xla_handler_address(int which) {
-        return which ? (void *)&fctc_xla_scale_rows : (void *)&fctc_xla_optax_ctc;
-    }
+    static void *fctc_xla_handler_address(void) { return (void *)&fctc_xla_optax_ctc; }
     """
     ctypedef struct fctc_optax_batch_args:
         int B, T, K, N, blank
@@ -62,7 +60,7 @@ cdef extern from *:
         int num_threads
     int fctc_optax_batch_f32(const fctc_optax_batch_args *a) nogil
     int fctc_optax_batch_f64(const fctc_optax_batch_args *a) nogil
-    void *fctc_xla_handler_address(int which)
+    void *fctc_xla_handler_address()
     int fastctc_simd_level()
     int fastctc_simd_set_level(int level)
     double FCTC_OPTAX_FAST_EPS
@@ -71,10 +69,9 @@ cdef extern from *:
 FAST_EPS = FCTC_OPTAX_FAST_EPS  # log_epsilon at or below this takes the engine
 
 
-def xla_handlers():
-    """{target name: PyCapsule} of the XLA FFI handlers (see _xla_ffi.h)."""
-    return {"fastctc_optax_ctc": PyCapsule_New(fctc_xla_handler_address(0), NULL, NULL),
-            "fastctc_scale_rows": PyCapsule_New(fctc_xla_handler_address(1), NULL, NULL)}
+def xla_handler():
+    """The XLA FFI handler of target "fastctc_optax_ctc" as a PyCapsule (see _xla_ffi.h)."""
+    return PyCapsule_New(fctc_xla_handler_address(), NULL, NULL)
 
 
 def simd_level():

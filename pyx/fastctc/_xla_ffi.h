@@ -9,10 +9,7 @@
  * against jaxlib's own header when one is installed.  The handler declares the FFI API
  * version its layout follows (FCTC_XLA_API_MINOR); XLA keeps accepting old versions.
  *
- * Targets (platform "cpu"): "fastctc_optax_ctc" (below) and "fastctc_scale_rows" (the
- * backward pass, at the end of this file).
- *
- * Call of "fastctc_optax_ctc":
+ * Call (registered as target "fastctc_optax_ctc", platform "cpu"):
  *   operands  logits (lead..., B, T, K) f32|f64, logit_paddings (lead..., B, T),
  *             labels (lead..., B, N) s32, label_paddings (lead..., B, N), log_epsilon (lead...),
  *             all of logits' dtype except labels; lead... are vmapped axes
@@ -187,42 +184,28 @@ static int fctc_xla_shape(const fctc_xla_buffer *buf, int64_t lead, const int64_
     return 0;
 }
 
-/* What every handler does first: answer XLA's registration-time metadata query (which FFI
- * version the handler follows) and check that the call frame is one this layout
- * understands.  Returns 1 when the handler must return *err at once (the query answered,
- * or an error), 0 when it should go on with the call. */
-static int fctc_xla_preamble(fctc_xla_call_frame *cf, fctc_xla_error **err) {
-    *err = NULL;
-    if (cf->extension_start && cf->extension_start->type == FCTC_XLA_EXT_METADATA) {
-        fctc_xla_metadata_ext *ext = (fctc_xla_metadata_ext *)cf->extension_start;
-        if (ext->extension_base.struct_size < FCTC_XLA_METADATA_EXT_SIZE ||
-            ext->metadata->struct_size < FCTC_XLA_METADATA_SIZE)
-            *err = fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT, "fastctc: XLA FFI metadata struct too small");
-        else {
-            ext->metadata->api_version.struct_size = FCTC_XLA_VERSION_SIZE;
-            ext->metadata->api_version.extension_start = NULL;
-            ext->metadata->api_version.major_version = FCTC_XLA_API_MAJOR;
-            ext->metadata->api_version.minor_version = FCTC_XLA_API_MINOR;
-            ext->metadata->traits = 0;
-        }
-        return 1;
-    }
-    if (cf->struct_size < FCTC_XLA_CALL_FRAME_SIZE) {
-        *err = fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT, "fastctc: XLA FFI call frame too small");
-        return 1;
-    }
-    if (cf->stage != FCTC_XLA_EXECUTE) return 1; /* only an execute handler is registered */
-    return 0;
-}
-
 static fctc_xla_error *fctc_xla_optax_ctc(fctc_xla_call_frame *cf) {
     const fctc_xla_buffer *logits, *fpad, *labels, *lpad, *eps, *loss, *grad = NULL;
     fctc_optax_batch_args a;
     int64_t lead, i, outer = 1, blank = 0, threads = 0, btk[3], bn[2];
     int is_f64, status;
     char msg[256];
-    fctc_xla_error *preamble;
-    if (fctc_xla_preamble(cf, &preamble)) return preamble;
+    if (cf->extension_start && cf->extension_start->type == FCTC_XLA_EXT_METADATA) {
+        /* registration-time query: which FFI version this handler was written against */
+        fctc_xla_metadata_ext *ext = (fctc_xla_metadata_ext *)cf->extension_start;
+        if (ext->extension_base.struct_size < FCTC_XLA_METADATA_EXT_SIZE ||
+            ext->metadata->struct_size < FCTC_XLA_METADATA_SIZE)
+            return fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT, "fastctc: XLA FFI metadata struct too small");
+        ext->metadata->api_version.struct_size = FCTC_XLA_VERSION_SIZE;
+        ext->metadata->api_version.extension_start = NULL;
+        ext->metadata->api_version.major_version = FCTC_XLA_API_MAJOR;
+        ext->metadata->api_version.minor_version = FCTC_XLA_API_MINOR;
+        ext->metadata->traits = 0;
+        return NULL;
+    }
+    if (cf->struct_size < FCTC_XLA_CALL_FRAME_SIZE)
+        return fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT, "fastctc: XLA FFI call frame too small");
+    if (cf->stage != FCTC_XLA_EXECUTE) return NULL;
     if (cf->args.size != 5 || (cf->rets.size != 1 && cf->rets.size != 2))
         return fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT,
                              "fastctc_optax_ctc: expected 5 operands and 1 or 2 results");
@@ -300,60 +283,6 @@ static fctc_xla_error *fctc_xla_optax_ctc(fctc_xla_call_frame *cf) {
         return fctc_xla_fail(cf, FCTC_XLA_ERR_RESOURCE_EXHAUSTED, "fastctc_optax_ctc: out of memory for scratch");
     if (status != FASTCTC_OK)
         return fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT, "fastctc_optax_ctc: sizes out of range");
-    return NULL;
-}
-
-/* Target "fastctc_scale_rows": out[i, ...] = grad[i, ...] * scale[i], the backward pass of
- * fastctc.jax.ctc_loss (the cotangent times the gradient rows computed in the forward
- * pass).  Operands grad (lead..., B, T, K) and scale (lead..., B) of one float dtype; one
- * result of grad's shape, which fastctc.jax aliases to grad (input_output_aliases), so
- * the rows are scaled in place instead of into a fresh buffer of B*T*K elements.
- * attrs: num_threads. */
-static fctc_xla_error *fctc_xla_scale_rows(fctc_xla_call_frame *cf) {
-    const fctc_xla_buffer *grad, *scale, *out;
-    int64_t i, count = 1, block = 1, threads = 0;
-    fctc_xla_error *preamble;
-    if (fctc_xla_preamble(cf, &preamble)) return preamble;
-    if (cf->args.size != 2 || cf->rets.size != 1 || cf->args.types[0] != FCTC_XLA_BUFFER ||
-        cf->args.types[1] != FCTC_XLA_BUFFER || cf->rets.types[0] != FCTC_XLA_BUFFER)
-        return fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT, "fastctc_scale_rows: expected 2 buffers and 1 result");
-    grad = (const fctc_xla_buffer *)cf->args.items[0];
-    scale = (const fctc_xla_buffer *)cf->args.items[1];
-    out = (const fctc_xla_buffer *)cf->rets.items[0];
-    if (fctc_xla_int_attr(cf, "num_threads", &threads) || threads < 0 || threads > 1024)
-        threads = 0;
-    if ((grad->dtype != FCTC_XLA_F32 && grad->dtype != FCTC_XLA_F64) || scale->dtype != grad->dtype ||
-        out->dtype != grad->dtype || scale->rank + 2 != grad->rank ||
-        fctc_xla_shape(scale, scale->rank, grad->dims, 0, NULL) || fctc_xla_shape(out, grad->rank, grad->dims, 0, NULL))
-        return fctc_xla_fail(cf, FCTC_XLA_ERR_INVALID_ARGUMENT,
-                             "fastctc_scale_rows: grad (lead..., B, T, K), scale (lead..., B), one float dtype");
-    for (i = 0; i < scale->rank; ++i) count *= scale->dims[i];
-    for (i = scale->rank; i < grad->rank; ++i) block *= grad->dims[i];
-    if (count <= 0 || block <= 0) return NULL;
-    {
-#ifdef _OPENMP
-        int nt = threads > 0 ? (int)threads : omp_get_max_threads();
-        if (nt > count) nt = (int)count;
-        if (nt < 1) nt = 1;
-#endif
-        const int f64 = grad->dtype == FCTC_XLA_F64;
-        ptrdiff_t n;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-        for (n = 0; n < (ptrdiff_t)count; ++n) {
-            ptrdiff_t j, first = n * (ptrdiff_t)block;
-            if (f64) {
-                const double s = ((const double *)scale->data)[n], *src = (const double *)grad->data + first;
-                double *dst = (double *)out->data + first;
-                for (j = 0; j < (ptrdiff_t)block; ++j) dst[j] = src[j] * s;
-            } else {
-                const float s = ((const float *)scale->data)[n], *src = (const float *)grad->data + first;
-                float *dst = (float *)out->data + first;
-                for (j = 0; j < (ptrdiff_t)block; ++j) dst[j] = src[j] * s;
-            }
-        }
-    }
     return NULL;
 }
 

@@ -13,8 +13,7 @@ fastctc.ctc_loss (include/fastctc/optax_batch.inl maps optax's semantics onto it
 - jax.jit: yes.  jax.vmap: vmap_method="broadcast_all", so a vmapped call is one call over
   the mapped batch (log_epsilon may be mapped too).  jax.grad: a jax.custom_vjp whose
   forward pass computes the loss and d loss / d logits in one engine call; the backward
-  pass scales the rows by the cotangent, in place (a second custom call, "fastctc_scale_rows",
-  whose result aliases the forward pass's gradient buffer).  Paddings and log_epsilon get zero cotangents
+  pass scales the rows by the cotangent.  Paddings and log_epsilon get zero cotangents
   (optax's own gradient with respect to them is not a meaningful quantity); labels are
   integers.
 - Numbers: those of optax.ctc_loss within float rounding wherever exp(log_epsilon) is
@@ -44,9 +43,7 @@ from ._validate import CTCTypeError, CTCValueError, check_index, check_num_threa
 __all__ = ["ctc_loss"]
 
 _TARGET = "fastctc_optax_ctc"
-_SCALE = "fastctc_scale_rows"
-for _name, _capsule in _optax_core.xla_handlers().items():
-    jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
+jax.ffi.register_ffi_target(_TARGET, _optax_core.xla_handler(), platform="cpu")
 
 
 def _call(logits, logit_paddings, labels, label_paddings, log_epsilon, blank, threads, want_grad):
@@ -73,11 +70,8 @@ def _ctc_fwd(logits, logit_paddings, labels, label_paddings, log_epsilon, blank,
 def _ctc_bwd(blank, threads, residuals, g):
     grad, logit_paddings, labels, label_paddings, log_epsilon = residuals
     labels_ct = np.zeros(np.shape(labels), dtype=jax.dtypes.float0)
-    # the rows scaled in place (the result aliases the residual): no second B*T*K buffer
-    scaled = jax.ffi.ffi_call(_SCALE, jax.ShapeDtypeStruct(grad.shape, grad.dtype), vmap_method="broadcast_all",
-                              input_output_aliases={0: 0})(grad, g.astype(grad.dtype), num_threads=np.int64(threads))
-    return (scaled, jnp.zeros_like(logit_paddings), labels_ct, jnp.zeros_like(label_paddings),
-            jnp.zeros_like(log_epsilon))
+    return (grad * g[..., None, None].astype(grad.dtype), jnp.zeros_like(logit_paddings), labels_ct,
+            jnp.zeros_like(label_paddings), jnp.zeros_like(log_epsilon))
 
 
 _ctc.defvjp(_ctc_fwd, _ctc_bwd)
