@@ -273,3 +273,23 @@ def test_blank_and_epsilon_errors():
     with pytest.raises(ValueError, match="T >= 1"):
         fastctc.ctc_loss_with_forward_probs(np.zeros((1, 0, 3)), np.zeros((1, 0)), np.zeros((1, 1), int),
                                             np.zeros((1, 1)))
+
+
+def test_every_output_element_is_written(monkeypatch):
+    """The outputs are allocated uninitialised: fill them with NaN first and check that
+    every route (engine in place, engine on compacted frames, optax's recurrence) writes
+    every element, padded rows included."""
+    real_empty = np.empty
+
+    def nan_empty(shape, dtype=float):
+        return np.full(shape, np.nan, dtype) if np.dtype(dtype).kind == "f" else real_empty(shape, dtype)
+
+    monkeypatch.setattr(_optax.np, "empty", nan_empty)
+    for dtype in (np.float32, np.float64):
+        case = make_case(12, B=5, T=10, K=6, N=4, dtype=dtype)
+        for exact in (False, True):
+            outs = fastctc.ctc_loss_with_forward_probs(*case, exact=exact)
+            outs += _optax.loss_and_grad(*case, exact=exact)
+            outs += (fastctc.optax_ctc_loss(*case, exact=exact),)
+            for a in outs:
+                assert not np.isnan(a).any()

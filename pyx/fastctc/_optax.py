@@ -124,10 +124,11 @@ def _run(x, pad, lab32, lpad, blank, eps, want_grad, want_alpha=True, num_thread
     B, T, K = x.shape
     N = lab32.shape[1]
     dt = x.dtype
-    loss = np.zeros(B, dtype=dt)
-    phi = np.zeros((T, B, N + 1), dtype=dt) if want_alpha else None
-    emit = np.zeros((T, B, N), dtype=dt) if want_alpha else None
-    grad = np.zeros((B, T, K), dtype=dt) if want_grad else None
+    # every element of every output is written by the driver (padded rows included)
+    loss = np.empty(B, dtype=dt)
+    phi = np.empty((T, B, N + 1), dtype=dt) if want_alpha else None
+    emit = np.empty((T, B, N), dtype=dt) if want_alpha else None
+    grad = np.empty((B, T, K), dtype=dt) if want_grad else None
     if B == 0:
         return loss, phi, emit, grad
     eps_arr = np.full(1, eps, dtype=dt)
