@@ -82,10 +82,13 @@ static int FCTC_FN(fctc_optax_classify)(const fctc_optax_batch_args *a, int b, f
     info->L = 0;
     info->first = info->count = 0;
     info->contiguous = 1;
-    /* optax: L = N - int32(sum(label_paddings)) (truncated toward zero) */
+    /* optax: L = N - int32(sum(label_paddings)), XLA's conversion: truncated toward zero,
+     * NaN -> 0, out-of-range sums clamped (which leaves L outside [0, N]: the loss then
+     * selects no state, optax's -0.0) */
     for (n = 0; n < a->N; ++n) padded += (double)lpad[(ptrdiff_t)n * a->lpad_ns];
-    if (!(padded > -1e9 && padded < 1e9)) return 0;
-    L = a->N - (int)padded;
+    if (padded != padded) L = a->N;
+    else if (padded > -1e9 && padded < 1e9) L = a->N - (int)padded;
+    else L = -1;
     info->L = L;
     if (a->exact || !(eps <= FCTC_OPTAX_FAST_EPS) || L < 0 || L > a->N) return 0;
     for (t = 0; t < a->T; ++t) {
