@@ -86,6 +86,7 @@ static int fctc_simd_detect(void) {
 
 FASTCTC_DEF int fastctc_simd_level_supported(int level) {
     int best = fctc_simd_detect();
+    if (level < FASTCTC_SIMD_SCALAR || level > FASTCTC_SIMD_AVX512) return 0; /* not a level */
     if (level == FASTCTC_SIMD_SCALAR) return 1;
     if (level == FASTCTC_SIMD_NEON) return best == FASTCTC_SIMD_NEON;
     if (best == FASTCTC_SIMD_NEON) return 0;

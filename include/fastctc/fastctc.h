@@ -362,6 +362,7 @@ static int fctc_stream_rows(int rows, int C, size_t elem_size) {
 
 #include "logmath.h"
 #include "dispatch.h"
+#include "threads.h"
 #include "template.h"
 #include "batch_common.h"
 
@@ -410,14 +411,31 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
     /* alpha_rows * W * elem_size must not overflow */
     if (W > (SIZE_MAX / 4) / elem_size / alpha_rows) return 0;
     size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN);
+    bytes += fctc_round_up(((size_t)max_label_length + 1) * sizeof(int), FCTC_ALIGN); /* distinct columns */
     bytes += 3 * fctc_round_up(W * elem_size, FCTC_ALIGN);     /* skip, emit, gamma */
     bytes += fctc_round_up(2 * W * elem_size, FCTC_ALIGN);     /* beta rows */
     bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);         /* per-frame log-sum-exp */
     bytes += fctc_round_up(T * sizeof(double), FCTC_ALIGN);    /* per-row alpha offsets */
     bytes += fctc_round_up(alpha_rows * W * elem_size, FCTC_ALIGN);
-    if (want_grad) bytes += 4 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* split pass: 2nd role's rows */
     return bytes;
 }
+
+/* Scratch of one fctc_sequence_threads_* call (the split gradient pass); 0 on overflow. */
+FASTCTC_DEF size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size) {
+    if (max_time < 0 || max_label_length < 0 || max_label_length > (INT_MAX - 8) / 2) return 0;
+    size_t S = 2 * (size_t)max_label_length + 1;
+    size_t W = fctc_row_width(max_label_length);
+    size_t T = max_time > 0 ? (size_t)max_time : 1;
+    if (W > (SIZE_MAX / 8) / elem_size / T) return 0;
+    size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN);
+    bytes += fctc_round_up(((size_t)max_label_length + 1) * sizeof(int), FCTC_ALIGN); /* distinct columns */
+    bytes += 7 * fctc_round_up(W * elem_size, FCTC_ALIGN);      /* skip; the roles' private rows */
+    bytes += 2 * fctc_round_up(T * W * elem_size, FCTC_ALIGN);  /* alpha and beta, whole */
+    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);          /* per-frame log-sum-exp */
+    bytes += 2 * fctc_round_up(T * sizeof(double), FCTC_ALIGN); /* alpha and beta offsets */
+    return bytes;
+}
+
 
 #ifdef __cplusplus
 }

@@ -97,20 +97,92 @@ static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN
     for (s = lo | 1; s < hi; s += 2) g[ext[s]] -= scale * gam[s];
 }
 
+/* ---- The non-finite rule ----
+ *
+ * A NaN or +inf in a cell a sequence reads, at one of its valid frames [0, T), makes its
+ * loss NaN and its gradient rows [0, T) NaN (rows past T stay 0); -inf is a legal
+ * log-probability.  The cells read: in log_probs mode the blank's and the labels'
+ * columns (every one of them, in or out of the trellis band; for an infeasible target
+ * with more labels than the alphabet has classes, every column), in logits mode every
+ * column (the log-softmax reads them all; a frame with no score above -inf has no
+ * log-softmax and counts too).  One rule whatever the path (one thread, the split pass,
+ * loss only or with gradient or forward variables, every SIMD level): an optimiser never
+ * sees a finite loss with a non-finite gradient, or a NaN loss with a clean gradient. */
+
+/* 1 when a log_probs frame holds NaN or +inf in one of cols[0..ncols): `!(v < inf)` is
+ * true for exactly those two, branch-free. */
+static int FCTC_FN(fctc_columns_bad)(const FCTC_T *x, const int *cols, int ncols) {
+    int bad = 0;
+    for (int j = 0; j < ncols; ++j) bad |= !(x[cols[j]] < (FCTC_T)HUGE_VAL);
+    return bad;
+}
+
+/* 1 when a logits frame's log-sum-exp is not finite: NaN or +inf anywhere in the frame
+ * (the row kernels' exp pass turns either into NaN), or no score above -inf. */
+static int FCTC_FN(fctc_lse_bad)(FCTC_T lse) { return !(lse - lse == (FCTC_T)0); }
+
+/* Gradient rows of a sequence whose loss is NaN (bad) or +inf: rows [0, T) NaN or 0, the
+ * rest 0. */
+static void FCTC_FN(fctc_fill_grad)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job, int bad,
+                                    int stream) {
+    for (int t = 0; t < job->grad_rows; ++t)
+        k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride,
+                    (bad && t < job->input_length) ? (FCTC_T)NAN : (FCTC_T)0, job->alphabet_size, stream);
+}
+
+/* An infeasible target (T < L + repeats), without forward variables: no trellis is laid
+ * out (so no scratch is needed), the loss is +inf and the gradient 0 -- or NaN under the
+ * non-finite rule, checked here over the frames directly. */
+static FCTC_T FCTC_FN(fctc_infeasible)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job) {
+    const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
+    int bad = 0, t, i;
+    for (t = 0; t < T && !bad; ++t) {
+        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+        if (job->from_logits || L >= C) {
+            FCTC_T m = FCTC_NEG_INF;
+            for (i = 0; i < C; ++i) {
+                bad |= !(x[i] < (FCTC_T)HUGE_VAL);
+                m = x[i] > m ? x[i] : m;
+            }
+            if (job->from_logits) bad |= m == FCTC_NEG_INF;
+        } else {
+            bad |= !(x[job->blank] < (FCTC_T)HUGE_VAL);
+            for (i = 0; i < L; ++i) bad |= !(x[job->labels[i]] < (FCTC_T)HUGE_VAL);
+        }
+    }
+    if (job->grad) FCTC_FN(fctc_fill_grad)(k, job, bad, 0);
+    return bad ? (FCTC_T)NAN : (FCTC_T)HUGE_VAL;
+}
+
+/* Extended labels (blank, y1, blank, ..., yL, blank, then two blank pads) and the skip
+ * row (0 where the s-2 -> s transition is allowed, else -inf). */
+static void FCTC_FN(fctc_extend_labels)(const FCTC_FN(fastctc_job) *job, int *ext, FCTC_T *skip) {
+    const int S = 2 * job->label_length + 1;
+    int s;
+    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : job->blank;
+    ext[S] = ext[S + 1] = job->blank;
+    for (s = 0; s < S + 2; ++s)
+        skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
+}
+
 FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, void *scratch) {
     const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
-    const int blank = job->blank;
     const int want_grad = job->grad != NULL;
     const int want_alpha = job->log_alpha != NULL;
-    const size_t W = fctc_row_width(L);
+    /* Feasible iff T >= L + (number of adjacent repeats): each repeat needs a blank between. */
+    const int feasible = fctc_feasible(T, L, job->labels);
     int t, s;
+    if (!feasible && !want_alpha) return FCTC_FN(fctc_infeasible)(k, job);
+    const size_t W = fctc_row_width(L);
 
     /* Carve the scratch (layout mirrors fastctc_sequence_scratch_bytes). */
     unsigned char *cursor = (unsigned char *)scratch;
     int *ext = (int *)cursor;
     cursor += fctc_round_up((size_t)(S + 2) * sizeof(int), FCTC_ALIGN);
+    int *cols = (int *)cursor;
+    cursor += fctc_round_up((size_t)(L + 1) * sizeof(int), FCTC_ALIGN);
     FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
     FCTC_T *emit = FCTC_FN(fctc_carve)(&cursor, W);
     FCTC_T *gam = FCTC_FN(fctc_carve)(&cursor, W);
@@ -123,18 +195,11 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     /* The rows the vector kernels gather emissions into (tmp) are read whole, their
      * even entries discarded by a blend (rows_vec.inl): start them defined. */
     for (s = 0; s < (int)W; ++s) emit[s] = gam[s] = 0;
+    FCTC_FN(fctc_extend_labels)(job, ext, skip);
+    const int ncols = job->from_logits ? 0 : fctc_distinct_columns(job->labels, L, job->blank, cols);
 
-    /* Extended labels and the skip mask (0 where s-2 -> s is allowed, else -inf). */
-    int repeats = 0;
-    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : blank;
-    ext[S] = ext[S + 1] = blank;
-    for (s = 0; s < S + 2; ++s)
-        skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
-    for (s = 1; s < L; ++s) repeats += job->labels[s] == job->labels[s - 1];
-
-    /* Feasible iff T >= L + (number of adjacent repeats): each repeat needs a blank between. */
-    const int feasible = T >= L + repeats;
     const int prune = !want_alpha;
+    int bad = 0; /* the non-finite rule */
     double log_likelihood_d = -HUGE_VAL;
     /* Logits mode with a gradient: each frame's softmax row is written while the frame is
      * in cache for its log-sum-exp (one exp per class, one read of the frame from memory);
@@ -145,7 +210,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
 
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
-    } else if (feasible || want_alpha) {
+    } else {
         double offset = 0;   /* alpha(t, s) = stored(t, s) + offset, summed in double */
         FCTC_T row_max = 0;  /* maximum of the previous stored row (0 when it is all -inf) */
         for (t = 0; t < T; ++t) {
@@ -174,6 +239,8 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 FCTC_FN(fctc_fence)(cur, lo, hi);
                 offset += (double)row_max;
             }
+            /* the frame is in cache: check the cells the rule covers */
+            bad |= job->from_logits ? FCTC_FN(fctc_lse_bad)(frame_lse[t]) : FCTC_FN(fctc_columns_bad)(x, cols, ncols);
             row_offsets[t] = offset;
             row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
             if (want_alpha && t < job->alpha_rows) {
@@ -183,26 +250,34 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 for (s = ncopy; s < job->alpha_cols; ++s) out[s] = FCTC_NEG_INF;
             }
         }
-        const FCTC_T *last = alpha_rows + (want_grad ? (size_t)(T - 1) : (size_t)((T - 1) & 1)) * W + 2;
-        double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
-        log_likelihood_d = tail + row_offsets[T - 1];
+        /* An infeasible target's end states lie beyond the computed band (their cells
+         * were never written): its loss is +inf, as in loss-only mode. */
+        if (feasible) {
+            const FCTC_T *last = alpha_rows + (want_grad ? (size_t)(T - 1) : (size_t)((T - 1) & 1)) * W + 2;
+            double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
+            log_likelihood_d = tail + row_offsets[T - 1];
+        }
     }
 
     if (want_alpha) {
-        int first_blank_row = (T > 0 && (feasible || want_alpha)) ? T : 0;
-        for (t = first_blank_row; t < job->alpha_rows; ++t) {
+        for (t = T; t < job->alpha_rows; ++t) {
             FCTC_T *out = job->log_alpha + (ptrdiff_t)t * job->alpha_stride;
             for (s = 0; s < job->alpha_cols; ++s) out[s] = FCTC_NEG_INF;
         }
     }
+    if (bad) log_likelihood_d = NAN;
 
     const FCTC_T log_likelihood = (FCTC_T)log_likelihood_d;
     if (want_grad) {
-        /* Rows past the input length, and every row of an infeasible sequence: zero. */
-        int zero_from = (log_likelihood == FCTC_NEG_INF) ? 0 : T;
-        for (t = zero_from; t < job->grad_rows; ++t)
-            k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride, (FCTC_T)0, C, stream_grad);
-        if (log_likelihood != FCTC_NEG_INF && T > 0) {
+        if (bad || log_likelihood == FCTC_NEG_INF) {
+            /* NaN rows under the non-finite rule; 0 for an infeasible sequence */
+            FCTC_FN(fctc_fill_grad)(k, job, bad, stream_grad);
+        } else {
+            /* Rows past the input length: zero. */
+            for (t = T; t < job->grad_rows; ++t)
+                k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride, (FCTC_T)0, C, stream_grad);
+        }
+        if (!bad && log_likelihood != FCTC_NEG_INF && T > 0) {
             FCTC_T *bcur = beta_rows + 2;          /* beta(t) - beta_offset */
             FCTC_T *bnext = beta_rows + W + 2;     /* beta(t+1) + emit(t+1) - beta_offset */
             FCTC_T *bspare = emit + 2;             /* receives beta(t) + emit(t) */
@@ -258,31 +333,116 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     return (FCTC_T)(-log_likelihood_d);
 }
 
-/* ---- One sequence on two threads: forward and backward meet in the middle ----
+/* ---- One sequence on two threads, the same bits as one ----
  *
  * When a batch has fewer sequences than threads (one long utterance), the gradient
- * pass of one sequence is split: with m = T / 2, role 0 computes alpha for frames
- * [0, m) and role 1 beta for frames [m, T) (and beta(m-1)), at the same time, into the
- * same T stored rows (rows < m hold alpha, rows >= m hold beta; row_offsets[t] holds
- * that row's offset).  After a barrier both know log p = lse_s(alpha(m-1, s) +
- * beta(m-1, s)); then role 0 carries alpha on through [m, T) and writes gradient rows
- * [m, T) from the stored beta, while role 1 carries beta down through [0, m) and writes
- * gradient rows [0, m) from the stored alpha.  Each role computes the per-frame
- * log-sum-exp (logits mode) of its own frames.  The only synchronisation is one barrier
- * between the phases (each thread then computes log p itself, bit-identically), which
- * keeps the cost low when the machine is oversubscribed and a thread gets descheduled.
- * Memory: the serial path's plus four rows (the second role's private rows).  One
- * OpenMP region of at most `threads` threads (threads beyond two idle); with one thread
- * (or OpenMP absent, or nested parallelism off) the roles run one after the other.
- * log p comes from the middle frame rather than the last one: equal mathematically,
- * within rounding of the serial path's value.
+ * pass of one sequence is split in three phases, with m = T / 2 and a barrier between:
+ *   1. role 0: alpha rows [0, m);               role 1: beta rows [T-1 .. m]
+ *   2. role 0: alpha rows [m, T), then log p from alpha(T-1), exactly as the one-thread
+ *              pass forms it;                    role 1: beta rows [m-1 .. 0]
+ *   3. role 0: occupancies and gradient rows [m, T); role 1: rows [0, m).
+ * Each role computes the log-sum-exp (logits: and the softmax part of the gradient) and
+ * the non-finite check of the frames of its phase-1 rows.  Every row, offset and
+ * gradient entry comes from the same kernel call on the same inputs as in
+ * fastctc_sequence, so the loss and the gradient are bit-identical to the one-thread
+ * pass whatever the thread count, the team size the runtime grants, or concurrent
+ * calls.  Memory: alpha and beta are both kept whole (fctc_split_scratch_bytes: about
+ * twice fastctc_sequence's).  One OpenMP region of at most `threads` threads (threads
+ * beyond two idle; with one thread the roles run one after the other).  Only the plain
+ * gradient job of a feasible sequence with T >= 8 takes this path; any other job runs
+ * fastctc_sequence.
  */
+
+/* Alpha rows [from, to) into arows (stored minus the running offset, as fastctc_sequence
+ * stores them), carrying the offset and the previous row's maximum. */
+static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
+                                      const int *ext, const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *arows,
+                                      double *aoff, size_t W, int from, int to, double *offset_io,
+                                      FCTC_T *row_max_io, FCTC_T *tmp) {
+    const int T = job->input_length, S = 2 * job->label_length + 1;
+    double offset = *offset_io;
+    FCTC_T row_max = *row_max_io;
+    for (int t = from; t < to; ++t) {
+        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+        FCTC_T *cur = arows + (size_t)t * W + 2;
+        int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
+        FCTC_T best;
+        if (t == 0) {
+            for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
+            FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
+            best = FCTC_NEG_INF;
+            for (int s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
+        } else {
+            if (t + 1 < T && !job->from_logits)
+                FCTC_FN(fctc_prefetch_emissions)(x + job->act_stride, job->alphabet_size, S, ext, lo,
+                                                 fctc_min_int(S, hi + 2));
+            best = k->alpha_row(cur - W, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, tmp);
+            FCTC_FN(fctc_fence)(cur, lo, hi);
+            offset += (double)row_max;
+        }
+        aoff[t] = offset;
+        row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+    }
+    *offset_io = offset;
+    *row_max_io = row_max;
+}
+
+/* The backward pass's carried state: nb = beta(t+1) + emit(t+1) - offset, its spare
+ * row, nb's maximum and the running offset. */
+typedef struct {
+    FCTC_T *nb, *spare;
+    FCTC_T nb_max;
+    double offset;
+} FCTC_FN(fctc_beta_state);
+
+/* Beta rows from `from` down to `to` (inclusive) into brows, as fastctc_sequence's
+ * backward pass makes them; from == T - 1 starts the pass. */
+static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
+                                     const int *ext, const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *brows,
+                                     double *boff, size_t W, int from, int to, FCTC_FN(fctc_beta_state) *st,
+                                     FCTC_T *tmp) {
+    const int T = job->input_length, S = 2 * job->label_length + 1;
+    for (int t = from; t >= to; --t) {
+        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+        FCTC_T *cur = brows + (size_t)t * W + 2;
+        int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
+        FCTC_T best = FCTC_NEG_INF;
+        if (t == T - 1) {
+            for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
+            cur[S - 1] = 0;
+            if (S > 1) cur[S - 2] = 0;
+            st->offset = 0;
+            boff[t] = 0;
+            /* the first nb row: beta(T-1) + emit(T-1) */
+            FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], st->nb, lo, hi);
+            for (int s = lo; s < hi; ++s) {
+                FCTC_T v = cur[s] + st->nb[s];
+                st->nb[s] = v;
+                best = v > best ? v : best;
+            }
+            FCTC_FN(fctc_fence)(st->nb, lo, hi);
+        } else {
+            if (t > 0)
+                FCTC_FN(fctc_prefetch_emissions)(x - job->act_stride, job->alphabet_size, S, ext,
+                                                 fctc_max_int(0, lo - 2), hi);
+            best = k->beta_row(st->nb, cur, st->spare, x, ext, frame_lse[t], skip, lo, hi, st->nb_max, tmp);
+            FCTC_FN(fctc_fence)(cur, lo, hi);
+            FCTC_FN(fctc_fence)(st->spare, lo, hi);
+            st->offset += (double)st->nb_max;
+            boff[t] = st->offset;
+            FCTC_T *swap = st->nb;
+            st->nb = st->spare;
+            st->spare = swap;
+        }
+        st->nb_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+    }
+}
+
 FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *job, void *scratch, int threads) {
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
-    int s, repeats = 0;
-    for (s = 1; s < L; ++s) repeats += job->labels[s] == job->labels[s - 1];
-    if (threads < 2 || job->grad == NULL || job->log_alpha != NULL || T < 8 || T < L + repeats)
+    int s;
+    if (threads < 2 || job->grad == NULL || job->log_alpha != NULL || T < 8 || !fctc_feasible(T, L, job->labels))
         return FCTC_FN(fastctc_sequence)(job, scratch);
 
     const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
@@ -291,31 +451,32 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
     unsigned char *cursor = (unsigned char *)scratch;
     int *ext = (int *)cursor;
     cursor += fctc_round_up((size_t)(S + 2) * sizeof(int), FCTC_ALIGN);
+    int *cols = (int *)cursor;
+    cursor += fctc_round_up((size_t)(L + 1) * sizeof(int), FCTC_ALIGN);
     FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
-    FCTC_T *a_row0 = FCTC_FN(fctc_carve)(&cursor, W) + 2; /* role 0: two alpha rows and a gamma row */
-    FCTC_T *a_gam = FCTC_FN(fctc_carve)(&cursor, W);
-    FCTC_T *beta2 = FCTC_FN(fctc_carve)(&cursor, 2 * W);
-    FCTC_T *a_row1 = beta2 + 2; /* (the second half of beta2 is unused here) */
+    FCTC_T *tmp[2], *gam[2];
+    tmp[0] = FCTC_FN(fctc_carve)(&cursor, W);
+    gam[0] = FCTC_FN(fctc_carve)(&cursor, W);
+    tmp[1] = FCTC_FN(fctc_carve)(&cursor, W);
+    gam[1] = FCTC_FN(fctc_carve)(&cursor, W);
+    FCTC_T *nb_a = FCTC_FN(fctc_carve)(&cursor, W) + 2;
+    FCTC_T *nb_b = FCTC_FN(fctc_carve)(&cursor, W) + 2;
+    FCTC_T *arows = FCTC_FN(fctc_carve)(&cursor, (size_t)T * W);
+    FCTC_T *brows = FCTC_FN(fctc_carve)(&cursor, (size_t)T * W);
     FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)T);
-    double *row_offsets = (double *)cursor;
+    double *aoff = (double *)cursor;
     cursor += fctc_round_up((size_t)T * sizeof(double), FCTC_ALIGN);
-    FCTC_T *rows = FCTC_FN(fctc_carve)(&cursor, (size_t)T * W);
-    FCTC_T *b_nb0 = FCTC_FN(fctc_carve)(&cursor, W) + 2; /* role 1: two nb rows, beta row, gamma row */
-    FCTC_T *b_nb1 = FCTC_FN(fctc_carve)(&cursor, W) + 2;
-    FCTC_T *b_cur = FCTC_FN(fctc_carve)(&cursor, W) + 2;
-    FCTC_T *b_gam = FCTC_FN(fctc_carve)(&cursor, W);
+    double *boff = (double *)cursor;
 
-    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : job->blank;
-    ext[S] = ext[S + 1] = job->blank;
-    for (s = 0; s < S + 2; ++s)
-        skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
-    for (s = 0; s < (int)W; ++s) a_gam[s] = b_gam[s] = 0; /* see fastctc_sequence */
+    FCTC_FN(fctc_extend_labels)(job, ext, skip);
+    const int ncols = job->from_logits ? 0 : fctc_distinct_columns(job->labels, L, job->blank, cols);
+    for (s = 0; s < (int)W; ++s) tmp[0][s] = gam[0][s] = tmp[1][s] = gam[1][s] = 0; /* see fastctc_sequence */
 
-    /* state carried from phase 1 to phase 2, per role */
-    double off[2] = {0, 0};
-    FCTC_T maxv[2] = {0, 0};
-    FCTC_T *nb_keep = b_nb0, *nb_spare = b_nb1;
-    double log_p = -HUGE_VAL;
+    /* state carried between phases (shared; the barriers order it) */
+    int bad[2] = {0, 0};
+    double a_offset = 0, log_p = -HUGE_VAL;
+    FCTC_T a_max = 0;
+    FCTC_FN(fctc_beta_state) beta = {nb_a, nb_b, 0, 0};
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
@@ -326,156 +487,66 @@ FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *jo
 #else
         const int tid = 0, nth = 1;
 #endif
-        int role, tt, ss;
+        int role, t;
 
-        /* phase 1 (each role also computes the per-frame log-sum-exp of its own frames) */
+        /* phase 1 */
         for (role = tid; role < 2; role += nth) {
-            for (tt = role == 0 ? 0 : m; tt < (role == 0 ? m : T); ++tt)
-                frame_lse[tt] = job->from_logits ? k->row_lse(job->acts + (ptrdiff_t)tt * job->act_stride, C,
-                                                              tt + 1 < T ? job->acts + (ptrdiff_t)(tt + 1) * job->act_stride : NULL)
-                                                  : (FCTC_T)0;
-            if (role == 0) {
-                double offset = 0;
-                FCTC_T row_max = 0;
-                for (tt = 0; tt < m; ++tt) {
-                    const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
-                    FCTC_T *cur = rows + (size_t)tt * W + 2;
-                    int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
-                    FCTC_T best;
-                    if (tt == 0) {
-                        for (ss = -2; ss < S + 2; ++ss) cur[ss] = FCTC_NEG_INF;
-                        FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
-                        best = FCTC_NEG_INF;
-                        for (ss = lo; ss < hi; ++ss) best = cur[ss] > best ? cur[ss] : best;
-                    } else {
-                        best = k->alpha_row(cur - W, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max, a_gam);
-                        FCTC_FN(fctc_fence)(cur, lo, hi);
-                        offset += (double)row_max;
-                    }
-                    row_offsets[tt] = offset;
-                    row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                }
-                off[0] = offset;
-                maxv[0] = row_max;
-            } else {
-                double boff = 0;
-                FCTC_T nmax, best = FCTC_NEG_INF;
-                FCTC_T *nb = b_nb0, *spare = b_nb1;
-                FCTC_T *last = rows + (size_t)(T - 1) * W + 2;
-                const FCTC_T *x = job->acts + (ptrdiff_t)(T - 1) * job->act_stride;
-                int lo = fctc_max_int(0, S - 2), hi = fctc_min_int(S, 2 * T);
-                for (ss = -2; ss < S + 2; ++ss) last[ss] = FCTC_NEG_INF;
-                last[S - 1] = 0;
-                if (S > 1) last[S - 2] = 0;
-                row_offsets[T - 1] = 0;
-                FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[T - 1], nb, lo, hi);
-                for (ss = lo; ss < hi; ++ss) {
-                    nb[ss] += last[ss];
-                    best = nb[ss] > best ? nb[ss] : best;
-                }
-                FCTC_FN(fctc_fence)(nb, lo, hi);
-                nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                for (tt = T - 2; tt >= m - 1; --tt) {
-                    FCTC_T *dst = tt >= m ? rows + (size_t)tt * W + 2 : b_cur;
-                    x = job->acts + (ptrdiff_t)tt * job->act_stride;
-                    lo = fctc_max_int(0, S - 2 * (T - tt));
-                    hi = fctc_min_int(S, 2 * tt + 2);
-                    /* frame m-1 belongs to role 0, which may not have reached it: own copy */
-                    FCTC_T lse = tt >= m ? frame_lse[tt] : job->from_logits ? k->row_lse(x, C, NULL) : (FCTC_T)0;
-                    best = k->beta_row(nb, dst, spare, x, ext, lse, skip, lo, hi, nmax, b_gam);
-                    FCTC_FN(fctc_fence)(dst, lo, hi);
-                    FCTC_FN(fctc_fence)(spare, lo, hi);
-                    boff += (double)nmax;
-                    if (tt >= m) row_offsets[tt] = boff;
-                    FCTC_T *swap = nb;
-                    nb = spare;
-                    spare = swap;
-                    nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                }
-                off[1] = boff;
-                maxv[1] = nmax;
-                nb_keep = nb;
-                nb_spare = spare;
+            const int first = role == 0 ? 0 : m, end = role == 0 ? m : T;
+            for (t = first; t < end; ++t) {
+                const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+                const FCTC_T *next = t + 1 < end ? x + job->act_stride : NULL;
+                if (!job->from_logits) frame_lse[t] = 0;
+                else /* the gradient's softmax part, as the one-thread pass writes it */
+                    frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale,
+                                                  job->grad + (ptrdiff_t)t * job->grad_stride, next);
+                bad[role] |= job->from_logits ? FCTC_FN(fctc_lse_bad)(frame_lse[t])
+                                              : FCTC_FN(fctc_columns_bad)(x, cols, ncols);
             }
+            if (role == 0)
+                FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max,
+                                          tmp[0]);
+            else
+                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1]);
         }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        /* log p at the middle frame: every thread computes it, bit-identically, from the
-         * same rows (no further synchronisation needed); role 0 reports it. */
-        double lp_mid;
-        {
-            const FCTC_T *arow = rows + (size_t)(m - 1) * W + 2;
-            int lo = fctc_max_int(0, S - 2 * (T - m + 1)), hi = fctc_min_int(S, 2 * m);
-            double mx = -HUGE_VAL, sum = 0;
-            for (ss = lo; ss < hi; ++ss) {
-                double v = (double)arow[ss] + (double)b_cur[ss];
-                mx = v > mx ? v : mx;
-            }
-            if (mx > -HUGE_VAL) {
-                for (ss = lo; ss < hi; ++ss) sum += exp((double)arow[ss] + (double)b_cur[ss] - mx);
-                mx += log(sum) + row_offsets[m - 1] + off[1];
-            }
-            lp_mid = mx;
-        }
-        if (tid == 0) log_p = lp_mid;
-        const int dead = !(lp_mid > -HUGE_VAL);
-#ifdef _OPENMP
-        /* Role 1 overwrites b_cur in phase 2: every thread must have read it first. */
-#pragma omp barrier
-#endif
+        const int any_bad = bad[0] | bad[1];
 
         /* phase 2 */
-        for (role = tid; role < 2; role += nth) {
-            int from = role == 0 ? m : 0, to = role == 0 ? job->grad_rows : m;
-            if (dead) {
-                for (tt = from; tt < to; ++tt) k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C, 0);
-                continue;
-            }
+        for (role = tid; role < 2 && !any_bad; role += nth) {
             if (role == 0) {
-                double offset = off[0];
-                FCTC_T row_max = maxv[0];
-                const FCTC_T *prev = rows + (size_t)(m - 1) * W + 2;
-                for (tt = m; tt < T; ++tt) {
-                    const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
-                    FCTC_T *cur = (tt & 1) ? a_row1 : a_row0;
-                    int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
-                    FCTC_T best = k->alpha_row(prev, cur, x, ext, frame_lse[tt], skip, lo, hi, row_max, a_gam);
-                    FCTC_FN(fctc_fence)(cur, lo, hi);
-                    offset += (double)row_max;
-                    row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                    k->gamma_row(cur, rows + (size_t)tt * W + 2, (FCTC_T)(offset + row_offsets[tt] - lp_mid), a_gam,
-                                 lo, hi);
-                    FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
-                                           a_gam, ext, lo, hi, 0, 0);
-                    prev = cur;
-                }
-                for (tt = T; tt < job->grad_rows; ++tt)
-                    k->fill_row(job->grad + (ptrdiff_t)tt * job->grad_stride, (FCTC_T)0, C, 0);
+                FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &a_offset, &a_max,
+                                          tmp[0]);
+                const FCTC_T *last = arows + (size_t)(T - 1) * W + 2;
+                double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
+                log_p = tail + aoff[T - 1];
             } else {
-                double boff = off[1];
-                FCTC_T nmax = maxv[1];
-                FCTC_T *nb = nb_keep, *spare = nb_spare;
-                for (tt = m - 1; tt >= 0; --tt) {
-                    const FCTC_T *x = job->acts + (ptrdiff_t)tt * job->act_stride;
-                    int lo = fctc_max_int(0, S - 2 * (T - tt)), hi = fctc_min_int(S, 2 * tt + 2);
-                    if (tt < m - 1) {
-                        FCTC_T best = k->beta_row(nb, b_cur, spare, x, ext, frame_lse[tt], skip, lo, hi, nmax, b_gam);
-                        FCTC_FN(fctc_fence)(b_cur, lo, hi);
-                        FCTC_FN(fctc_fence)(spare, lo, hi);
-                        boff += (double)nmax;
-                        FCTC_T *swap = nb;
-                        nb = spare;
-                        spare = swap;
-                        nmax = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                    }
-                    k->gamma_row(rows + (size_t)tt * W + 2, b_cur, (FCTC_T)(row_offsets[tt] + boff - lp_mid), b_gam,
-                                 lo, hi);
-                    FCTC_FN(fctc_grad_row)(k, job, x, job->grad + (ptrdiff_t)tt * job->grad_stride, frame_lse[tt],
-                                           b_gam, ext, lo, hi, 0, 0);
+                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1]);
+            }
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+
+        /* phase 3 */
+        const double lp = any_bad ? NAN : log_p;
+        const int dead = any_bad || (FCTC_T)lp == FCTC_NEG_INF;
+        for (role = tid; role < 2; role += nth) {
+            const int first = role == 0 ? m : 0, end = role == 0 ? job->grad_rows : m;
+            for (t = first; t < end; ++t) {
+                FCTC_T *g = job->grad + (ptrdiff_t)t * job->grad_stride;
+                if (dead || t >= T) {
+                    k->fill_row(g, (any_bad && t < T) ? (FCTC_T)NAN : (FCTC_T)0, C, 0);
+                    continue;
                 }
+                const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+                int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
+                k->gamma_row(arows + (size_t)t * W + 2, brows + (size_t)t * W + 2, (FCTC_T)(aoff[t] + boff[t] - lp),
+                             gam[role], lo, hi);
+                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam[role], ext, lo, hi, job->from_logits, 0);
             }
         }
     }
-    return (FCTC_T)(-log_p);
+    return (FCTC_T)(-(bad[0] | bad[1] ? NAN : log_p));
 }

@@ -83,26 +83,7 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
     with _ThreadBudget(num_threads) as threads:
         _core.run_batch(acts, batch.labels, batch.offsets, batch.label_lengths, batch.input_lengths,
                         blank, bool(from_logits), grad, grad_weights, log_alpha, costs, threads)
-    _nan_in_nan_out(acts, batch.input_lengths, from_logits, costs, grad)
     return costs, grad, log_alpha
-
-
-def _nan_in_nan_out(acts, input_lengths, from_logits, costs, grad):
-    """A sequence whose frames hold NaN or +inf (or, for logits, a frame with no finite
-    score, whose log_softmax is undefined) has an undefined loss: NaN, as PyTorch gives,
-    with NaN gradient rows.  The trellis's max-shifted log-add-exp can turn such inputs
-    into +inf instead, which zero_infinity would then silently turn into 0.  Only
-    sequences already reported +inf are inspected, so feasible batches pay nothing."""
-    suspects = np.flatnonzero(np.isposinf(costs))
-    for n in suspects.tolist():
-        frames = acts[: int(input_lengths[n]), n, :]
-        undefined = not np.all(frames < np.inf)  # NaN and +inf both fail `< inf`
-        if not undefined and from_logits and frames.size:
-            undefined = bool((frames.max(axis=-1) == -np.inf).any())
-        if undefined:
-            costs[n] = np.nan
-            if grad is not None:
-                grad[: int(input_lengths[n]), n, :] = np.nan
 
 
 def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_infinity: bool):
@@ -213,7 +194,10 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     if grad_out is not None:
         acts_name = "logits" if from_logits else "log_probs"
         views = (batch.acts, as_float_array(log_probs, acts_name))
-        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views)
+        others = [("targets", targets), ("targets", batch.labels), ("input_lengths", input_lengths),
+                  ("input_lengths", batch.input_lengths), ("target_lengths", target_lengths),
+                  ("target_lengths", batch.label_lengths)]
+        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views, others)
         engine_grad = grad_out[:, None, :] if batch.unbatched else grad_out
     # Weights depend only on the reduction and the lengths, so they are known before the pass.
     _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)
