@@ -140,7 +140,7 @@ static void FCTC_FN(fctc_optax_exact_one)(const fctc_optax_batch_args *a, int b,
 /* The engine on sequence b's valid frames; returns 0 when the result is not finite (the
  * caller then reruns the sequence through optax.inl). */
 static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, const fctc_optax_seq_info *info,
-                                        void *engine_scratch, FCTC_T *xbuf, FCTC_T *gbuf, FCTC_T *abuf) {
+                                        void *engine_scratch, FCTC_T *xbuf, FCTC_T *gbuf, FCTC_T *abuf, int split) {
     const int T = a->T, K = a->K, N = a->N, want_alpha = a->phi != NULL;
     const FCTC_T *x = (const FCTC_T *)a->x + (ptrdiff_t)b * a->x_bs;
     const FCTC_T *pad = (const FCTC_T *)a->pad + (ptrdiff_t)b * a->pad_bs;
@@ -184,7 +184,7 @@ static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, c
         job.alpha_rows = info->count;
         job.alpha_cols = 2 * N + 1;
     }
-    cost = FCTC_FN(fastctc_sequence)(&job, engine_scratch);
+    cost = split ? FCTC_FN(fctc_sequence_threads)(&job, engine_scratch, 2) : FCTC_FN(fastctc_sequence)(&job, engine_scratch);
     if (grad && !info->contiguous) {
         for (t = 0, j = 0; t < T; ++t) {
             FCTC_T *g = grad + (ptrdiff_t)t * a->g_ts;
@@ -228,7 +228,7 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
     const size_t es = sizeof(FCTC_T);
     const int want_alpha = a->phi != NULL, want_grad = a->grad != NULL;
     fctc_optax_seq_info *info;
-    int b, threads, any_fast = 0, any_compact = 0;
+    int b, threads, split = 0, any_fast = 0, any_compact = 0;
     size_t eng = 0, xb = 0, gb = 0, ab = 0, wk = 0, tmp = 0, per_thread;
     unsigned char *owned, *base;
     if (B < 0 || T < 1 || K < 1 || N < 0 || a->blank < 0 || a->blank >= K || a->eps_group < 1 || N > (INT_MAX - 8) / 2)
@@ -243,8 +243,25 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
         any_compact |= FCTC_FN(fctc_optax_classify)(a, b, &info[b]);
         any_fast |= info[b].route == FCTC_OX_FAST;
     }
+    {
+        fastctc_options o = fctc_default_options;
+        o.num_threads = a->num_threads;
+        threads = fctc_threads_for(&o, B);
+#ifdef _OPENMP
+        /* Fewer sequences than threads, with a gradient: one sequence at a time, each split
+         * over two threads (forward and backward halves at once, trellis.inl), as _core does. */
+        if (want_grad && threads == B && B < fctc_team_cap(a->num_threads > 0 ? a->num_threads : omp_get_max_threads())) {
+            split = 1;
+            threads = 1;
+        }
+#endif
+    }
     if (any_fast) {
         eng = fastctc_sequence_scratch_bytes(T, N, want_grad, es);
+        if (split) {
+            size_t two = fctc_split_scratch_bytes(T, N, es);
+            eng = (two == 0 || eng == 0) ? 0 : (two > eng ? two : eng);
+        }
         if (eng == 0) {
             free(info);
             return FASTCTC_INVALID_ARGUMENT;
@@ -260,11 +277,6 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
     wk = fctc_ox_bytes((size_t)FCTC_FN(fctc_optax_work_size)(T, N), es);
     if (!want_alpha) tmp = 2 * fctc_ox_bytes((size_t)T * (size_t)(N + 1), es);
     per_thread = fctc_round_up(eng, FCTC_ALIGN) + xb + gb + ab + wk + tmp;
-    {
-        fastctc_options o = fctc_default_options;
-        o.num_threads = a->num_threads;
-        threads = fctc_threads_for(&o, B);
-    }
     owned = (unsigned char *)malloc(per_thread * (size_t)threads + FCTC_ALIGN);
     if (!owned) {
         free(info);
@@ -273,7 +285,7 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
     base = (unsigned char *)fctc_round_up((size_t)(uintptr_t)owned, FCTC_ALIGN);
 
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
     for (b = 0; b < B; ++b) {
 #ifdef _OPENMP
@@ -290,7 +302,7 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
         FCTC_T *phi_tmp = (FCTC_T *)((unsigned char *)work + wk);
         FCTC_T *emit_tmp = (FCTC_T *)((unsigned char *)phi_tmp + tmp / 2);
         (void)K;
-        if (info[b].route == FCTC_OX_FAST && FCTC_FN(fctc_optax_fast_one)(a, b, &info[b], engine_scratch, xbuf, gbuf, abuf))
+        if (info[b].route == FCTC_OX_FAST && FCTC_FN(fctc_optax_fast_one)(a, b, &info[b], engine_scratch, xbuf, gbuf, abuf, split))
             continue;
         FCTC_FN(fctc_optax_exact_one)(a, b, info[b].L, work, phi_tmp, emit_tmp);
     }
