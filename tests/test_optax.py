@@ -293,3 +293,24 @@ def test_every_output_element_is_written(monkeypatch):
             outs += (fastctc.optax_ctc_loss(*case, exact=exact),)
             for a in outs:
                 assert not np.isnan(a).any()
+
+
+def test_single_sequence_split_over_two_threads():
+    """B = 1 with a gradient and two threads: the sequence's forward and backward halves run
+    at once (fctc_sequence_threads); same bits as one thread, padded frames included, and
+    closer to the float64 result than optax's own float32 rounding (exact=True)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 120, 20)).astype(np.float32)
+    fp = np.zeros((1, 120), np.float32)
+    fp[0, [3, 50, 51]] = 1
+    fp[0, 110:] = 1
+    lab = rng.integers(1, 20, size=(1, 30))
+    lp = np.zeros((1, 30), np.float32)
+    one = _optax.loss_and_grad(x, fp, lab, lp, num_threads=1)
+    two = _optax.loss_and_grad(x, fp, lab, lp, num_threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    ref64 = _optax.loss_and_grad(x.astype(np.float64), fp.astype(np.float64), lab, lp.astype(np.float64))
+    optax_rounding = _optax.loss_and_grad(x, fp, lab, lp, exact=True)
+    np.testing.assert_allclose(two[1], ref64[1], atol=5e-5)
+    assert np.abs(two[1] - ref64[1]).max() <= np.abs(optax_rounding[1] - ref64[1]).max()
