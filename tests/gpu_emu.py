@@ -29,6 +29,9 @@ SOURCE = os.path.join(ROOT, "cuda", "ctc.cu")
 SHIM = r"""
 #include <atomic>
 #include <cmath>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -44,25 +47,41 @@ static thread_local emu_dim threadIdx, blockIdx;
 static emu_dim blockDim;
 static unsigned char *emu_shm;
 
-// Counting barrier: arrival k waits until the count reaches the end of its phase.  `sync`
-// barriers order memory (acquire/release: __syncwarp, __syncthreads); shuffle barriers use
-// relaxed atomics and fences, which ThreadSanitizer does not take as ordering.
+// Barrier of `size` threads: the last arrival resets the count and bumps the generation,
+// the others sleep on the generation (futex, so that a 2-core machine does not spend its
+// time spinning through hundreds of threads).  `sync` barriers order memory
+// (acquire/release: __syncwarp, __syncthreads); shuffle barriers use relaxed atomics and
+// fences, which ThreadSanitizer does not take as ordering.
+static void emu_futex_wait(std::atomic<int> *a, int v) {
+    syscall(SYS_futex, (int *)a, FUTEX_WAIT_PRIVATE, v, nullptr, nullptr, 0);
+}
+static void emu_futex_wake(std::atomic<int> *a) {
+    syscall(SYS_futex, (int *)a, FUTEX_WAKE_PRIVATE, 1 << 30, nullptr, nullptr, 0);
+}
 struct emu_barrier {
-    std::atomic<long long> count{0};
-    long long size = 1;
+    std::atomic<int> count{0}, gen{0};
+    int size = 1;
     void wait(bool sync) {
+        const auto rmw = sync ? std::memory_order_acq_rel : std::memory_order_relaxed;
+        const auto ld = sync ? std::memory_order_acquire : std::memory_order_relaxed;
         if (!sync) std::atomic_thread_fence(std::memory_order_seq_cst);
-        long long k = count.fetch_add(1, sync ? std::memory_order_acq_rel : std::memory_order_relaxed);
-        long long end = (k / size + 1) * size;
-        int spins = 0;
-        while (count.load(sync ? std::memory_order_acquire : std::memory_order_relaxed) < end)
-            if (++spins > 64) std::this_thread::yield();
+        const int g = gen.load(ld);
+        if (count.fetch_add(1, rmw) == size - 1) {
+            count.store(0, std::memory_order_relaxed);
+            if (!sync) std::atomic_thread_fence(std::memory_order_seq_cst);
+            gen.fetch_add(1, rmw);
+            emu_futex_wake(&gen);
+        } else {
+            for (int spin = 0; gen.load(ld) == g; ++spin)
+                if (spin > 32) emu_futex_wait(&gen, g);
+        }
         if (!sync) std::atomic_thread_fence(std::memory_order_seq_cst);
     }
 };
 static emu_barrier emu_block_bar;
 static emu_barrier emu_warp_bar[32];
-static std::atomic<unsigned long long> emu_slot[1024];
+static std::atomic<unsigned long long> emu_slot[2][1024];  // double-buffered: one barrier a shuffle
+static thread_local int emu_parity;
 
 inline void __syncthreads() { emu_block_bar.wait(true); }
 inline void __syncwarp(unsigned) { emu_warp_bar[threadIdx.x >> 5].wait(true); }
@@ -70,10 +89,13 @@ template <class V> inline V emu_shfl(V v, int src) {
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof v);
     const int lane = threadIdx.x & 31, base = threadIdx.x - lane;
-    emu_slot[threadIdx.x].store(bits, std::memory_order_relaxed);
+    // slot set `emu_parity` is written again two shuffles later, after every lane has
+    // passed the next shuffle's barrier, hence after it read this one
+    auto *slot = emu_slot[emu_parity];
+    emu_parity ^= 1;
+    slot[threadIdx.x].store(bits, std::memory_order_relaxed);
     emu_warp_bar[threadIdx.x >> 5].wait(false);
-    unsigned long long got = emu_slot[base + src].load(std::memory_order_relaxed);
-    emu_warp_bar[threadIdx.x >> 5].wait(false);  // nobody overwrites a slot still to be read
+    unsigned long long got = slot[base + src].load(std::memory_order_relaxed);
     V r;
     std::memcpy(&r, &got, sizeof r);
     return r;
@@ -97,12 +119,14 @@ template <class F> static void emu_launch(int gx, int gy, int block, int shm, F 
     blockDim.x = block; blockDim.y = 1;
     emu_block_bar.count = 0; emu_block_bar.size = block;
     for (auto &w : emu_warp_bar) { w.count = 0; w.size = 32; }
+    // lanes of one warp shuffle in step, so they agree on the slot parity; a warp whose
+    // lanes all left (a finished sequence) never shuffles again
     std::vector<unsigned char> shared(shm > 0 ? shm : 16, 0x5A);
     emu_shm = shared.data();
     std::vector<std::thread> threads;
     for (int i = 0; i < block; ++i)
         threads.emplace_back([=] {
-            threadIdx.x = i; threadIdx.y = 0;
+            threadIdx.x = i; threadIdx.y = 0; emu_parity = 0;
             for (int y = 0; y < gy; ++y)
                 for (int x = 0; x < gx; ++x) {
                     blockIdx.x = x; blockIdx.y = y;
