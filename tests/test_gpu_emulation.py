@@ -393,3 +393,85 @@ def test_emulated_kernels_under_thread_sanitizer(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     assert "ThreadSanitizer" not in out.stderr, out.stderr[-6000:]
     assert out.returncode == 0 and "tsan-ok" in out.stdout, out.stderr[-6000:]
+
+
+# ---------------------------------------------------------------- the launcher, end to end
+
+@pytest.fixture
+def emu_launcher(emu, monkeypatch):
+    """fastctc._cuda_launch with its launches run by the emulated kernels and its arrays
+    CPU torch tensors: the real argument packing, plan, workspace offsets, weights and
+    entry points, checked without a GPU.  A tensor with `_fake_cuda = True` counts as
+    living on the device (its values are then not checked on the host)."""
+    torch = pytest.importorskip("torch")
+
+    class CpuTorch(L._Torch):
+        def __init__(self):
+            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
+
+        def from_host(self, arr):
+            return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def launch(self, name, grid, block, shm, args):
+        spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+        gpu_emu.launch(emu, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
+
+    monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
+    monkeypatch.setattr(L, "is_cuda_array", lambda x: bool(getattr(x, "_fake_cuda", False)))
+    monkeypatch.setattr(L._Call, "_launch", launch)
+    return torch
+
+
+def _dev(torch, a):
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    t._fake_cuda = True
+    return t
+
+
+def test_launcher_entry_points_end_to_end(emu_launcher, rng):
+    torch = emu_launcher
+    T, N, C, S = 16, 5, 8, 4
+    acts, tg, il, tl = _case(rng, T, N, C, S, 0, np.float64)
+    x = torch.from_numpy(acts)
+    w = rng.uniform(0.5, 2.0, size=N)
+    ec, eg = _cpu(acts, tg, il, tl, 0, True, weights=w / (np.maximum(tl, 1) * N))
+    for ints in ((tg, il, tl), tuple(_dev(torch, a) for a in (tg, il, tl)),
+                 tuple(torch.from_numpy(a.astype(np.int32)) for a in (tg, il, tl))):
+        costs, ws = L.torch_forward(x, *ints, from_logits=True)
+        grad = L.torch_backward(x, *ints, ws, _dev(torch, w), from_logits=True, mean=True)
+        np.testing.assert_allclose(costs.numpy(), ec, rtol=1e-10)
+        np.testing.assert_allclose(grad.numpy(), eg, rtol=1e-9, atol=1e-12)
+        c2, g2 = L.torch_ctc(x, *ints, _dev(torch, w), from_logits=True, mean=True)
+        assert torch.equal(c2, costs) and torch.equal(g2, grad)
+    # concatenated targets with device lengths: bounded workspace, same bits
+    flat = np.concatenate([tg[i, :tl[i]] for i in range(N)])
+    c3, g3 = L.torch_ctc(x, _dev(torch, flat), _dev(torch, il), _dev(torch, tl), _dev(torch, w),
+                         from_logits=True, mean=True)
+    assert torch.equal(c3, costs) and torch.equal(g3, grad)
+    # the public API on "device" arrays: reduction and zero_infinity on the device
+    for reduction in ("none", "sum", "mean"):
+        want, wg = fastctc.ctc_loss_and_grad(acts, tg, il, tl, reduction=reduction, zero_infinity=True)
+        got, gg = L.ctc_loss_device(x, tg, il, tl, 0, reduction, True, False, True)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
+        np.testing.assert_allclose(gg.numpy(), wg, rtol=1e-9, atol=1e-12)
+    # log_alpha through run_device (CTCLossV2's call)
+    _, _, la = L.run_device(x, tg, il, tl, blank=0, from_logits=False, want_grad=False, want_alpha=True)
+    ref = ref_log_alpha(acts, tg, il, tl, 0, False, 2 * S + 1)
+    fin = np.isfinite(ref)
+    assert np.array_equal(np.isneginf(la.numpy()), np.isneginf(ref))
+    np.testing.assert_allclose(la.numpy()[fin], ref[fin], rtol=1e-10)
+
+
+def test_launcher_checks_host_values_and_workspace(emu_launcher, rng):
+    torch = emu_launcher
+    acts, tg, il, tl = _case(rng, 6, 3, 5, 2, 0, np.float32)
+    x = torch.from_numpy(acts)
+    with pytest.raises(fastctc.CTCValueError, match=r"input_lengths\[1\] = 9"):
+        L.torch_forward(x, tg, np.array([6, 9, 1]), tl)
+    with pytest.raises(fastctc.CTCValueError, match=r"targets\[0, 0\] = 5"):
+        L.torch_forward(x, np.where(np.arange(2) == 0, 5, tg), il, np.maximum(tl, 1))
+    with pytest.raises(fastctc.CTCTypeError, match="int32 or int64"):
+        L.torch_forward(x, _dev(torch, tg.astype(np.int16)), il, tl)
+    _, ws = L.torch_forward(x, tg, il, tl)
+    with pytest.raises(fastctc.CTCValueError, match="workspace"):
+        L.torch_backward(x, tg, il, tl, ws[:-1], None)

@@ -550,7 +550,10 @@ def reduce_device(costs, target_lengths, reduction, zero_infinity):
         host = np.maximum(np.asarray(_host(target_lengths), dtype=np.float64), 1.0).astype(
             str(costs.dtype).split(".")[-1])
         if mod == "torch":
-            tl = xp.from_numpy(np.ascontiguousarray(host)).pin_memory().to(costs.device, non_blocking=True)
+            tl = xp.from_numpy(np.ascontiguousarray(host))
+            if costs.device.type == "cuda":  # pinned: the upload does not block the host
+                tl = tl.pin_memory()
+            tl = tl.to(costs.device, non_blocking=True)
         else:
             tl = xp.asarray(host)
     tl = tl.clamp(min=1) if mod == "torch" else xp.maximum(tl, 1)
