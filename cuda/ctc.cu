@@ -85,6 +85,7 @@ FCTC_DEV double fctc_exp(double x) { return exp(x); }
 FCTC_DEV double fctc_log(double x) { return log(x); }
 
 template <class A> FCTC_DEV A fctc_max(A a, A b) { return a > b ? a : b; }
+template <class A> FCTC_DEV A fctc_min(A a, A b) { return a < b ? a : b; }
 // Row maxima: NaN-ignoring, so the result is the same in any reduction order.
 FCTC_DEV float fctc_nmax(float a, float b) { return fmaxf(a, b); }
 FCTC_DEV double fctc_nmax(double a, double b) { return fmax(a, b); }
@@ -383,6 +384,7 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     for (int j = 0; j < K; ++j) v[j] = NINF;
     A prev_max = 0;
     double off = 0;
+    fctc_i64 undefined = 0;
     if (Tn > 0) FCTC_EMIT(e_cur, 0)
     for (int step = 0; step < Tn; ++step) {
         if (step + 1 < Tn) FCTC_EMIT(e_nxt, step + 1)
@@ -395,15 +397,27 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
         if (step > 0) off += (double)prev_max;
         A nv[K], stored[K];
         A best = NINF;
+#pragma unroll
         for (int j = 0; j < K; ++j) {
+            // undefined input: NaN or +inf in a column this sequence reads, in a valid frame
+            if (col[j] >= 0 && !(e_cur[j] < fctc_lim<A>::pinf())) undefined = 1;
             A b;  // the row's log-add-exp part, shifted by the previous row's maximum
             if (step == 0) {
                 b = s0 + j < 2 ? (A)0 : NINF;
+            } else if ((j & 1) == 0) {
+                // even state (blank; s0 is a multiple of K, so j's parity is s's): two
+                // predecessors, log(1 + exp(lo - hi)) -- one exp instead of two
+                const A p0 = v[j], p1 = j >= 1 ? v[j - 1] : l1;
+                const A hi = fctc_max(p0, p1), lo = fctc_min(p0, p1);
+                b = hi == NINF ? NINF : (hi - prev_max) + fctc_log((A)1 + fctc_exp(lo - hi));
             } else {
+                // odd state (a label): three predecessors when the skip is allowed; the
+                // maximum's own term is exactly 1, so two exps
                 const A p0 = v[j], p1 = j >= 1 ? v[j - 1] : l1;
                 const A p2 = skip[j] ? (j >= 2 ? v[j - 2] : j == 1 ? l1 : l2) : NINF;
-                const A m = fctc_max(fctc_max(p0, p1), p2);
-                b = m == NINF ? NINF : (m - prev_max) + fctc_log(fctc_exp(p0 - m) + fctc_exp(p1 - m) + fctc_exp(p2 - m));
+                const A h01 = fctc_max(p0, p1), l01 = fctc_min(p0, p1);
+                const A m = fctc_max(h01, p2), mid = fctc_min(h01, p2);
+                b = m == NINF ? NINF : (m - prev_max) + fctc_log((A)1 + fctc_exp(l01 - m) + fctc_exp(mid - m));
             }
             nv[j] = b == NINF ? NINF : e_cur[j] + b;
             stored[j] = rev ? b : nv[j];
@@ -453,13 +467,14 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
         const A m = fctc_max(u, w);
         ll = m == NINF ? fctc_lim<double>::ninf() : (double)(m + log(exp(u - m) + exp(w - m))) + off;
     }
-    // the CPU engine's rule for undefined inputs: a cost that is not finite, with a NaN
-    // or +inf in a valid frame of the sequence (any class), or a logits frame without a
-    // finite score, is NaN, with NaN gradient rows
+    // undefined inputs give a NaN cost and NaN gradient rows: a NaN or +inf in a column
+    // the sequence reads (any valid frame), and the CPU engine's rule for a cost that is
+    // not finite: a NaN or +inf anywhere in a valid frame, or a logits frame without a
+    // finite score
     int status = FCTC_OK;
     const A cost = (A)(-ll);
-    if (!fctc_finite(cost)) {
-        fctc_i64 bad = 0;
+    fctc_i64 bad = undefined;
+    if (!fctc_finite(cost)) {  // (uniform across the group)
         if (a.from_logits) {
             for (int t = gtid; t < Tn; t += gsize) bad |= !fctc_finite(lse[(fctc_i64)t * a.N + n]);
         } else {
@@ -468,8 +483,8 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
                 bad |= !(x < fctc_lim<A>::pinf());  // NaN and +inf both fail
             }
         }
-        if (fctc_group_sum<WARP>(bad, red) != 0) status = FCTC_UNDEFINED;
     }
+    if (fctc_group_sum<WARP>(bad, red) != 0) status = FCTC_UNDEFINED;
     if (gtid == 0) {
         costs[n] = status == FCTC_UNDEFINED ? fctc_lim<A>::nan() : cost;
         a.ws_info[4 * n + 0] = L; a.ws_info[4 * n + 1] = Tn;

@@ -475,3 +475,19 @@ def test_launcher_checks_host_values_and_workspace(emu_launcher, rng):
     _, ws = L.torch_forward(x, tg, il, tl)
     with pytest.raises(fastctc.CTCValueError, match="workspace"):
         L.torch_backward(x, tg, il, tl, ws[:-1], None)
+
+
+def test_emulated_nan_in_a_read_column_anywhere_in_the_valid_frames(emu, rng):
+    """The rule of docs/gpu.md: a NaN or +inf in a column the sequence reads, in any valid
+    frame, makes it undefined, even where no alignment passes (frame 0, the last label);
+    past the input length, or in a column it does not read, it is ignored."""
+    acts = random_log_probs(rng, 6, 4, 5)
+    tg = np.array([[1, 2, 3]] * 4)
+    il = np.array([6, 6, 4, 6])
+    acts[0, 0, 3] = np.nan      # read column, unreachable at frame 0
+    acts[0, 1, 2] = np.inf
+    acts[5, 2, 1] = np.nan      # past input length 4
+    acts[2, 3, 4] = np.nan      # column not read
+    costs, grad, _ = gpu_emu.run(emu, acts, tg, il, np.array([3] * 4), blank=0, from_logits=False, want_grad=True)
+    assert np.isnan(costs[:2]).all() and np.isnan(grad[:, :2]).all()
+    assert np.isfinite(costs[2:]).all() and np.isfinite(grad[:, 2:]).all()
