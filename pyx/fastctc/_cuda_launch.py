@@ -144,20 +144,30 @@ def plan(T, N, C, Smax, *, want_grad, from_logits, acc):
 
 
 
+_DTYPES = {"i": np.int32, "q": np.int64, "d": np.float64}
+_SPECS = {}
+
+
 def pack_args(values: dict, spec=TRELLIS_ARGS):
-    """Kernel arguments as numpy scalars (pointers as Python ints), in the kernel's order."""
-    out = []
-    for name, kind in spec:
-        v = values[name]
-        if kind == "p":
-            out.append(int(v or 0))
-        elif kind == "i":
-            out.append(np.int32(v))
-        elif kind == "q":
-            out.append(np.int64(v))
-        else:
-            out.append(np.float64(v))
+    """Kernel arguments as numpy scalars (pointers as Python ints), in the kernel's order.
+    Scalars of one kind are made by one array conversion (this runs on every call, and
+    the host cost per call is what a tiny batch pays)."""
+    groups = _SPECS.get(id(spec))
+    if groups is None:
+        groups = _SPECS[id(spec)] = [
+            (kind, [i for i, (_, k) in enumerate(spec) if k == kind], [n for n, k in spec if k == kind])
+            for kind in ("p", "i", "q", "d")]
+    out = [None] * len(spec)
+    for kind, idx, names in groups:
+        vals = [values[n] for n in names]
+        if kind != "p":
+            vals = list(np.array(vals, dtype=_DTYPES[kind]))
+        for i, v in zip(idx, vals):
+            out[i] = v
     return out
+
+
+_SEL = (TRELLIS_ARGS.index(("sel_lo", "i")), TRELLIS_ARGS.index(("sel_hi", "i")))
 
 
 # ------------------------------------------------------------------ arrays
@@ -442,11 +452,10 @@ class _Call:
 
     # -- launches (cuda.core, on the backend's stream)
     def _launch(self, name, grid, block, shm, args):
-        from cuda.core import LaunchConfig, Stream, launch
+        from cuda.core import Stream, launch
         from . import _cuda_build
         kernel = _cuda_build.kernels(self.be.ordinal)[name]
-        launch(Stream.from_handle(int(self.be.stream)), LaunchConfig(grid=grid, block=block, shmem_size=shm),
-               kernel, *args)
+        launch(Stream.from_handle(int(self.be.stream)), _config(grid, block, shm), kernel, *args)
 
     def launch_forward(self):
         v = self.values
@@ -454,11 +463,12 @@ class _Call:
             return
         if self.from_logits and self.T:
             rows = self.T * self.N
-            self._launch("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0,
-                         pack_args(dict(v, lse=v["ws_lse"]), LSE_ARGS))
+            v["lse"] = v["ws_lse"]
+            self._launch("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS))
+        args = pack_args(v)
         for tag, grid, block, shm, lo, hi in self.plan["launches"]:
-            self._launch(f"fctc_trellis_{self.suffix}_{tag}", grid, block, shm,
-                         pack_args(dict(v, sel_lo=lo, sel_hi=hi)))
+            args[_SEL[0]], args[_SEL[1]] = np.int32(lo), np.int32(hi)
+            self._launch(f"fctc_trellis_{self.suffix}_{tag}", grid, block, shm, args)
 
     def launch_grad(self):
         if self.N == 0 or self.T == 0:
@@ -466,6 +476,21 @@ class _Call:
         rows = self.T * self.N
         self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0,
                      pack_args(self.values))
+
+
+_configs = {}
+
+
+def _config(grid, block, shm):
+    """A cuda.core LaunchConfig, made once per geometry."""
+    key = (grid, block, shm)
+    cfg = _configs.get(key)
+    if cfg is None:
+        from cuda.core import LaunchConfig
+        if len(_configs) > 4096:
+            _configs.clear()
+        cfg = _configs[key] = LaunchConfig(grid=grid, block=block, shmem_size=shm)
+    return cfg
 
 
 def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logits, want_grad,
