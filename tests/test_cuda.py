@@ -495,7 +495,7 @@ def test_gpu_ctclossv2_matches_cpu(rng):
     torch = _torch_cuda()
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 2e-4)):
         acts, tg, il, tl = _random_case(rng, 40, 6, 12, 8, 0, dtype, repeats=True)
-        tl = np.minimum(tl, il)
+        tl = np.minimum(tl, il // 2)  # feasible: the CPU's log_alpha is the reference here
         tg, il, tl = tg.astype(np.int32), il.astype(np.int32), tl.astype(np.int32)
         for zero_inf in (False, True):
             loss = fastctc.CTCLossV2(zero_infinity=zero_inf)
