@@ -508,3 +508,33 @@ def test_gpu_ctclossv2_matches_cpu(rng):
                     np.testing.assert_allclose(g.cpu().numpy(), w, rtol=tol, atol=tol)
                 nll, la = loss(torch.from_numpy(acts).cuda(), *ints)
                 np.testing.assert_allclose(la.cpu().numpy(), want[1], rtol=tol, atol=tol)
+
+
+def test_launches_keep_the_callers_current_device(monkeypatch):
+    """_DeviceGuard (stand-in driver): no switch when the arrays' device is current; else
+    that device is made current for the launches and the caller's context put back."""
+    import sys
+    import types
+    from fastctc import _cuda_launch as L
+    state = {"ctx": "ctx0", "dev": 0, "switches": 0}
+    drv = types.SimpleNamespace(cuCtxGetDevice=lambda: (0, state["dev"]),
+                                cuCtxGetCurrent=lambda: (0, state["ctx"]),
+                                cuCtxSetCurrent=lambda c: state.update(ctx=c, dev=int(str(c)[-1])) or (0,),
+                                CUcontext=lambda v: "ctx-null0")
+
+    class Dev:
+        def __init__(self, i):
+            self.i = i
+
+        def set_current(self):
+            state.update(ctx=f"ctx{self.i}", dev=self.i, switches=state["switches"] + 1)
+
+    monkeypatch.setitem(sys.modules, "cuda.bindings", types.SimpleNamespace(driver=drv))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", drv)
+    monkeypatch.setitem(sys.modules, "cuda.core", types.SimpleNamespace(Device=Dev))
+    with L._DeviceGuard(0):
+        assert state["ctx"] == "ctx0"
+    assert state["switches"] == 0
+    with L._DeviceGuard(1):
+        assert state["ctx"] == "ctx1" and state["dev"] == 1
+    assert state["ctx"] == "ctx0" and state["dev"] == 0 and state["switches"] == 1

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py and benchmarks/bench_gpu.py on a machine without a GPU: the check
 says why nothing ran and exits 0 (the one-command device check must never fail a CPU-only
 machine), and both scripts at least import and parse their arguments."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def test_device_checks_pass_on_the_emulated_kernels(tmp_path, monkeypatch):
         monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
         monkeypatch.setattr(L, "is_cuda_array", lambda x: isinstance(x, torch.Tensor))
         monkeypatch.setattr(L._Call, "_launch", launch)
+        monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
         monkeypatch.setattr(gpu_check, "_data", lambda *a, **k: data(*a, **dict(k, device="cpu")))
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
         for check in (gpu_check.check_nan_rule, gpu_check.check_bad_values, gpu_check.check_half):

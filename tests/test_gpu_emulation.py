@@ -5,6 +5,7 @@ exchanges, workspace plan, NaN rule and determinism, checked on every machine (n
 Each launch runs one host thread per CUDA thread (32-lane warps, blocks of the size the
 launcher picks), so the cases are small; the slow test reruns a set under ThreadSanitizer.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -419,6 +420,7 @@ def emu_launcher(emu, monkeypatch):
     monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
     monkeypatch.setattr(L, "is_cuda_array", lambda x: bool(getattr(x, "_fake_cuda", False)))
     monkeypatch.setattr(L._Call, "_launch", launch)
+    monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
     return torch
 
 

@@ -461,21 +461,55 @@ class _Call:
         v = self.values
         if self.N == 0:
             return
+        todo = []
         if self.from_logits and self.T:
             rows = self.T * self.N
             v["lse"] = v["ws_lse"]
-            self._launch("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS))
+            todo.append(("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS)))
         args = pack_args(v)
         for tag, grid, block, shm, lo, hi in self.plan["launches"]:
-            args[_SEL[0]], args[_SEL[1]] = np.int32(lo), np.int32(hi)
-            self._launch(f"fctc_trellis_{self.suffix}_{tag}", grid, block, shm, args)
+            a = list(args)
+            a[_SEL[0]], a[_SEL[1]] = np.int32(lo), np.int32(hi)
+            todo.append((f"fctc_trellis_{self.suffix}_{tag}", grid, block, shm, a))
+        with _DeviceGuard(self.be.ordinal):
+            for launch in todo:
+                self._launch(*launch)
 
     def launch_grad(self):
         if self.N == 0 or self.T == 0:
             return
         rows = self.T * self.N
-        self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0,
-                     pack_args(self.values))
+        with _DeviceGuard(self.be.ordinal):
+            self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0,
+                         pack_args(self.values))
+
+
+class _DeviceGuard:
+    """Makes the arrays' device current for the launches when it is not (a kernel handle is
+    launched in the current context), and puts the caller's context back afterwards: the
+    caller's current device never changes.  One driver query when it already is current."""
+
+    def __init__(self, ordinal):
+        self.ordinal = ordinal
+        self.prev = None
+
+    def __enter__(self):
+        from cuda.bindings import driver
+        err, dev = driver.cuCtxGetDevice()
+        if int(err) == 0 and int(dev) == self.ordinal:
+            return self
+        err, ctx = driver.cuCtxGetCurrent()
+        self.prev = (ctx,) if int(err) == 0 else (None,)
+        from cuda.core import Device
+        Device(self.ordinal).set_current()
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            from cuda.bindings import driver
+            ctx = self.prev[0]
+            driver.cuCtxSetCurrent(ctx if ctx is not None else driver.CUcontext(0))
+        return False
 
 
 _configs = {}
