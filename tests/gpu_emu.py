@@ -198,7 +198,8 @@ def run(lib, acts, targets, input_lengths, target_lengths, *, blank, from_logits
     """run_device's contract on host arrays, through the emulated kernels and the real plan.
 
     kind: 'float16'/'bfloat16' when acts hold raw 16-bit storage (uint16).  force_block:
-    every sequence through the block kernel (geometry-independence checks)."""
+    every sequence through the block kernel (True: the K the plan would pick, or 4 / 16;
+    geometry-independence checks)."""
     T, N, C = acts.shape
     kind = kind or str(acts.dtype)
     suffix, acc = L.KERNEL_TYPES[kind]
@@ -242,7 +243,7 @@ def run(lib, acts, targets, input_lengths, target_lengths, *, blank, from_logits
     launches = p["launches"]
     if force_block:
         Scap = 2 * p["Lcap"] + 1
-        Kb = 4 if Scap <= 4096 else 16
+        Kb = force_block if force_block in (4, 16) else 4 if Scap <= 4096 else 16
         threads = max(64, -(-(-(-Scap // Kb)) // 32) * 32)
         launches = [(f"b{Kb}", (N, 2 if want_grad else 1), threads,
                      L.group_bytes(Kb, False, p["Lcap"], acc), 0, Scap)]

@@ -258,13 +258,16 @@ def test_emulated_all_minus_inf_logits_frame_is_undefined(emu, rng):
 # ---------------------------------------------------------------- determinism
 
 def test_emulated_bits_do_not_depend_on_geometry_or_batch(emu, rng):
-    """Bit-identical whatever the launch: every sequence through the block kernel instead
-    of the warp kernels, a sequence alone instead of in its batch, garbage in the workspace."""
+    """Bit-identical whatever the launch: every sequence through the block kernels (K = 4
+    and K = 16 states a thread) instead of the warp kernels, a sequence alone instead of in
+    its batch, garbage in the workspace."""
     acts, tg, il, tl = _case(rng, 24, 7, 9, 10, 0, np.float32, repeats=True)
     w = rng.uniform(0.5, 2.0, size=7)
     ref = gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, grad_weights=w)
     runs = [gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, grad_weights=w,
                         force_block=True),
+            gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, grad_weights=w,
+                        force_block=16),
             gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, grad_weights=w,
                         garbage=0xFF)]
     for c, g, _ in runs:
