@@ -424,9 +424,11 @@ class _Call:
         self.Smax = Smax
         self.from_logits = bool(from_logits)
         self._keep = []
+        self._args = None
 
     def set_weights(self, grad_weights, mean):
         be, N = self.be, self.N
+        self._args = None
         if grad_weights is None:
             self.values.update(w=0, w_kind=0, w_st=0, mean=int(bool(mean)))
             return
@@ -449,6 +451,7 @@ class _Call:
             kind, st = 2, (1 if host.shape == (N,) else 0)
         self._keep.append(w)
         self.values.update(w=be.ptr(w), w_kind=kind, w_st=st, mean=int(bool(mean)))
+        self._args = None
 
     # -- launches (cuda.core, on the backend's stream)
     def _launch(self, name, grid, block, shm, args):
@@ -466,7 +469,7 @@ class _Call:
             rows = self.T * self.N
             v["lse"] = v["ws_lse"]
             todo.append(("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS)))
-        args = pack_args(v)
+        args = self._args = pack_args(v)
         for tag, grid, block, shm, lo, hi in self.plan["launches"]:
             a = list(args)
             a[_SEL[0]], a[_SEL[1]] = np.int32(lo), np.int32(hi)
@@ -480,8 +483,9 @@ class _Call:
             return
         rows = self.T * self.N
         with _DeviceGuard(self.be.ordinal):
-            self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0,
-                         pack_args(self.values))
+            # the forward's arguments when this call made them (sel_lo / sel_hi unused here)
+            args = self._args if self._args is not None else pack_args(self.values)
+            self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0, args)
 
 
 class _DeviceGuard:
