@@ -415,8 +415,8 @@ CHECKS = [  # name, function, seconds it may take (it is skipped when less is le
     ("float16 / bfloat16", check_half, 10),
     ("NaN rule", check_nan_rule, 5),
     ("T*N*C > 2^31", check_huge, 40),
-    ("tests/test_cuda.py GPU tests", check_pytest, 90),
     ("benchmark (benchmarks/bench_gpu.py)", check_bench, 100),
+    ("tests/test_cuda.py GPU tests", check_pytest, 60),  # last: its timeout is what is left
 ]
 
 
@@ -450,7 +450,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         try:
             if fn is check_pytest:
-                ok, detail = fn(torch, rows, timeout=max(30, left - 120))
+                ok, detail = fn(torch, rows, timeout=max(30, left - 20))
             elif fn is check_bench:
                 ok, detail = fn(torch, rows, args.out)
             else:
