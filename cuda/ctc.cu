@@ -23,10 +23,11 @@
 //    the block kernels' one barrier per frame).  Labels are staged in shared memory once;
 //    each frame's emissions are loaded one frame ahead (register double buffer) so the
 //    gather's latency overlaps the previous frame's arithmetic.
-//  * normalisation without a block reduction: each row is stored shifted by the previous
-//    row's maximum (CPU engine's rule) and the shifts are summed in double.  The maximum
-//    is exact in any order: a warp butterfly, plus in the block kernels the per-warp maxima
-//    read after the barrier the frame needs anyway.
+//  * normalisation off the critical path (lagged): row t is stored relative to the
+//    absolute maximum of row t - 3 and the offsets are summed in double.  The maxima are
+//    exact in any order: a warp butterfly of the previous row overlapping this row's
+//    arithmetic, plus in the block kernels the per-warp maxima crossing at the barrier the
+//    frame needs anyway.
 //  * fctc_grad_*: the gradient, one warp per (frame, sequence) row over the whole grid:
 //    occupancies exp(alpha + beta - log p) (the large parts combined in double), the
 //    blank's summed in fixed chunks of 64 states, each label class's summed along a
@@ -382,8 +383,18 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     }
     A v[K];
     for (int j = 0; j < K; ++j) v[j] = NINF;
-    A prev_max = 0;
-    double off = 0;
+    // Lagged normalisation: row t is stored relative to O_t = the absolute maximum of row
+    // t - 3 (O_t = O_{t-1} while that is unknown), so the row maxima are reduced off the
+    // critical path: the butterfly of row t - 1 (and in the block kernels the cross-warp
+    // step of row t - 2, after the barrier the edges need anyway) overlaps row t's
+    // arithmetic.  Values then stay within about three frames of log-probabilities of 0,
+    // and the offsets are summed in double, so float32 keeps its accuracy.  The lag is
+    // the same in every kernel: no value depends on the geometry.
+    double off = 0;                      // O_{t-1}, then O_t
+    double o1 = 0, o2 = 0;               // O_{t-1}, O_{t-2} at the start of step t
+    A q_m = NINF, r_m = NINF;            // queued maxima (relative) ...
+    double q_o = 0, r_o = 0;             // ... and the offsets they are relative to
+    A lb_prev = NINF;                    // this thread's maximum of the previous row
     fctc_i64 undefined = 0;
     if (Tn > 0) FCTC_EMIT(e_cur, 0)
     for (int step = 0; step < Tn; ++step) {
@@ -394,7 +405,9 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
             if (WARP || warp == 0 || step == 0) { l1 = NINF; l2 = NINF; }
             else { l1 = edge[((step & 1) * 32 + warp - 1) * 2 + 1]; l2 = edge[((step & 1) * 32 + warp - 1) * 2]; }
         }
-        if (step > 0) off += (double)prev_max;
+        // the shift of this row: O_t - O_{t-1}, towards the absolute maximum of row t - 3
+        const A prev_max = fctc_finite(r_m) ? (A)((double)r_m + r_o - off) : (A)0;
+        off += (double)prev_max;
         A nv[K], stored[K];
         A best = NINF;
 #pragma unroll
@@ -423,15 +436,25 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
             stored[j] = rev ? b : nv[j];
             best = fctc_nmax(best, nv[j]);
         }
-        for (int o = 16; o > 0; o >>= 1) best = fctc_nmax(best, __shfl_xor_sync(0xffffffffu, best, o));
-        if (!WARP) {
+        // maxima of earlier rows, independent of this row's arithmetic above
+        A wm = lb_prev;  // row step - 1: this warp's maximum
+        for (int o = 16; o > 0; o >>= 1) wm = fctc_nmax(wm, __shfl_xor_sync(0xffffffffu, wm, o));
+        lb_prev = best;
+        if (WARP) {
+            // row step - 1 is known now; step + 1 uses row step - 2
+            r_m = q_m; r_o = q_o;
+            q_m = wm; q_o = o1;
+        } else {
+            // row step - 2: the per-warp maxima written before the last barrier
+            A bm = step >= 1 && lane < (int)(blockDim.x >> 5) ? wmax[(step & 1) * 32 + lane] : NINF;
+            for (int o = 16; o > 0; o >>= 1) bm = fctc_nmax(bm, __shfl_xor_sync(0xffffffffu, bm, o));
+            r_m = step >= 2 ? bm : NINF; r_o = o2;
             const int buf = (step + 1) & 1;  // read at the next step
             if (lane == 31) { edge[(buf * 32 + warp) * 2] = nv[K - 2]; edge[(buf * 32 + warp) * 2 + 1] = nv[K - 1]; }
-            if (lane == 0) wmax[buf * 32 + warp] = best;
+            if (lane == 0) wmax[buf * 32 + warp] = wm;
             __syncthreads();
-            best = lane < (int)(blockDim.x >> 5) ? wmax[buf * 32 + lane] : NINF;
-            for (int o = 16; o > 0; o >>= 1) best = fctc_nmax(best, __shfl_xor_sync(0xffffffffu, best, o));
         }
+        o2 = o1; o1 = off;
         const int tt = rev ? Tn - 1 - step : step;
         if (rows) {
             A *row = rows + (fctc_i64)tt * a.W;
@@ -446,7 +469,6 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
                 const int s = s0 + j;
                 if (s < S && s < a.alpha_cols) la[(fctc_i64)tt * a.alpha_cols + s] = (A)((double)nv[j] + off);
             }
-        prev_max = (best > NINF && best == best) ? best : (A)0;
         for (int j = 0; j < K; ++j) { v[j] = nv[j]; e_cur[j] = e_nxt[j]; }
     }
 #undef FCTC_EMIT

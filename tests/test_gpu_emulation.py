@@ -497,3 +497,30 @@ def test_emulated_nan_in_a_read_column_anywhere_in_the_valid_frames(emu, rng):
     costs, grad, _ = gpu_emu.run(emu, acts, tg, il, np.array([3] * 4), blank=0, from_logits=False, want_grad=True)
     assert np.isnan(costs[:2]).all() and np.isnan(grad[:, :2]).all()
     assert np.isfinite(costs[2:]).all() and np.isfinite(grad[:, 2:]).all()
+
+
+def test_emulated_float32_accuracy_on_long_peaky_inputs(emu, rng):
+    """Lagged normalisation keeps float32 as accurate as the CPU engine's float32: 600
+    frames of scores spanning hundreds of nats (a loss of ~1e5 nats, where float32's
+    rounding alone moves log p by ~1e-2), against the CPU engine in float64."""
+    T, N, C, S = 600, 2, 7, 40
+    acts, tg, il, tl = _case(rng, T, N, C, S, 0, np.float64, full=True)
+    acts = acts * 40.0  # log-softmax spans of ~200 nats per frame
+    x32 = acts.astype(np.float32)
+    c, g, _ = gpu_emu.run(emu, x32, tg, il, tl, blank=0, from_logits=True, want_grad=True)
+    ec, eg = _cpu(x32.astype(np.float64), tg, il, tl, 0, True)  # the same rounded inputs
+    cc, cg = _cpu(x32, tg, il, tl, 0, True)                       # the CPU engine in float32
+    assert np.isfinite(ec).all() and (ec > 1e4).all()
+    np.testing.assert_allclose(c, ec, rtol=3e-7)
+    gpu_err, cpu_err = np.abs(g - eg).max(), np.abs(cg - eg).max()
+    assert gpu_err <= 1.5 * cpu_err + 1e-4, (gpu_err, cpu_err)
+    # realistic peaky scores (the target path dominant): float32 to 1e-4
+    acts2, tg2, il2, tl2 = _case(rng, 300, 2, 7, 40, 0, np.float64, full=True)
+    tg2 = 1 + np.cumsum(rng.integers(1, 5, size=tg2.shape), axis=1) % 6
+    for n in range(2):
+        path = np.repeat(np.stack([np.zeros(40, int), tg2[n]], 1).ravel(), 300 // 80)[:300]
+        acts2[np.arange(len(path)), n, path] += 30.0
+    c2, g2, _ = gpu_emu.run(emu, acts2.astype(np.float32), tg2, il2, tl2, blank=0, from_logits=True, want_grad=True)
+    ec2, eg2 = _cpu(acts2.astype(np.float32).astype(np.float64), tg2, il2, tl2, 0, True)
+    np.testing.assert_allclose(c2, ec2, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(g2, eg2, atol=1e-4)
