@@ -46,9 +46,11 @@
 //    written in the input type, costs and log_alpha in float32.
 // Bad values that the host could not check without synchronising (lengths or labels
 // living on the device) never cause an out-of-bounds access: the sequence's cost is NaN,
-// its gradient rows 0 and its log_alpha rows -inf.  Undefined inputs (NaN or +inf in a
-// valid frame of a sequence whose cost is not finite, or a logits frame with no finite
-// score) give the CPU engine's answer: NaN cost and NaN gradient rows.
+// its gradient rows 0 and its log_alpha rows -inf.  Non-finite scores follow the CPU
+// engine's rule (include/fastctc/fastctc.h): an infeasible target costs +inf with zero
+// gradient whatever the scores; a feasible one with a NaN or +inf in a cell it reads at a
+// frame t < T_n inside the band S - 2(T_n - t) <= s < 2t + 2 (logits: any class of the
+// frame, or a frame with no finite score) costs NaN with NaN gradient rows [0, T_n).
 
 #ifndef FCTC_EMULATION
 #define FCTC_DEV __device__ __forceinline__
@@ -338,6 +340,14 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
             for (fctc_i64 i = gtid; i < (fctc_i64)a.alpha_rows * a.alpha_cols; i += gsize) la[i] = NINF;
         return;
     }
+    // feasibility: a target fits iff T_n >= L + (adjacent repeats); an infeasible one has
+    // cost +inf and zero gradient whatever its scores, and needs no trellis (except for
+    // log_alpha, whose reachable states have real values)
+    fctc_i64 rep = 0;
+    for (int i = 1 + gtid; i < Lc; i += gsize) rep += lab[i] == lab[i - 1];
+    rep = fctc_group_sum<WARP>(rep, red);
+    const bool feasible = L <= Lc && (fctc_i64)Tn >= L + rep;
+    if (rev && !feasible) return;
     if (!rev && a.ws_alpha && Lc > 0) {
         // chains for the gradient: nxt[i] = next index with the same label (-1: none),
         // first[i] = no earlier index has it.  Scans from shared memory, once per sequence.
@@ -396,9 +406,10 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     double q_o = 0, r_o = 0;             // ... and the offsets they are relative to
     A lb_prev = NINF;                    // this thread's maximum of the previous row
     fctc_i64 undefined = 0;
-    if (Tn > 0) FCTC_EMIT(e_cur, 0)
-    for (int step = 0; step < Tn; ++step) {
-        if (step + 1 < Tn) FCTC_EMIT(e_nxt, step + 1)
+    const int steps = (feasible || la) ? Tn : 0;
+    if (steps > 0) FCTC_EMIT(e_cur, 0)
+    for (int step = 0; step < steps; ++step) {
+        if (step + 1 < steps) FCTC_EMIT(e_nxt, step + 1)
         // the two states left of this thread's first one, from the previous row
         A l1 = __shfl_up_sync(0xffffffffu, v[K - 1], 1), l2 = __shfl_up_sync(0xffffffffu, v[K - 2], 1);
         if (lane == 0) {
@@ -410,10 +421,15 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
         off += (double)prev_max;
         A nv[K], stored[K];
         A best = NINF;
+        // the band of states a complete path passes through at this frame (the same
+        // formula in the reversed coordinates of beta): the non-finite rule looks there,
+        // and the row maximum too, so that a +inf no path uses cannot stall the shifts
+        const int blo = feasible ? S - 2 * (Tn - step) : 0, bhi = feasible ? 2 * step + 2 : S;
 #pragma unroll
         for (int j = 0; j < K; ++j) {
-            // undefined input: NaN or +inf in a column this sequence reads, in a valid frame
-            if (col[j] >= 0 && !(e_cur[j] < fctc_lim<A>::pinf())) undefined = 1;
+            const bool in_band = s0 + j >= blo && s0 + j < bhi;
+            // the non-finite rule: NaN or +inf in a cell the sequence reads, in its band
+            if (in_band && col[j] >= 0 && !(e_cur[j] < fctc_lim<A>::pinf())) undefined = 1;
             A b;  // the row's log-add-exp part, shifted by the previous row's maximum
             if (step == 0) {
                 b = s0 + j < 2 ? (A)0 : NINF;
@@ -434,7 +450,7 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
             }
             nv[j] = b == NINF ? NINF : e_cur[j] + b;
             stored[j] = rev ? b : nv[j];
-            best = fctc_nmax(best, nv[j]);
+            if (in_band) best = fctc_nmax(best, nv[j]);
         }
         // maxima of earlier rows, independent of this row's arithmetic above
         A wm = lb_prev;  // row step - 1: this warp's maximum
@@ -482,31 +498,19 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     }
     fctc_group_sync<WARP>();
     double ll;
-    if (L > Lc) ll = fctc_lim<double>::ninf();  // longer than T: cannot fit
-    else if (Tn == 0) ll = L == 0 ? 0.0 : fctc_lim<double>::ninf();
+    if (!feasible) ll = fctc_lim<double>::ninf();
+    else if (Tn == 0) ll = 0.0;  // (L == 0: feasible)
     else {
         const A u = fin[0], w = S > 1 ? fin[1] : NINF;
         const A m = fctc_max(u, w);
         ll = m == NINF ? fctc_lim<double>::ninf() : (double)(m + log(exp(u - m) + exp(w - m))) + off;
     }
-    // undefined inputs give a NaN cost and NaN gradient rows: a NaN or +inf in a column
-    // the sequence reads (any valid frame), and the CPU engine's rule for a cost that is
-    // not finite: a NaN or +inf anywhere in a valid frame, or a logits frame without a
-    // finite score
+    // the non-finite rule (the CPU engine's): a feasible sequence with a NaN or +inf in a
+    // cell it reads in its band (logits: anywhere in the frame, through the log-sum-exp;
+    // a frame with no finite score too) has cost NaN and NaN gradient rows
     int status = FCTC_OK;
+    if (fctc_group_sum<WARP>(feasible ? undefined : 0, red) != 0) status = FCTC_UNDEFINED;
     const A cost = (A)(-ll);
-    fctc_i64 bad = undefined;
-    if (!fctc_finite(cost)) {  // (uniform across the group)
-        if (a.from_logits) {
-            for (int t = gtid; t < Tn; t += gsize) bad |= !fctc_finite(lse[(fctc_i64)t * a.N + n]);
-        } else {
-            for (fctc_i64 i = gtid; i < (fctc_i64)Tn * C; i += gsize) {
-                const A x = (A)fctc_load(acts + (i / C) * a.st_t + (fctc_i64)n * a.st_n + i % C);
-                bad |= !(x < fctc_lim<A>::pinf());  // NaN and +inf both fail
-            }
-        }
-    }
-    if (fctc_group_sum<WARP>(bad, red) != 0) status = FCTC_UNDEFINED;
     if (gtid == 0) {
         costs[n] = status == FCTC_UNDEFINED ? fctc_lim<A>::nan() : cost;
         a.ws_info[4 * n + 0] = L; a.ws_info[4 * n + 1] = Tn;
@@ -554,7 +558,10 @@ FCTC_DEV void fctc_gradient(const fctc_args &a) {
     const A *arow = (const A *)a.ws_alpha + ((fctc_i64)n * a.T + t) * a.W;
     const A *brow = (const A *)a.ws_beta + ((fctc_i64)n * a.T + t) * a.W;
     const A gofs = (A)(a.ws_offa[(fctc_i64)n * a.T + t] + a.ws_offb[(fctc_i64)n * a.T + t] - ll);
-#define FCTC_OCC(s) fctc_exp(arow[s] + brow[s] + gofs)
+    // a state off every complete path has alpha or beta -inf: occupancy 0, whatever the
+    // other side holds (a NaN or +inf score no path reads must not leak in)
+#define FCTC_OCC(s) ((arow[s] == fctc_lim<A>::ninf() || brow[s] == fctc_lim<A>::ninf()) ? (A)0 \
+                     : fctc_exp(arow[s] + brow[s] + gofs))
     // blank occupancy: chunk k sums the even states of [64 k, 64 k + 64) in order, then
     // the chunks are summed in order (the same sum whatever the launch)
     const int chunks = (S + 63) >> 6;
