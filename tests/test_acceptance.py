@@ -131,7 +131,7 @@ def test_numpy_api_random_parity_with_torch(simd_level, seed):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
         loss, grad = fastctc.ctc_loss_and_grad(*args, **kw)
         # same value to rounding: a gradient call on fewer sequences than threads computes
-        # log p where its forward and backward halves meet (see trellis.inl)
+        # log p where its forward and backward halves meet (see detail/trellis.h)
         np.testing.assert_allclose(loss, got, rtol=1e-13 if lp.dtype == np.float64 else 1e-6)
         assert grad.shape == lp.shape and grad.dtype == lp.dtype
         per_seq = F.ctc_loss(torch.tensor(lp), torch.tensor(tg), torch.tensor(il), torch.tensor(tl),

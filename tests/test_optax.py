@@ -67,7 +67,7 @@ def _tol(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("eps", [-1e5, -6.0])
 def test_matches_optax(seed, dtype, eps):
-    """Default path (the engine where optax's recurrence is ordinary CTC, optax.inl for
+    """Default path (the engine where optax's recurrence is ordinary CTC, detail/optax.h for
     the rest): loss and gradient match optax everywhere; forward probabilities match
     wherever an alignment reaches the state, and hold log_epsilon (+ log 2 after the last
     row's final transition) where none does, optax having log_epsilon plus log-probs."""

@@ -280,7 +280,7 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
         max_l = max(max_l, label_lengths[n] if want_alpha else min(label_lengths[n], input_lengths[n]))
     # The team: capped at the usable processors, at what the OS can create, 1 in a forked
     # child (threads.h).  Results do not depend on it: with fewer sequences than threads,
-    # each is split over two threads (bit-identical to one thread, trellis.inl).
+    # each is split over two threads (bit-identical to one thread, detail/trellis.h).
     team = fctc_team_cap(max(1, num_threads))
     split = want_grad and not want_alpha and N < team
     n_threads = 1 if split else min(team, N)
@@ -299,7 +299,7 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
         alpha_ptr = <char *>_data(alpha_obj)
     if split or n_threads == 1:
         # Fewer sequences than threads: one at a time, each split over two threads (the
-        # forward and backward halves run at once; see trellis.inl), no nested regions.
+        # forward and backward halves run at once; see detail/trellis.h), no nested regions.
         # One thread: no parallel region at all (a forked child must not start one).
         with nogil:
             for n in range(N):

@@ -15,10 +15,10 @@ its docstring says (T, B, N+1) for both forward-probability arrays, but the code
 (T, B, N) for logalpha_nonblank, and so do we.  The last row of logalpha_blank includes the
 final epsilon transition, as optax's does.
 
-Computed by include/fastctc/optax_batch.inl through fastctc._optax_core: the SIMD engine
+Computed by include/fastctc/detail/optax_batch.h through fastctc._optax_core: the SIMD engine
 (fastctc_sequence_*) wherever optax's recurrence is ordinary CTC (log_epsilon <= -100,
 0/1 paddings, labels that fit and lie in [0, K)), optax's literal recurrence
-(include/fastctc/optax.inl) for every other sequence, or for all of them with exact=True.
+(include/fastctc/detail/optax.h) for every other sequence, or for all of them with exact=True.
 On the engine's route, states of the forward probabilities that no alignment reaches hold
 log_epsilon (optax: log_epsilon plus the log-probabilities of the frames so far); the
 rest agrees with optax within rounding (docs/jax.md).  Arrays are read in place through

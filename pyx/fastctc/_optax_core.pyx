@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """fastctc._optax_core: compiled bridge for optax's CTC semantics on fastctc's engine.
 
-Two doors into the same C driver (include/fastctc/optax_batch.inl, which runs the SIMD
-engine of fastctc_sequence_* and falls back to optax's literal recurrence, optax.inl,
+Two doors into the same C driver (include/fastctc/detail/optax_batch.h, which runs the SIMD
+engine of fastctc_sequence_* and falls back to optax's literal recurrence, detail/optax.h,
 only where the engine cannot give optax's numbers):
 
 * ``run``: NumPy arrays validated by fastctc._optax, read in place through their strides
@@ -23,16 +23,16 @@ cdef extern from *:
     """
     #include "fastctc/fastctc.h"
     #define FCTC_USE_F32
-    #include "fastctc/template.h"
+    #include "fastctc/detail/template.h"
     #define FCTC_OX_LOG1P log1pf
-    #include "fastctc/optax.inl"
-    #include "fastctc/optax_batch.inl"
+    #include "fastctc/detail/optax.h"
+    #include "fastctc/detail/optax_batch.h"
     #undef FCTC_OX_LOG1P
     #define FCTC_USE_F64
-    #include "fastctc/template.h"
+    #include "fastctc/detail/template.h"
     #define FCTC_OX_LOG1P log1p
-    #include "fastctc/optax.inl"
-    #include "fastctc/optax_batch.inl"
+    #include "fastctc/detail/optax.h"
+    #include "fastctc/detail/optax_batch.h"
     #undef FCTC_OX_LOG1P
     #include "_xla_ffi.h"
     static void *fctc_xla_handler_address(void) { return (void *)&fctc_xla_optax_ctc; }

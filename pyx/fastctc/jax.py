@@ -8,7 +8,7 @@ The loss is an XLA custom call (jax.ffi.ffi_call, target "fastctc_optax_ctc", CP
 handler is C code inside fastctc's compiled extension (pyx/fastctc/_xla_ffi.h), registered
 with jax.ffi.register_ffi_target once, when this module is imported.  Compiled JAX code calls
 it directly, with no Python and no host callback on the way; it runs the same engine as
-fastctc.ctc_loss (include/fastctc/optax_batch.inl maps optax's semantics onto it).
+fastctc.ctc_loss (include/fastctc/detail/optax_batch.h maps optax's semantics onto it).
 
 - jax.jit: yes.  jax.vmap: vmap_method="broadcast_all", so a vmapped call is one call over
   the mapped batch (log_epsilon may be mapped too).  jax.grad: a jax.custom_vjp whose

@@ -12,16 +12,16 @@
 #define FASTCTC_STATIC
 #include "fastctc/fastctc.h"
 #define FCTC_USE_F32
-#include "fastctc/template.h"
+#include "fastctc/detail/template.h"
 #define FCTC_OX_LOG1P log1pf
-#include "fastctc/optax.inl"
-#include "fastctc/optax_batch.inl"
+#include "fastctc/detail/optax.h"
+#include "fastctc/detail/optax_batch.h"
 #undef FCTC_OX_LOG1P
 #define FCTC_USE_F64
-#include "fastctc/template.h"
+#include "fastctc/detail/template.h"
 #define FCTC_OX_LOG1P log1p
-#include "fastctc/optax.inl"
-#include "fastctc/optax_batch.inl"
+#include "fastctc/detail/optax.h"
+#include "fastctc/detail/optax_batch.h"
 #undef FCTC_OX_LOG1P
 #include "_xla_ffi.h"
 

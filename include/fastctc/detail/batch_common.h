@@ -1,4 +1,4 @@
-/* fastctc/batch_common.h: argument checks and workspace sizing shared by the float and
+/* fastctc/detail/batch_common.h: argument checks and workspace sizing shared by the float and
  * double batch entry points (fastctc_loss_f32/_f64).  Internal header.
  *
  * Workspace layout: [per-thread scratch] x threads, then minibatch label offsets

@@ -1,4 +1,4 @@
-/* fastctc/optax_batch.inl: optax's CTC (optax.ctc_loss / ctc_loss_with_forward_probs
+/* fastctc/detail/optax_batch.h: optax's CTC (optax.ctc_loss / ctc_loss_with_forward_probs
  * semantics) over a batch, on the SIMD engine of fastctc_sequence_*; the driver behind
  * fastctc.optax_ctc_loss, fastctc.ctc_loss_with_forward_probs and the XLA FFI handler of
  * fastctc.jax.  Written once for float and double.
@@ -21,7 +21,7 @@
  * labels too); a state no alignment reaches (-inf there) is written as log_epsilon, where
  * optax holds log_epsilon plus the log-probabilities of the frames so far.
  *
- * Everything else takes optax's own recurrence, computed literally (optax.inl, scalar):
+ * Everything else takes optax's own recurrence, computed literally (optax.h, scalar):
  * labels that cannot fit the valid frames (optax's finite loss of about -log_epsilon is
  * wanted, not +inf), log_epsilon above FCTC_OPTAX_FAST_EPS, paddings other than 0.0/1.0
  * (optax blends them), label lengths outside [0, N], labels outside [0, K) where the
@@ -29,7 +29,7 @@
  * logits: optax's propagation is reproduced).  `exact` sends every sequence there.
  *
  * Before including: fastctc.h with FASTCTC_IMPLEMENTATION, FCTC_USE_F32/F64 + template.h,
- * and optax.inl for the same type.  Nothing is allocated, printed or aborted inside the
+ * and optax.h for the same type.  Nothing is allocated, printed or aborted inside the
  * parallel loop: one malloc before it (per-thread scratch), freed after.
  */
 #ifndef FASTCTC_OPTAX_BATCH_ARGS
@@ -55,7 +55,7 @@ typedef struct {
     void *grad;          ptrdiff_t g_bs, g_ts;       /* out or NULL: d loss[b] / d logits */
     void *phi;           ptrdiff_t phi_bs, phi_ts;   /* out or NULL: logalpha_blank[t*phi_ts + b*phi_bs + n] */
     void *emit;          ptrdiff_t emit_bs, emit_ts; /* out (with phi): logalpha_nonblank */
-    int exact;           /* 1: every sequence through optax.inl */
+    int exact;           /* 1: every sequence through optax.h */
     int num_threads;     /* 0: OpenMP's default */
 } fctc_optax_batch_args;
 
@@ -112,7 +112,7 @@ static int FCTC_FN(fctc_optax_classify)(const fctc_optax_batch_args *a, int b, f
     return !info->contiguous;
 }
 
-/* optax's own recurrence for sequence b (optax.inl). */
+/* optax's own recurrence for sequence b (optax.h). */
 static void FCTC_FN(fctc_optax_exact_one)(const fctc_optax_batch_args *a, int b, int L, FCTC_T *work,
                                           FCTC_T *phi_tmp, FCTC_T *emit_tmp) {
     const int T = a->T, N = a->N;
@@ -138,7 +138,7 @@ static void FCTC_FN(fctc_optax_exact_one)(const fctc_optax_batch_args *a, int b,
 }
 
 /* The engine on sequence b's valid frames; returns 0 when the result is not finite (the
- * caller then reruns the sequence through optax.inl). */
+ * caller then reruns the sequence through optax.h). */
 static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, const fctc_optax_seq_info *info,
                                         void *engine_scratch, FCTC_T *xbuf, FCTC_T *gbuf, FCTC_T *abuf, int split) {
     const int T = a->T, K = a->K, N = a->N, want_alpha = a->phi != NULL;
@@ -249,7 +249,7 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
         threads = fctc_threads_for(&o, B);
 #ifdef _OPENMP
         /* Fewer sequences than threads, with a gradient: one sequence at a time, each split
-         * over two threads (forward and backward halves at once, trellis.inl), as _core does. */
+         * over two threads (forward and backward halves at once, trellis.h), as _core does. */
         if (want_grad && threads == B && B < fctc_team_cap(a->num_threads > 0 ? a->num_threads : omp_get_max_threads())) {
             split = 1;
             threads = 1;
@@ -272,7 +272,7 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
         }
         if (want_alpha) ab = fctc_ox_bytes((size_t)T * (2 * (size_t)N + 1), es);
     }
-    /* optax.inl's scratch is reserved even when every sequence is routed to the engine: a
+    /* optax.h's scratch is reserved even when every sequence is routed to the engine: a
      * non-finite engine result is redone there (it is small: about 2T(N+1) elements) */
     wk = fctc_ox_bytes((size_t)FCTC_FN(fctc_optax_work_size)(T, N), es);
     if (!want_alpha) tmp = 2 * fctc_ox_bytes((size_t)T * (size_t)(N + 1), es);

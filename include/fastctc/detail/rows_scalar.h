@@ -1,8 +1,8 @@
-/* fastctc/rows_scalar.inl: the portable (scalar) row kernels of the CTC trellis.
+/* fastctc/detail/rows_scalar.h: the portable (scalar) row kernels of the CTC trellis.
  *
- * The trellis (trellis.inl) is written against six row operations (plus two test
+ * The trellis (trellis.h) is written against six row operations (plus two test
  * hooks, exp and log over an array); each ISA provides
- * them (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) and dispatch.h picks one set
+ * them (rows_avx2.h, rows_avx512.h, rows_neon.h) and dispatch.h picks one set
  * at run time.  This file is the reference every vector version must match, and the
  * fallback on any CPU.
  *
@@ -20,7 +20,7 @@
  * with emit(s) = x[ext[s]] - emit_shift, the frame's log-probability of state s's label
  * (emit_shift is the frame's log-sum-exp in logits mode, else 0); returns max over
  * [lo, hi) of cur (-inf when the band is empty or all -inf), or NaN when an x[ext[s]] of
- * [lo, hi) is NaN or +inf (the non-finite rule's check, trellis.inl: the row kernel has
+ * [lo, hi) is NaN or +inf (the non-finite rule's check, trellis.h: the row kernel has
  * the band's emissions in registers, so it checks them at the cost of a compare).  The caller passes the
  * previous row's maximum as shift, which keeps every stored row's maximum near 0 (the
  * removed offsets are summed in double by the trellis).  tmp: a scratch row (W

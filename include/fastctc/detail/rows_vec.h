@@ -1,9 +1,9 @@
-/* fastctc/rows_vec.inl: the CTC row kernels written once against the thin vector layer.
+/* fastctc/detail/rows_vec.h: the CTC row kernels written once against the thin vector layer.
  *
- * Included by each ISA file (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) after it has
+ * Included by each ISA file (rows_avx2.h, rows_avx512.h, rows_neon.h) after it has
  * defined VT (a vector of VW FCTC_T lanes), the V_* operations, FCTC_ISA and FCTC_VTARGET
- * (the target attribute every function here carries), and after vecmath.inl.  Semantics
- * are those of rows_scalar.inl, which documents each kernel; these differ only in
+ * (the target attribute every function here carries), and after vecmath.h.  Semantics
+ * are those of rows_scalar.h, which documents each kernel; these differ only in
  * rounding (vector exp/log, summation order).
  *
  * How the rows vectorise: the states of one frame depend only on the previous frame, so
@@ -186,7 +186,7 @@ static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C
     for (; c < C; ++c) out[c] = value;
 }
 
-/* rows_scalar.inl's softmax_row: one vector exp per class, the row rescaled in cache. */
+/* rows_scalar.h's softmax_row: one vector exp per class, the row rescaled in cache. */
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out,
                                                      const FCTC_T *next) {
     const int body = C - C % VW;

@@ -1,4 +1,4 @@
-/* fastctc/trellis.inl: the CTC forward-backward for one sequence, written once.
+/* fastctc/detail/trellis.h: the CTC forward-backward for one sequence, written once.
  *
  * Design
  * ------
@@ -10,7 +10,7 @@
  * states s whose label is c of gamma(t, s).
  *
  * Each frame's row depends only on the previous row, so every row is a data-parallel
- * loop over states (the row kernels of rows_*.inl, chosen once by dispatch.h); the
+ * loop over states (the row kernels of rows_*.h, chosen once by dispatch.h); the
  * kernels gather the frame's emissions (lp(t, l'(s))) into a scratch row first, which
  * keeps the vector loops free of indirection.  The beta kernel also emits the next
  * step's beta + emission row, so each frame's emissions are gathered once per pass.
@@ -179,7 +179,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     FCTC_T *alpha_rows = FCTC_FN(fctc_carve)(&cursor, (want_grad ? (size_t)(T > 0 ? T : 1) : 2) * W);
 
     /* The rows the vector kernels gather emissions into (tmp) are read whole, their
-     * even entries discarded by a blend (rows_vec.inl): start them defined. */
+     * even entries discarded by a blend (rows_vec.h): start them defined. */
     for (s = 0; s < (int)W; ++s) emit[s] = gam[s] = 0;
     FCTC_FN(fctc_extend_labels)(job, ext, skip);
 
@@ -435,7 +435,7 @@ static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_
     }
 }
 
-FASTCTC_DEF FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *job, void *scratch, int threads) {
+FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *job, void *scratch, int threads) {
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
     int s;

@@ -1,4 +1,4 @@
-/* fastctc/threads.h: how many OpenMP threads a call may really use.  Internal header,
+/* fastctc/detail/threads.h: how many OpenMP threads a call may really use.  Internal header,
  * included by fastctc.h under FASTCTC_IMPLEMENTATION (not templated).
  *
  * Three things can make a team the runtime is asked for impossible, and the OpenMP

@@ -1,4 +1,4 @@
-/* fastctc/dispatch.h: choose the row-kernel set (scalar, AVX2+FMA, AVX-512, NEON) once.
+/* fastctc/detail/dispatch.h: choose the row-kernel set (scalar, AVX2+FMA, AVX-512, NEON) once.
  *
  * x86-64: cpuid says what the CPU implements, xgetbv says whether the OS saves the
  * wider registers; both must agree before a level is usable.  AArch64: NEON is

@@ -1,9 +1,9 @@
-/* fastctc/align.inl: CTC forced alignment (the Viterbi best path), one sequence at a
+/* fastctc/detail/align.h: CTC forced alignment (the Viterbi best path), one sequence at a
  * time and the batch C API fastctc_align_f32 / fastctc_align_f64.
  *
  * Design
  * ------
- * Same extended target as trellis.inl: l' = (blank, y1, blank, ..., yL, blank),
+ * Same extended target as trellis.h: l' = (blank, y1, blank, ..., yL, blank),
  * S = 2L + 1 states.  The trellis is the max-plus version of the forward pass:
  *     v(t, s) = max(v(t-1, s), v(t-1, s-1), v(t-1, s-2) if the skip is allowed) + lp(t, l'(s))
  * with one backpointer (0, 1 or 2 states back) kept per cell, then a walk back from the
@@ -18,7 +18,7 @@
  * order (best predecessor + emission), so exact ties are seen as ties by both.
  *
  * Band: only states in [S - 2(T - t), 2t + 2) at frame t can be reached from the start
- * and still reach an end state (the same conservative band as trellis.inl).  torchaudio
+ * and still reach an end state (the same conservative band as trellis.h).  torchaudio
  * computes a tighter band; the result is the same, because the predecessors of a state
  * that can finish can themselves finish, so the cells compared on the path are equal in
  * both.  Two -inf cells on each side of the computed band make s-1, s-2 readable.
