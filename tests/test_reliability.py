@@ -55,8 +55,17 @@ def _run_python(code, timeout=90, env_extra=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.join(ROOT, "pyx"), env.get("PYTHONPATH")] if p)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    # own session: a hang (the defect these tests guard against) must not leave forked
+    # children behind when the timeout kills the run
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, -9, out, err + f"\n(timed out after {timeout} s: a hang)")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # ---- 1. fork after OpenMP ----
