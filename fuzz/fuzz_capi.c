@@ -161,9 +161,36 @@ static void check_untouched(const void *a, size_t count, int f32, const char *wh
         if (get(a, i, f32) != SENTINEL) fail(what);
 }
 
+/* The non-finite rule (fastctc.h), restated: for a feasible sequence, a NaN or +inf in a
+ * cell it reads at one of its frames -- for log-probabilities the emission of a state s
+ * of the band S - 2(T - t) <= s < 2t + 2, for logits any column (and a frame with nothing
+ * above -inf) -- makes its cost NaN.  An infeasible sequence reads nothing. */
+static int nonfinite_rule(const problem *p, int n, const int *lab, int L, int Tn) {
+    int t, c, s, S = 2 * L + 1;
+    if (!feasible(lab, L, Tn)) return 0;
+    for (t = 0; t < Tn; ++t) {
+        const double *x = p->acts64 + ((size_t)t * p->N + n) * p->C;
+        double m = -HUGE_VAL;
+        if (p->opt.from_logits) {
+            for (c = 0; c < p->C; ++c) {
+                if (isnan(x[c]) || x[c] == HUGE_VAL) return 1;
+                if (x[c] > m) m = x[c];
+            }
+            if (m == -HUGE_VAL) return 1;
+        } else {
+            for (s = 0; s < S; ++s) {
+                double v = x[(s & 1) ? lab[s >> 1] : p->opt.blank];
+                if (s < S - 2 * (Tn - t) || s >= 2 * t + 2) continue;
+                if (isnan(v) || v == HUGE_VAL) return 1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* Contract checks on a successful call (time-major or batch-major results). */
 static void check_results(const problem *p, int f32, int batch_major, const void *grads, const void *costs) {
-    int n, t, c;
+    int n, t, c, bad;
     size_t offset = 0;
     for (n = 0; n < p->N; ++n) {
         const int *lab = p->labels + offset;
@@ -174,8 +201,13 @@ static void check_results(const problem *p, int f32, int batch_major, const void
         /* A label equal to blank is accepted, but then several alignments spell the
          * same frame sequence and the "probability" can exceed 1: no sign check. */
         for (s = 0; s < L; ++s) has_blank |= lab[s] == p->opt.blank;
-        if (!ok) {
+        bad = nonfinite_rule(p, n, lab, L, Tn);
+        if (bad) {
+            if (!isnan(cost)) fail("non-finite input, cost not NaN");
+        } else if (!ok) {
             if (p->opt.zero_infinity ? cost != 0.0 : !(cost == HUGE_VAL)) fail("infeasible sequence's cost");
+        } else if (isnan(cost)) {
+            fail("NaN cost without a non-finite input");
         }
         if (p->finite && p->opt.from_logits && !has_blank && cost < -1e-3 * (1.0 + Tn)) fail("negative cost from logits");
         if (!grads) continue;
@@ -184,7 +216,12 @@ static void check_results(const problem *p, int f32, int batch_major, const void
             for (c = 0; c < p->C; ++c) {
                 size_t i = batch_major ? ((size_t)n * p->T + t) * p->C + c : ((size_t)t * p->N + n) * p->C + c;
                 double g = get(grads, i, f32);
+                if (bad) {
+                    if (t < Tn ? !isnan(g) : g != 0.0) fail("non-finite input: gradient rows not NaN (0 past T)");
+                    continue;
+                }
                 if ((t >= Tn || !ok) && g != 0.0) fail("gradient not zero past the input length / infeasible");
+                if (isnan(g) || isinf(g)) fail("non-finite gradient entry with a clean input");
                 sum += g;
                 mag += fabs(g);
             }

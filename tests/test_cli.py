@@ -41,6 +41,15 @@ def test_version_and_info(capsys):
     assert "OpenMP" in out and "CUDA" in out
 
 
+def test_info_thread_count_grammar(capsys, monkeypatch):
+    import fastctc
+    for n, text in ((1, "1 thread by default"), (3, "3 threads by default")):
+        monkeypatch.setattr(fastctc, "info", lambda n=n: {"version": "x", "simd_level": "scalar", "openmp": True,
+                                                          "threads": n, "cuda": {}})
+        assert cli.main(["info"]) == 0
+        assert text in capsys.readouterr().out
+
+
 def test_no_command_and_unknown_option_are_usage_errors(capsys):
     assert cli.main([]) == 2
     assert cli.main(["score", "m.jsonl", "--vocab", "v", "--out", "o.jsonl", "--bogus"]) == 2

@@ -213,3 +213,68 @@ def test_regression_num_threads_beyond_c_int():
     with pytest.raises(fastctc.CTCValueError, match="num_threads"):
         fastctc.ctc_loss(lp, np.array([[1]]), [4], [1], num_threads=2**40)
     assert np.isfinite(fastctc.ctc_loss(lp, np.array([[1]]), [4], [1], num_threads=10**6))
+
+
+@st.composite
+def poisoned_problems(draw):
+    """A valid batch with NaN / +-inf cells at any positions (read columns, unread
+    columns, padding frames), any thread count."""
+    T = draw(st.integers(1, 12))
+    N = draw(st.integers(1, 4))
+    C = draw(st.integers(2, 7))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    acts = rng.normal(size=(T, N, C)).astype(dtype) * 2
+    for _ in range(draw(st.integers(0, 3))):
+        t, n, c = (draw(st.integers(0, d - 1)) for d in (T, N, C))
+        acts[t, n, c] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    il = rng.integers(0, T + 1, size=N)
+    tl = rng.integers(0, T + 1, size=N)
+    tg = rng.integers(1, C, size=(N, max(int(tl.max()), 1)))
+    return dict(log_probs=acts, targets=tg, input_lengths=il, target_lengths=tl,
+                from_logits=draw(st.booleans()), zero_infinity=draw(st.booleans()))
+
+
+@settings(max_examples=int(os.environ.get("FASTCTC_HYPOTHESIS_EXAMPLES", "1000")) // 4, deadline=None,
+          suppress_health_check=list(HealthCheck), derandomize=True)
+@given(poisoned_problems())
+def test_fuzz_non_finite_rule_and_thread_bits(args):
+    """The non-finite rule per sequence, and the same bits for 1, 2 and 3 threads."""
+    runs = [fastctc.ctc_loss_and_grad(**args, reduction="none", num_threads=k) for k in (1, 2, 3)]
+    loss, grad = runs[0]
+    for other_loss, other_grad in runs[1:]:
+        assert other_loss.tobytes() == loss.tobytes() and other_grad.tobytes() == grad.tobytes()
+    for n in range(loss.shape[0]):
+        T_n = int(args["input_lengths"][n])
+        rows = grad[:T_n, n]
+        assert (grad[T_n:, n] == 0).all()
+        if np.isnan(loss[n]):
+            assert np.isnan(rows).all(), "NaN loss with a clean-looking gradient"
+        else:
+            assert np.isfinite(rows).all(), "a non-NaN loss with a non-finite gradient"
+            if np.isinf(loss[n]):
+                assert (rows == 0).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.sampled_from(["targets", "input_lengths", "target_lengths", "log_probs"]), st.integers(0, 40))
+def test_fuzz_grad_out_aliasing_is_refused(which, shift):
+    """grad_out placed over any input the engine reads is refused with a named error."""
+    T, N, C, S = 6, 2, 4, 3
+    pool = np.zeros(T * N * C + 64, np.float32)
+    ints = pool.view(np.int32)
+    g0 = shift % 16
+    grad_out = pool[g0: g0 + T * N * C].reshape(T, N, C)
+    args = {"log_probs": np.log(np.full((T, N, C), 0.25, np.float32)), "targets": np.ones((N, S), np.int32),
+            "input_lengths": np.full(N, T, np.int32), "target_lengths": np.full(N, S, np.int32)}
+    size = {"targets": N * S, "input_lengths": N, "target_lengths": N, "log_probs": T * N * C}[which]
+    # anywhere that shares at least one element with grad_out
+    start = g0 - size + 1 + shift % (T * N * C + size - 1)
+    start = max(start, 0)
+    view = {"targets": lambda: ints[start:start + N * S].reshape(N, S), "input_lengths": lambda: ints[start:start + N],
+            "target_lengths": lambda: ints[start:start + N],
+            "log_probs": lambda: pool[start:start + T * N * C].reshape(T, N, C)}[which]()
+    view[...] = args[which]
+    args[which] = view
+    with pytest.raises(fastctc.CTCValueError, match="grad_out shares memory"):
+        fastctc.ctc_loss_and_grad(**args, grad_out=grad_out)

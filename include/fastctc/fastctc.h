@@ -120,7 +120,9 @@ FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, cons
  *                       element count of acts must fit PTRDIFF_MAX / 8
  *  [out] costs          minibatch values: -log p(labels_n | acts_n); +inf for an
  *                       infeasible sequence (0 with options->zero_infinity); 0 for an
- *                       empty sequence with an empty label; NaN if acts hold NaN.
+ *                       empty sequence with an empty label; NaN (never hidden by
+ *                       zero_infinity, gradient rows NaN) under the non-finite rule of
+ *                       fastctc_sequence_f32 below.
  *  [in]  workspace      caller-owned scratch of workspace_bytes bytes (any alignment),
  *                       or NULL to let the call malloc and free it.  A workspace of at
  *                       least fastctc_workspace_size() bytes runs with every thread asked
@@ -131,7 +133,10 @@ FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, cons
  *  [in]  workspace_bytes  size of workspace (ignored when it is NULL)
  *  [in]  options        may be NULL (defaults: blank 0, log-probabilities, +inf for
  *                       infeasible, OpenMP's default thread count, time-major).  At most
- *                       min(num_threads, minibatch, 1024) threads run; 1 without OpenMP.
+ *                       min(num_threads, minibatch, 1024, usable processors, what the OS
+ *                       can create) threads run; 1 without OpenMP and in a process forked
+ *                       after the library's first call (the OpenMP runtime cannot run a
+ *                       team there).
  * grads, costs and workspace must not overlap each other or any input (checked:
  * FASTCTC_INVALID_ARGUMENT), since a frame of acts is read after its gradient is written.
  * Returns FASTCTC_OK; FASTCTC_INVALID_ARGUMENT (a NULL pointer that is needed, a size,
@@ -205,15 +210,24 @@ typedef struct {
 FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad,
                                                   size_t elem_size);
 
-/* Runs one sequence; returns its negative log-likelihood (+inf when infeasible).
- * scratch: fastctc_sequence_scratch_bytes() bytes, 64-byte aligned. */
+/* Runs one sequence; returns its negative log-likelihood: +inf when infeasible (then the
+ * gradient rows are 0, whatever the values), NaN under the non-finite rule: a NaN or +inf
+ * in a cell a feasible sequence reads at one of its frames t < input_length -- with
+ * log-probabilities the emission of a state s of the band S - 2(T - t) <= s < 2t + 2
+ * (the cells a path of T frames can pass through), with logits any class of the frame (a
+ * frame with no score above -inf counts too) -- makes the cost NaN and the gradient rows
+ * [0, input_length) NaN (rows past it 0); -inf is a legal log-probability.
+ * Bit-identical results whatever the thread count.
+ * scratch: fastctc_sequence_scratch_bytes() bytes, 64-byte aligned.  Without log_alpha, a
+ * sequence whose label_length exceeds its input_length is infeasible and needs no label
+ * scratch: max_label_length may be taken over min(label_length, input_length). */
 FASTCTC_DEF float fastctc_sequence_f32(const fastctc_job_f32 *job, void *scratch);
 FASTCTC_DEF double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratch);
 
 /* ---- Forced alignment (Viterbi best path) ---- */
 
 /* The most probable CTC path of each sequence that collapses to its labels, with
- * torchaudio.functional.forced_align's tie-breaking (see align.inl), batched.
+ * torchaudio.functional.forced_align's tie-breaking (see detail/align.h), batched.
  * acts, flat_labels, label_lengths, input_lengths and options as for fastctc_loss_*
  * (options->zero_infinity is ignored; from_logits = 1 aligns log_softmax(acts)).
  *  [out] paths   minibatch * max_time labels, paths[n * max_time + t]: the class of the
@@ -224,8 +238,9 @@ FASTCTC_DEF double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratc
  *  [in]  workspace, workspace_bytes  caller-owned scratch of at least
  *                fastctc_align_workspace_size() bytes, or NULL to allocate inside
  * Returns FASTCTC_INVALID_ARGUMENT, before writing anything, also when a label equals the
- * blank or when a sequence's labels cannot fit its input length (input_lengths[n] <
- * label_lengths[n] + the number of adjacent repeated labels). */
+ * blank, when a sequence's labels cannot fit its input length (input_lengths[n] <
+ * label_lengths[n] + the number of adjacent repeated labels), or when paths, scores or
+ * the workspace overlap each other or any input. */
 FASTCTC_DEF fastctc_status fastctc_align_f32(const float *acts, const int *flat_labels, const int *label_lengths,
                                              const int *input_lengths, int max_time, int minibatch,
                                              int alphabet_size, int *paths, float *scores, void *workspace,
@@ -360,35 +375,36 @@ static int fctc_stream_rows(int rows, int C, size_t elem_size) {
     return row >= FCTC_STREAM_MIN_ROW_BYTES && (size_t)(rows > 0 ? rows : 0) * row >= FCTC_STREAM_MIN_BLOCK_BYTES;
 }
 
-#include "logmath.h"
-#include "dispatch.h"
-#include "template.h"
-#include "batch_common.h"
+#include "detail/logmath.h"
+#include "detail/dispatch.h"
+#include "detail/threads.h"
+#include "detail/template.h"
+#include "detail/batch_common.h"
 
 /* Kernel tables, the row kernels of each ISA, and the trellis, per dtype. */
 #define FCTC_USE_F32
-#include "template.h"
-#include "kernels.inl"
-#include "rows_scalar.inl"
-#include "rows_avx2.inl"
-#include "rows_avx512.inl"
-#include "rows_neon.inl"
-#include "select.inl"
-#include "trellis.inl"
-#include "batch.inl"
-#include "align.inl"
+#include "detail/template.h"
+#include "detail/kernels.h"
+#include "detail/rows_scalar.h"
+#include "detail/rows_avx2.h"
+#include "detail/rows_avx512.h"
+#include "detail/rows_neon.h"
+#include "detail/select.h"
+#include "detail/trellis.h"
+#include "detail/batch.h"
+#include "detail/align.h"
 
 #define FCTC_USE_F64
-#include "template.h"
-#include "kernels.inl"
-#include "rows_scalar.inl"
-#include "rows_avx2.inl"
-#include "rows_avx512.inl"
-#include "rows_neon.inl"
-#include "select.inl"
-#include "trellis.inl"
-#include "batch.inl"
-#include "align.inl"
+#include "detail/template.h"
+#include "detail/kernels.h"
+#include "detail/rows_scalar.h"
+#include "detail/rows_avx2.h"
+#include "detail/rows_avx512.h"
+#include "detail/rows_neon.h"
+#include "detail/select.h"
+#include "detail/trellis.h"
+#include "detail/batch.h"
+#include "detail/align.h"
 
 FASTCTC_DEF const char *fastctc_status_string(fastctc_status status) {
     switch (status) {
@@ -415,9 +431,25 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
     bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);         /* per-frame log-sum-exp */
     bytes += fctc_round_up(T * sizeof(double), FCTC_ALIGN);    /* per-row alpha offsets */
     bytes += fctc_round_up(alpha_rows * W * elem_size, FCTC_ALIGN);
-    if (want_grad) bytes += 4 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* split pass: 2nd role's rows */
     return bytes;
 }
+
+/* Scratch of one fctc_sequence_threads_* call (the split gradient pass); 0 on overflow.
+ * Internal (not part of the C API): used by the Python module's batch drivers. */
+FCTC_MAYBE_UNUSED static size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size) {
+    if (max_time < 0 || max_label_length < 0 || max_label_length > (INT_MAX - 8) / 2) return 0;
+    size_t S = 2 * (size_t)max_label_length + 1;
+    size_t W = fctc_row_width(max_label_length);
+    size_t T = max_time > 0 ? (size_t)max_time : 1;
+    if (W > (SIZE_MAX / 8) / elem_size / T) return 0;
+    size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN);
+    bytes += 7 * fctc_round_up(W * elem_size, FCTC_ALIGN);      /* skip; the roles' private rows */
+    bytes += 2 * fctc_round_up(T * W * elem_size, FCTC_ALIGN);  /* alpha and beta, whole */
+    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);          /* per-frame log-sum-exp */
+    bytes += 2 * fctc_round_up(T * sizeof(double), FCTC_ALIGN); /* alpha and beta offsets */
+    return bytes;
+}
+
 
 #ifdef __cplusplus
 }

@@ -8,7 +8,7 @@ import importlib as _importlib
 import os as _os
 
 from ._version import __version__
-from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError
+from ._validate import CTCRuntimeError, CTCTypeError, CTCTypeRuntimeError, CTCValueError, CTCValueRuntimeError
 from ._engine import ctc_loss, ctc_loss_and_grad
 
 # public name -> module that defines it (imported on first access)
@@ -24,7 +24,8 @@ _LAZY = {
 
 __all__ = [
     "__version__", "ctc_loss", "ctc_loss_and_grad", "info", "get_include",
-    "CTCValueError", "CTCTypeError", "CTCRuntimeError", *sorted(_LAZY),
+    "CTCValueError", "CTCTypeError", "CTCRuntimeError", "CTCValueRuntimeError", "CTCTypeRuntimeError",
+    *sorted(_LAZY),
 ]
 
 

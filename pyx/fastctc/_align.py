@@ -2,7 +2,7 @@
 
 * forced_align: torchaudio.functional.forced_align's contract (layout (B, T, C), outputs,
   tie-breaking, errors), but for any batch size, on the C core's Viterbi trellis
-  (include/fastctc/align.inl) with OpenMP over sequences.
+  (include/fastctc/detail/align.h) with OpenMP over sequences.
 * merge_tokens / TokenSpan: torchaudio's span merging of one frame-level path.
 * ctc_posteriors: the soft alignment, the per-frame class occupancy from the same
   forward-backward pass as the loss's gradient (in log-probs mode that gradient is
@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _align_core
 from ._engine import _ThreadBudget, run
-from ._validate import (
+from ._validate import (as_runtime_error, 
     INT32_MAX, CTCRuntimeError, CTCTypeError, CTCValueError, as_float_array, as_int_array,
     check_ctc_inputs, check_index, check_integer, check_num_threads, class_contiguous,
 )
@@ -40,25 +40,8 @@ def _lengths_or_full(x, name: str, B: int, full: int) -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, blank=0, *,
-                 num_threads=None):
-    """The most probable CTC alignment of each target, torchaudio's forced_align, batched.
-
-    log_probs: (B, T, C) float32/float64 log-probabilities (used as given, no
-        normalisation check).  targets: (B, L) int32/int64 (lists are read as int64),
-        padded past each target length.  input_lengths, target_lengths: (B,) integers or
-        None (every sequence uses all T frames / all L labels).  blank: the blank class.
-
-    Returns (paths, scores), both (B, T): paths[b, t] is the class the best path emits at
-    frame t (targets' dtype), scores[b, t] = log_probs[b, t, paths[b, t]] (log_probs'
-    dtype); past input_lengths[b]: path = blank, score = 0.  The sum of a row of scores is
-    the best path's log-probability.  Ties are broken as torchaudio breaks them.
-
-    Errors: CTCTypeError for dtypes; CTCValueError for ranks/shapes, lengths out of
-    range, a target equal to the blank or outside [0, C); CTCRuntimeError (a
-    RuntimeError, as torchaudio raises) when a target cannot fit its input length.
-    """
-    num_threads = check_num_threads(num_threads)
+def _check_align_arrays(log_probs, targets, input_lengths, target_lengths, blank):
+    """The checks torchaudio makes in C++ (shapes, dtypes, blank, lengths)."""
     lp = as_float_array(log_probs, "log_probs")
     if lp.ndim != 3:
         raise CTCValueError(f"log_probs must be 3-D (batch_size, input length, num classes), "
@@ -85,6 +68,44 @@ def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, bl
     il = _lengths_or_full(input_lengths, "input_lengths", B, T)
     tl = _lengths_or_full(target_lengths, "target_lengths", B, L)
 
+    return lp, tg, il, tl, blank
+
+
+def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, blank=0, *,
+                 num_threads=None):
+    """The most probable CTC alignment of each target, torchaudio's forced_align, batched.
+
+    log_probs: (B, T, C) float32/float64 log-probabilities (used as given, no
+        normalisation check).  targets: (B, L) int32/int64 (lists are read as int64),
+        padded past each target length.  input_lengths, target_lengths: (B,) integers or
+        None (every sequence uses all T frames / all L labels).  blank: the blank class.
+
+    Returns (paths, scores), both (B, T): paths[b, t] is the class the best path emits at
+    frame t (targets' dtype), scores[b, t] = log_probs[b, t, paths[b, t]] (log_probs'
+    dtype); past input_lengths[b]: path = blank, score = 0.  The sum of a row of scores is
+    the best path's log-probability.  Ties are broken as torchaudio breaks them.
+
+    Errors, with the classes torchaudio raises for the same case (torchaudio checks
+    shapes, dtypes, the blank and the lengths in C++, as RuntimeError, and the target
+    values in Python, as ValueError):
+      - dtypes of log_probs or targets: CTCTypeRuntimeError (a TypeError and a RuntimeError);
+      - ranks and shapes, the blank outside [0, C), lengths outside [0, T] / [0, L]:
+        CTCValueRuntimeError (a ValueError and a RuntimeError);
+      - a target that cannot fit its input length: CTCRuntimeError (a RuntimeError);
+      - a target equal to the blank or outside [0, C): CTCValueError (a ValueError).
+    """
+    num_threads = check_num_threads(num_threads)
+    try:
+        lp, tg, il, tl, blank = _check_align_arrays(log_probs, targets, input_lengths, target_lengths, blank)
+    except (CTCValueError, CTCTypeError) as exc:
+        raise as_runtime_error(exc) from None
+    B, T, C = lp.shape
+    L = tg.shape[1]
+
+    mask = np.arange(L)[None, :] < tl[:, None]
+    if lp.ndim != 3:
+        raise CTCValueError(f"log_probs must be 3-D (batch_size, input length, num classes), "
+                            f"got shape {lp.shape}")
     mask = np.arange(L)[None, :] < tl[:, None]
     is_blank = mask & (tg == blank)
     if is_blank.any():

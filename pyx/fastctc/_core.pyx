@@ -40,6 +40,10 @@ cdef extern from *:
 
 cdef extern from "fastctc/fastctc.h" nogil:
     size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad, size_t elem_size)
+    size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size)
+    int fctc_team_cap(int wanted)
+    void fctc_fork_guard_install()
+    int fctc_in_forked_child()
     int fastctc_simd_level()
     int fastctc_simd_level_supported(int level)
     const char *fastctc_simd_level_name(int level)
@@ -61,10 +65,38 @@ cdef extern from *:
     void fctc_vec_math_f32(int level, int which, const float *x, float *out, Py_ssize_t n) nogil
     void fctc_vec_math_f64(int level, int which, const double *x, double *out, Py_ssize_t n) nogil
 
-cdef enum:
-    MAX_THREADS = 1024  # cap on one call's OpenMP team
-
 SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
+
+def _warn_unknown_simd_env():
+    """FASTCTC_SIMD names a level to force; an unknown name is ignored by the C dispatch
+    (the best level runs), which must not happen silently."""
+    import os
+    import warnings
+    value = os.environ.get("FASTCTC_SIMD")
+    if not value:
+        return
+    if value not in SIMD_LEVELS:
+        warnings.warn(f"FASTCTC_SIMD={value!r} is not a SIMD level (one of {', '.join(SIMD_LEVELS)}); "
+                      f"ignored, using {simd_level()}", RuntimeWarning, stacklevel=2)
+    elif value not in simd_levels_supported():
+        warnings.warn(f"FASTCTC_SIMD={value!r}: this CPU/build cannot run it (supported: "
+                      f"{', '.join(simd_levels_supported())}); using {simd_level()}", RuntimeWarning, stacklevel=2)
+
+
+# A process forked after this import runs every call on one thread (threads.h): the
+# OpenMP runtime's inherited thread pool would hang its next parallel region.
+fctc_fork_guard_install()
+
+
+def team_size(int wanted):
+    """The OpenMP team a call asking for `wanted` threads gets (threads.h): capped at the
+    usable processors and at what the OS lets this process create; 1 in a forked child."""
+    return fctc_team_cap(max(1, wanted))
+
+
+def in_forked_child():
+    """True in a process forked after fastctc was imported (calls then run on one thread)."""
+    return bool(fctc_in_forked_child())
 
 
 def openmp_enabled():
@@ -181,8 +213,10 @@ cdef extern from *:
                         int alpha_rows, int alpha_cols, void *scratch, int threads) nogil
 
 
-cdef object _scratch(int n_threads, int max_t, int max_l, bint want_grad, size_t elem, size_t *per_thread):
-    cdef size_t one = fastctc_sequence_scratch_bytes(max_t, max_l, want_grad, elem)
+cdef object _scratch(int n_threads, int max_t, int max_l, bint want_grad, bint split, size_t elem,
+                     size_t *per_thread):
+    cdef size_t one = (fctc_split_scratch_bytes(max_t, max_l, elem) if split
+                       else fastctc_sequence_scratch_bytes(max_t, max_l, want_grad, elem))
     if one == 0:
         raise MemoryError(f"scratch for T={max_t}, L={max_l} overflows the address space")
     per_thread[0] = one
@@ -233,18 +267,24 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
     cdef char *alpha_ptr = NULL
     cdef char *costs_ptr = <char *>_data(costs_obj)
     cdef double cost
-    cdef int max_t = 0, max_l = 0
+    cdef int max_t = 0, max_l = 0, team, n_threads
+    cdef bint split
     cdef size_t per_thread = 0
     cdef unsigned char *base
     if N == 0:
         return
+    # Scratch for the longest input and label; a label longer than its input is infeasible
+    # and laid out as no trellis (fctc_scratch_label_length), except with log_alpha.
     for n in range(N):
         max_t = max(max_t, input_lengths[n])
-        max_l = max(max_l, label_lengths[n])
-    # at most one thread per sequence and at most MAX_THREADS (an OpenMP runtime that cannot
-    # create the team it is asked for ends the process)
-    n_threads = max(1, min(num_threads, N, MAX_THREADS))
-    scratch = _scratch(n_threads, max_t, max_l, want_grad, item, &per_thread)
+        max_l = max(max_l, label_lengths[n] if want_alpha else min(label_lengths[n], input_lengths[n]))
+    # The team: capped at the usable processors, at what the OS can create, 1 in a forked
+    # child (threads.h).  Results do not depend on it: with fewer sequences than threads,
+    # each is split over two threads (bit-identical to one thread, detail/trellis.h).
+    team = fctc_team_cap(max(1, num_threads))
+    split = want_grad and not want_alpha and N < team
+    n_threads = 1 if split else min(team, N)
+    scratch = _scratch(n_threads, max_t, max_l, want_grad, split, item, &per_thread)
     base = <unsigned char *>((<uintptr_t>_data(scratch) + 63) & ~(<uintptr_t>63))
     acts_ptr = <const char *>_data(acts_obj) if T > 0 and C > 0 else NULL
     if want_grad:
@@ -257,17 +297,19 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
         alpha_rows = <int>alpha_obj.shape[1]
         alpha_cols = <int>alpha_obj.shape[2]
         alpha_ptr = <char *>_data(alpha_obj)
-    if want_grad and not want_alpha and N < num_threads:
-        # Fewer sequences than threads: one at a time, each split over every thread (the
-        # forward and backward halves run at once; see trellis.inl), no nested regions.
+    if split or n_threads == 1:
+        # Fewer sequences than threads: one at a time, each split over two threads (the
+        # forward and backward halves run at once; see detail/trellis.h), no nested regions.
+        # One thread: no parallel region at all (a forked child must not start one).
         with nogil:
             for n in range(N):
                 cost = fctc_run_one(
                     is_f64, acts_ptr + n * n_stride * item if acts_ptr != NULL else NULL, t_stride,
                     &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
                     label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-                    grad_ptr + n * gn_stride * item, gt_stride, <int>T, grad_scale[n],
-                    NULL, 0, 0, 0, base, 2)
+                    grad_ptr + n * gn_stride * item if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
+                    alpha_ptr + n * an_stride * item if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
+                    base, 2 if split else 1)
                 _store_cost(costs_ptr, n, cost, is_f64)
         return
     for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
@@ -287,3 +329,6 @@ cdef inline void _store_cost(char *costs, Py_ssize_t n, double cost, bint is_f64
         (<double *>costs)[n] = cost
     else:
         (<float *>costs)[n] = <float>cost
+
+
+_warn_unknown_simd_env()   # (here: it reports the level chosen, defined above)

@@ -19,22 +19,32 @@ import threading
 
 import numpy as np
 
-from . import _core
+from . import _core, _fast
 from ._validate import (Batch, as_float_array, check_ctc_inputs, check_flag, check_grad_out, check_num_threads,
                         check_reduction)
 
+_UNIT_WEIGHTS = np.ones(256, dtype=np.float64)
+_UNIT_WEIGHTS.flags.writeable = False
 _budget_lock = threading.Lock()
 _active_calls = 0
 
 
+_cores = None  # cores this process may use, read once: the system call costs more than a tiny problem
+
+
 def default_threads() -> int:
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    global _cores
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env:
+        env = env.split(",")[0].strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+    if _cores is None:
+        try:
+            _cores = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            _cores = max(1, os.cpu_count() or 1)
+    return _cores
 
 
 class _ThreadBudget:
@@ -75,34 +85,26 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
         rows = T if alpha_rows is None else alpha_rows
         log_alpha = np.empty((N, rows, alpha_cols), dtype=dtype)
     if grad_weights is None:
-        grad_weights = np.ones(N, dtype=np.float64)
-    else:
+        # unit weights; small batches share one read-only array (np.ones costs a microsecond)
+        grad_weights = _UNIT_WEIGHTS[:N] if N <= _UNIT_WEIGHTS.shape[0] else np.ones(N, dtype=np.float64)
+    elif (type(grad_weights) is not np.ndarray or grad_weights.dtype != np.float64 or grad_weights.ndim != 1
+          or not grad_weights.flags.c_contiguous):
         grad_weights = np.ascontiguousarray(grad_weights, dtype=np.float64)
     if N == 0:
         return costs, grad, log_alpha
-    with _ThreadBudget(num_threads) as threads:
+    # _ThreadBudget's accounting, inline (the context manager costs microseconds per call)
+    global _active_calls
+    with _budget_lock:
+        _active_calls += 1
+        active = _active_calls
+    try:
+        threads = num_threads if num_threads is not None else max(1, default_threads() // active)
         _core.run_batch(acts, batch.labels, batch.offsets, batch.label_lengths, batch.input_lengths,
                         blank, bool(from_logits), grad, grad_weights, log_alpha, costs, threads)
-    _nan_in_nan_out(acts, batch.input_lengths, from_logits, costs, grad)
+    finally:
+        with _budget_lock:
+            _active_calls -= 1
     return costs, grad, log_alpha
-
-
-def _nan_in_nan_out(acts, input_lengths, from_logits, costs, grad):
-    """A sequence whose frames hold NaN or +inf (or, for logits, a frame with no finite
-    score, whose log_softmax is undefined) has an undefined loss: NaN, as PyTorch gives,
-    with NaN gradient rows.  The trellis's max-shifted log-add-exp can turn such inputs
-    into +inf instead, which zero_infinity would then silently turn into 0.  Only
-    sequences already reported +inf are inspected, so feasible batches pay nothing."""
-    suspects = np.flatnonzero(np.isposinf(costs))
-    for n in suspects.tolist():
-        frames = acts[: int(input_lengths[n]), n, :]
-        undefined = not np.all(frames < np.inf)  # NaN and +inf both fail `< inf`
-        if not undefined and from_logits and frames.size:
-            undefined = bool((frames.max(axis=-1) == -np.inf).any())
-        if undefined:
-            costs[n] = np.nan
-            if grad is not None:
-                grad[: int(input_lengths[n]), n, :] = np.nan
 
 
 def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_infinity: bool):
@@ -124,17 +126,28 @@ def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_i
 
 def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
              from_logits, num_threads):
-    reduction = check_reduction(reduction)
-    zero_infinity = check_flag(zero_infinity, "zero_infinity")
-    from_logits = check_flag(from_logits, "from_logits")
-    num_threads = check_num_threads(num_threads)
-    batch, blank = check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
-                                    acts_name="logits" if from_logits else "log_probs")
+    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
+        reduction = check_reduction(reduction)
+    if type(zero_infinity) is not bool:
+        zero_infinity = check_flag(zero_infinity, "zero_infinity")
+    if type(from_logits) is not bool:
+        from_logits = check_flag(from_logits, "from_logits")
+    if num_threads is not None:
+        num_threads = check_num_threads(num_threads)
+    # the compiled check takes the common forms; anything else (or anything wrong) goes
+    # through check_ctc_inputs, which handles it or raises the documented error
+    checked = _fast.prepare(log_probs, targets, input_lengths, target_lengths, blank)
+    if checked is None:
+        checked = check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
+                                   acts_name="logits" if from_logits else "log_probs")
+    batch, blank = checked
     return batch, blank, reduction, zero_infinity, from_logits, num_threads
 
 
 def _on_gpu(log_probs) -> bool:
     """True when the activations live on a CUDA device (the GPU path takes the call)."""
+    if type(log_probs) is np.ndarray:
+        return False
     mod = type(log_probs).__module__.split(".")[0]
     if mod == "numpy" or isinstance(log_probs, (list, tuple)):
         return False
@@ -175,7 +188,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
     costs, _, _ = run(batch, blank, from_logits, num_threads=num_threads)
-    loss, _ = _reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    loss = _fast.reduce(costs, batch.label_lengths, reduction, zero_infinity)
     if batch.unbatched and reduction == "none":
         loss = loss.reshape(())
     return loss
@@ -213,7 +226,10 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     if grad_out is not None:
         acts_name = "logits" if from_logits else "log_probs"
         views = (batch.acts, as_float_array(log_probs, acts_name))
-        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views)
+        others = [("targets", targets), ("targets", batch.labels), ("input_lengths", input_lengths),
+                  ("input_lengths", batch.input_lengths), ("target_lengths", target_lengths),
+                  ("target_lengths", batch.label_lengths)]
+        grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views, others)
         engine_grad = grad_out[:, None, :] if batch.unbatched else grad_out
     # Weights depend only on the reduction and the lengths, so they are known before the pass.
     _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)

@@ -30,6 +30,26 @@ class CTCRuntimeError(RuntimeError):
     """A run-time condition documented as RuntimeError by the API being matched."""
 
 
+class CTCValueRuntimeError(CTCValueError, CTCRuntimeError):
+    """A bad value or shape that the API being matched reports as RuntimeError (torch's
+    and torchaudio's C++ checks): `except ValueError` and `except RuntimeError` both
+    catch it."""
+
+
+class CTCTypeRuntimeError(CTCTypeError, CTCRuntimeError):
+    """A bad type or dtype that the API being matched reports as RuntimeError: `except
+    TypeError` and `except RuntimeError` both catch it."""
+
+
+def as_runtime_error(exc: Exception) -> Exception:
+    """The same message as a class that is also a RuntimeError (for the checks a peer API
+    makes in C++, which raise RuntimeError there)."""
+    if isinstance(exc, RuntimeError):
+        return exc
+    cls = CTCTypeRuntimeError if isinstance(exc, TypeError) else CTCValueRuntimeError
+    return cls(str(exc))
+
+
 @dataclass
 class Batch:
     acts: np.ndarray            # (T, N, C) float32/float64, acts.strides[2] == itemsize
@@ -236,10 +256,12 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
     return batch, blank
 
 
-def check_grad_out(grad_out, shape: tuple, dtype: np.dtype, acts_name: str, acts_views) -> np.ndarray:
+def check_grad_out(grad_out, shape: tuple, dtype: np.dtype, acts_name: str, acts_views, others=()) -> np.ndarray:
     """grad_out, when given: a writeable NumPy array of the gradient's shape and dtype,
-    with a contiguous class axis, that shares no memory with the activations (the engine
-    reads a frame after writing its gradient row, so an overlap would be silently wrong)."""
+    with a contiguous class axis, that shares no memory with anything the engine reads:
+    the activations (the engine reads a frame after writing its gradient row) and each
+    (name, array) of `others` (targets, lengths: overwritten while being read, they would
+    give wrong numbers or out-of-range labels)."""
     if not isinstance(grad_out, np.ndarray):
         raise CTCTypeError(f"grad_out must be a NumPy array (for a torch tensor, pass tensor.numpy()), "
                            f"got {type(grad_out).__name__}")
@@ -256,4 +278,8 @@ def check_grad_out(grad_out, shape: tuple, dtype: np.dtype, acts_name: str, acts
         if grad_out.size and np.may_share_memory(grad_out, other):
             raise CTCValueError(f"grad_out shares memory with {acts_name}: the gradient cannot be written "
                                 f"in place of its input")
+    for name, other in others:
+        if grad_out.size and isinstance(other, np.ndarray) and other.size and np.may_share_memory(grad_out, other):
+            raise CTCValueError(f"grad_out shares memory with {name}: the engine reads {name} while it "
+                                f"writes the gradient; pass a separate buffer")
     return grad_out

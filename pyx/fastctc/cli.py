@@ -91,7 +91,9 @@ def _info(out):
     levels = info.get("simd_levels_available") or []
     w(f"  SIMD level in use : {info.get('simd_level')}\n")
     w(f"  SIMD levels       : {', '.join(map(str, levels))}\n")
-    w(f"  OpenMP            : {'yes' if info.get('openmp') else 'no'}, {info.get('threads')} threads by default\n")
+    threads = info.get("threads")
+    w(f"  OpenMP            : {'yes' if info.get('openmp') else 'no'}, {threads} thread{'' if threads == 1 else 's'} "
+      f"by default\n")
     cuda = info.get("cuda") or {}
     if isinstance(cuda, dict):
         status = "available" if cuda.get("available") else "not available"

@@ -1,4 +1,5 @@
-"""fastctc.torch: autograd drop-ins for torch.nn.functional.ctc_loss and torch.nn.CTCLoss.
+"""fastctc.torch: autograd drop-ins for torch.nn.functional.ctc_loss and torch.nn.CTCLoss,
+and the registered torch operator `torch.ops.fastctc.ctc_loss` behind them.
 
     from fastctc.torch import ctc_loss, CTCLoss     # instead of torch.nn.functional / torch.nn
 
@@ -7,40 +8,80 @@ log_probs; padded (N, S) or concatenated 1-D targets; lengths as tensors, tuples
 lists), same reductions ('none', 'sum', 'mean': each loss divided by max(target_length, 1),
 then averaged), same forward values.
 
-CPU tensors are handed to the C engine without copying (a contiguous tensor is read in
-place through `tensor.detach().numpy()`; so is any layout whose class axis is contiguous,
-e.g. a batch-major tensor transposed to (T, N, C)).  The forward pass computes the
-gradient at the same time (one forward-backward sweep) when log_probs requires grad.
+Two routes to the same engine:
+
+* eager calls (the common case) go through a small torch.autograd.Function whose
+  argument check is compiled (fastctc._fast) and which reads CPU tensors in place, so a
+  call costs a few microseconds beyond the trellis itself.  A torch.library op costs
+  25-40 us of Python dispatch per call, more than a whole small CTC problem.
+* under torch.compile / torch.export (and for tensor subclasses such as FakeTensor) the
+  call is the registered custom op `fastctc::ctc_loss` (torch.library.custom_op with a fake
+  kernel for shapes, an autograd formula and an autocast rule), so compiled models trace
+  it with no graph break, with dynamic batch and time sizes.
 
 Gradient: the true derivative d loss / d log_probs, so torch.autograd.gradcheck passes in
 float64.  PyTorch's own CTC backward returns that plus exp(log_probs) (it assumes the
 inputs are normalised); after a log_softmax both give the same gradient with respect to
-the logits.  Infinite losses (targets that cannot fit) have zero gradient rows.
+the logits.  Infinite losses (targets that cannot fit) have zero gradient rows.  There is
+no second derivative: a double backward through the loss raises RuntimeError, as PyTorch's
+does (it never returns a silently wrong Hessian).
 
-CUDA tensors go to fastctc._cuda.run_device when the GPU path is available; otherwise a
-RuntimeError says why it is not.
+Dtypes: float32 and float64 are computed as given; float16 and bfloat16 are computed in
+float32 (the loss is float32, the gradient comes back in the input's dtype), and under
+torch.autocast the op runs in float32.
+
+Errors: every input error is a fastctc error that is also a RuntimeError
+(CTCValueRuntimeError / CTCTypeRuntimeError: subclasses of ValueError / TypeError and of
+RuntimeError, the class torch.nn.functional.ctc_loss raises for bad lengths, shapes and
+dtypes), so `except RuntimeError` keeps working.  Empty
+log_probs (T, N or C zero) raise as PyTorch 2.13 does.
+
+CUDA tensors go to fastctc._cuda.run_device when the GPU path is available (see
+_cuda_costs); otherwise a RuntimeError says why it is not.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from . import _engine
-from ._validate import (CTCRuntimeError, CTCTypeError, check_ctc_inputs, check_flag, check_num_threads,
-                        check_reduction)
+from . import _engine, _fast
+from ._validate import (CTCRuntimeError, CTCTypeError, CTCTypeRuntimeError, CTCValueError, CTCValueRuntimeError,
+                        as_runtime_error, check_ctc_inputs, check_flag, check_num_threads, check_reduction)
 
 __all__ = ["ctc_loss", "CTCLoss", "gpu_status"]
+
+_HALF = (torch.float16, torch.bfloat16)
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_REDUCTIONS = ("none", "mean", "sum")
+_NO_SECOND_DERIVATIVE = (
+    "fastctc.torch: the CTC loss has no second derivative (its gradient is computed by the engine, "
+    "not by differentiable torch operations); a double backward (create_graph=True followed by "
+    "another backward) through it is not supported, as PyTorch's own "
+    "'derivative for aten::_ctc_loss_backward is not implemented'")
 
 
 def _host_ints(x, name):
     """Targets or lengths as a NumPy integer array (tensors copied to the host if on a device)."""
     if isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise CTCTypeError(f"{name} must hold integers, got dtype {x.dtype}")
-        return x.detach().cpu().numpy()
+            raise CTCTypeRuntimeError(f"{name} must hold integers, got dtype {x.dtype}")
+        return x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
     if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
         return np.asarray(x)
     return x  # sequences and arrays: the validator checks them
+
+
+def _cpu_ints(x, name):
+    """_host_ints, with the common case (a CPU integer tensor) first and cheapest: its
+    NumPy view (a float or bool one is then rejected by the validator's dtype check)."""
+    if type(x) is torch.Tensor:
+        try:
+            arr = x.numpy()  # raises for CUDA tensors; integer tensors cannot require grad
+        except Exception:
+            return _host_ints(x, name)
+        if arr.dtype.kind in "iu":
+            return arr
+    return _host_ints(x, name)
 
 
 def gpu_status():
@@ -58,35 +99,66 @@ def gpu_status():
     return True, ""
 
 
+def _check_acts(log_probs, acts_name):
+    """Type, dtype, device and emptiness of the activations (PyTorch's own first checks)."""
+    if not isinstance(log_probs, torch.Tensor):
+        raise CTCTypeError(f"{acts_name} must be a torch.Tensor, got {type(log_probs).__name__}")
+    if log_probs.dtype not in _FLOATS:
+        raise CTCTypeRuntimeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
+                                  f"torch.bfloat16, got {log_probs.dtype}")
+    if log_probs.device.type not in ("cpu", "cuda"):
+        raise CTCRuntimeError(f"{acts_name} is on device {log_probs.device}; fastctc computes on CPU and CUDA "
+                              f"tensors only")
+    if log_probs.dim() in (2, 3) and log_probs.numel() == 0:
+        # PyTorch 2.13 raises RuntimeError('log_probs tensor must not be empty') here
+        raise CTCValueRuntimeError(f"{acts_name} must not be empty (T, N and C at least 1), got shape "
+                                   f"{tuple(log_probs.shape)}")
+
+
 def _shape_probe(log_probs):
     """A tiny NumPy stand-in with log_probs' shape and dtype (for validating device tensors
     without copying them to the host): every element aliases one row of C zeros."""
-    dt = np.float32 if log_probs.dtype == torch.float32 else np.float64
+    dt = np.float64 if log_probs.dtype == torch.float64 else np.float32
     C = log_probs.shape[-1]
     row = np.zeros(max(C, 1), dtype=dt)
     strides = (0,) * (log_probs.dim() - 1) + (row.itemsize,)
     return np.lib.stride_tricks.as_strided(row, shape=tuple(log_probs.shape), strides=strides, writeable=False)
 
 
-def _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits):
-    if not isinstance(log_probs, torch.Tensor):
-        raise CTCTypeError(f"log_probs must be a torch.Tensor, got {type(log_probs).__name__}")
-    if log_probs.dtype not in (torch.float32, torch.float64):
-        raise CTCTypeError(f"log_probs must have dtype torch.float32 or torch.float64, got {log_probs.dtype}")
+def _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits, acts=None):
+    """(Batch, blank) for the engine; input errors as CTCValueRuntimeError / CTCTypeRuntimeError.
+    acts: the NumPy view of a CPU log_probs (computed by the caller), else derived here."""
     acts_name = "logits" if from_logits else "log_probs"
-    if log_probs.device.type not in ("cpu", "cuda"):
-        raise CTCRuntimeError(f"log_probs is on device {log_probs.device}; fastctc computes on CPU and CUDA "
-                              f"tensors only")
-    if log_probs.device.type == "cpu":
-        acts = log_probs.detach().numpy()  # shares memory: no copy
-    else:
-        acts = _shape_probe(log_probs)
-    return check_ctc_inputs(acts, _host_ints(targets, "targets"), _host_ints(input_lengths, "input_lengths"),
-                            _host_ints(target_lengths, "target_lengths"), blank, acts_name=acts_name)
+    try:
+        if acts is None:
+            _check_acts(log_probs, acts_name)
+            if log_probs.device.type == "cpu":
+                acts = _host_acts(log_probs).numpy()
+            else:
+                acts = _shape_probe(log_probs)
+        tg = _cpu_ints(targets, "targets")
+        il = _cpu_ints(input_lengths, "input_lengths")
+        tl = _cpu_ints(target_lengths, "target_lengths")
+        fast = _fast.prepare(acts, tg, il, tl, blank)
+        if fast is not None:
+            return fast
+        return check_ctc_inputs(acts, tg, il, tl, blank, acts_name=acts_name)
+    except (CTCValueError, CTCTypeError) as exc:
+        if isinstance(exc, RuntimeError):
+            raise
+        raise as_runtime_error(exc) from None
 
 
-def _run_device(log_probs, batch, blank, from_logits, want_grad):
-    """(costs (N,), grad (T, N, C) or None) on log_probs' device through fastctc._cuda."""
+def _host_acts(log_probs):
+    """The CPU activations the engine reads: the tensor's own memory for float32/float64
+    (no copy), a float32 copy for float16/bfloat16."""
+    acts = log_probs.detach()
+    return acts.float() if acts.dtype in _HALF else acts
+
+
+def _cuda_costs(log_probs, batch, blank, from_logits, want_grad):
+    """(costs (N,), grad like log_probs or None) on log_probs' CUDA device.  The one place
+    that calls the GPU path, so that path's entry point can change without touching the rest."""
     ok, reason = gpu_status()
     if not ok:
         raise CTCRuntimeError(f"log_probs is on {log_probs.device}, but fastctc's GPU path is unavailable: "
@@ -111,87 +183,280 @@ def _run_device(log_probs, batch, blank, from_logits, want_grad):
     return costs, grad
 
 
-def _reduce(costs, label_lengths, reduction, zero_infinity):
-    """(reduced loss, per-sequence weight of each loss in it) with PyTorch's reductions."""
-    if zero_infinity:
-        costs = torch.where(torch.isposinf(costs), torch.zeros((), dtype=costs.dtype, device=costs.device), costs)
-    N = costs.shape[0]
-    if reduction == "none":
-        return costs, None
-    if reduction == "sum":
-        return costs.sum(), None
-    divisor = label_lengths.clamp(min=1).to(device=costs.device, dtype=costs.dtype)
-    return (costs / divisor).mean(), 1.0 / (divisor * N)
+_run_device = _cuda_costs  # the name the dispatch-contract test and older callers use
+
+
+def _costs_and_grad(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad,
+                    num_threads, weights_for=None):
+    """The engine on either device: (costs tensor (N,), grad tensor like log_probs or None,
+    label_lengths ndarray, unbatched).  weights_for: a reduction whose per-sequence weights
+    the CPU engine folds into the gradient rows (saves a multiplication in backward)."""
+    acts_name = "logits" if from_logits else "log_probs"
+    try:
+        _check_acts(log_probs, acts_name)
+    except CTCTypeError as exc:
+        raise as_runtime_error(exc) from None
+    if log_probs.device.type != "cpu":
+        batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits)
+        costs, grad = _cuda_costs(log_probs, batch, blank, from_logits, want_grad)
+        if grad is not None and weights_for is not None:
+            w = torch.from_numpy(_fast.grad_weights(batch.label_lengths, weights_for)).to(grad.device, grad.dtype)
+            grad = grad * (w.reshape(1, -1, 1) if grad.dim() == 3 else w.reshape(1, 1))
+        return costs, grad, batch.label_lengths, batch.unbatched
+    acts_t = _host_acts(log_probs)
+    batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits,
+                             acts=acts_t.numpy())
+    weights = None if weights_for is None else _fast.grad_weights(batch.label_lengths, weights_for)
+    costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights,
+                                 num_threads=num_threads)
+    costs = torch.from_numpy(costs)
+    if grad is not None:
+        grad = torch.from_numpy(grad)
+        if batch.unbatched:
+            grad = grad[:, 0, :]
+        if grad.dtype != log_probs.dtype:
+            grad = grad.to(log_probs.dtype)
+    return costs, grad, batch.label_lengths, batch.unbatched
+
+
+def _check_options(reduction, zero_infinity, from_logits, num_threads):
+    if reduction not in _REDUCTIONS or type(reduction) is not str:
+        reduction = check_reduction(reduction)
+    if type(zero_infinity) is not bool:
+        zero_infinity = check_flag(zero_infinity, "zero_infinity")
+    if type(from_logits) is not bool:
+        from_logits = check_flag(from_logits, "from_logits")
+    if num_threads is not None:
+        num_threads = check_num_threads(num_threads)
+    return reduction, zero_infinity, from_logits, num_threads
+
+
+# ---------------------------------------------------------------------------------------
+# Eager route: one autograd.Function, engine gradient computed in the forward sweep.
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on a first-order gradient that depends on log_probs; differentiating it
+    again raises (the CTC gradient is not built from differentiable torch operations)."""
+
+    @staticmethod
+    def forward(ctx, grad, log_probs):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *unused):
+        raise RuntimeError(_NO_SECOND_DERIVATIVE)
+
+
+def _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank):
+    """(Batch, blank, acts dtype is the input's) for the common CPU call, or None: float32/
+    float64 CPU log_probs with CPU integer tensors, every value valid.  Kept to a handful
+    of attribute reads; anything else, valid or not, is left to _validate."""
+    if not log_probs.is_cpu or type(targets) is not torch.Tensor or type(input_lengths) is not torch.Tensor \
+            or type(target_lengths) is not torch.Tensor:
+        return None
+    dtype = log_probs.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return None
+    try:
+        return _fast.prepare(log_probs.detach().numpy(), targets.numpy(), input_lengths.numpy(),
+                             target_lengths.numpy(), blank)
+    except Exception:  # a device or a grad-requiring index tensor: the general path says what is wrong
+        return None
+
+
+def _forward(log_probs, args, want_grad):
+    """The eager computation: (loss tensor, gradient rows already weighted by the
+    reduction (like log_probs) or None).  args: (targets, input_lengths, target_lengths,
+    blank, reduction, zero_infinity, from_logits, num_threads)."""
+    targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
+    checked = _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank)
+    if checked is None:  # the general path: any device, dtype or input form, and every error
+        return _forward_general(log_probs, args, want_grad)
+    batch, blank = checked
+    weights = _fast.grad_weights(batch.label_lengths, reduction) if want_grad else None
+    costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights,
+                                 num_threads=num_threads)
+    loss = torch.from_numpy(_fast.reduce(costs, batch.label_lengths, reduction, zero_infinity))
+    if batch.unbatched:
+        if reduction == "none":
+            loss = loss.reshape(())
+        if grad is not None:
+            grad = grad[:, 0, :]
+    return loss, (None if grad is None else torch.from_numpy(grad))
+
+
+def _forward_general(log_probs, args, want_grad):
+    targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
+    costs, grad, label_lengths, unbatched = _costs_and_grad(
+        log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad, num_threads,
+        weights_for=reduction if want_grad else None)
+    if log_probs.device.type == "cpu":
+        loss = torch.from_numpy(_fast.reduce(costs.numpy(), label_lengths, reduction, zero_infinity))
+    else:
+        loss = _reduce(costs, torch.from_numpy(label_lengths).to(costs.device), reduction, zero_infinity)
+        if zero_infinity and grad is not None:
+            # keeps any GPU backend honest about zero_infinity's "and its gradient" promise
+            bad = torch.isposinf(costs)
+            grad = torch.where(bad.reshape(1, -1, 1) if grad.dim() == 3 else bad.reshape(1, 1),
+                               torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+    if unbatched and reduction == "none":
+        loss = loss.reshape(())
+    return loss, grad
 
 
 class _CTCLossFunction(torch.autograd.Function):
-    """Forward: the engine's losses (and, when needed, its per-sequence gradient rows).
-    Backward: those rows scaled by the upstream gradient of each sequence's loss."""
+    """Forward: the engine's losses and, in the same sweep, its gradient rows (weighted by
+    the reduction).  Backward: those rows times the upstream gradient.  The non-tensor
+    arguments travel as one tuple: autograd inspects every argument of apply, per call."""
 
     @staticmethod
-    def forward(ctx, log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
-                from_logits, num_threads):
-        batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits)
-        want_grad = bool(ctx.needs_input_grad[0])
-        if log_probs.device.type == "cpu":
-            costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, num_threads=num_threads)
-            costs = torch.from_numpy(costs)
-            if grad is not None:
-                grad = torch.from_numpy(grad)
-                if batch.unbatched:
-                    grad = grad[:, 0, :]
-        else:
-            costs, grad = _run_device(log_probs, batch, blank, from_logits, want_grad)
-        label_lengths = torch.from_numpy(batch.label_lengths)
-        loss, weights = _reduce(costs, label_lengths, reduction, zero_infinity)
-        if batch.unbatched and reduction == "none":
-            loss = loss.reshape(())
-        if zero_infinity and grad is not None:
-            # the engine already returns zero rows for infinite losses; this keeps any other
-            # backend honest about zero_infinity's "and its gradient" promise
-            bad = torch.isposinf(costs).to(grad.device)
-            if bad.any():
-                if batch.unbatched:
-                    grad.zero_()
-                else:
-                    grad[:, bad, :] = 0
-        ctx.reduction = reduction
-        ctx.unbatched = batch.unbatched
-        ctx.save_for_backward(grad, weights)
+    def forward(ctx, log_probs, args):
+        loss, grad = _forward(log_probs, args, True)
+        ctx.per_sequence = args[4] == "none" and log_probs.dim() == 3
+        ctx.save_for_backward(grad, log_probs)
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        grad, weights = ctx.saved_tensors
-        if grad is None:
-            return (None,) * 9
-        if ctx.reduction == "none" and not ctx.unbatched:
-            scale = grad_out.to(grad.dtype).reshape(1, -1, 1)
-        elif weights is not None:  # mean
-            w = weights.to(grad.dtype) * grad_out.to(grad.dtype)
-            scale = w.reshape(1, -1) if ctx.unbatched else w.reshape(1, -1, 1)
-            if ctx.unbatched:
-                scale = scale.reshape(())
+        grad, log_probs = ctx.saved_tensors
+        if ctx.per_sequence:
+            out = grad * grad_out.reshape(1, -1, 1)
         else:
-            scale = grad_out.to(grad.dtype)
-        return (grad * scale,) + (None,) * 8
+            out = grad * grad_out
+        if out.dtype != grad.dtype:  # half inputs: a float32 loss's gradient, back to the input dtype
+            out = out.to(grad.dtype)
+        if torch.is_grad_enabled():  # create_graph=True: mark the result as not differentiable again
+            out = _NoSecondDerivative.apply(out, log_probs)
+        return out, None
+
+
+def _reduce(costs, label_lengths, reduction, zero_infinity):
+    """PyTorch's reductions with torch operations (traceable; autograd sees the weights)."""
+    if zero_infinity:
+        costs = torch.where(torch.isposinf(costs), torch.zeros((), dtype=costs.dtype, device=costs.device), costs)
+    if reduction == "none":
+        return costs
+    if reduction == "sum":
+        return costs.sum()
+    divisor = label_lengths.reshape(-1).clamp(min=1).to(device=costs.device, dtype=costs.dtype)
+    return (costs / divisor).mean()
+
+
+# ---------------------------------------------------------------------------------------
+# Registered op route (torch.compile, torch.export, tensor subclasses).
+
+@torch.library.custom_op("fastctc::ctc_loss", mutates_args=())
+def _ctc_op(acts: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tensor,
+            target_lengths: torch.Tensor, blank: int, from_logits: bool, want_grad: bool,
+            num_threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence CTC losses (N,) (float32 for half inputs) and, when want_grad, the
+    gradient of their sum with respect to acts (acts' shape and dtype); else an empty
+    tensor.  acts: (T, N, C) or unbatched (T, C) log-probabilities (logits if from_logits)."""
+    costs, grad, _, _ = _costs_and_grad(acts, targets, input_lengths, target_lengths, blank, from_logits,
+                                        want_grad, num_threads if num_threads > 0 else None)
+    if grad is None:
+        grad = acts.new_empty(0)
+    elif grad.data_ptr() == acts.data_ptr():  # never alias an input (a custom op's contract)
+        grad = grad.clone()
+    return costs.to(acts.device), grad
+
+
+@_ctc_op.register_fake
+def _ctc_op_fake(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad, num_threads):
+    acts_name = "logits" if from_logits else "log_probs"
+    if acts.dtype not in _FLOATS:
+        raise CTCTypeRuntimeError(f"{acts_name} must have dtype torch.float32, torch.float64, torch.float16 or "
+                                  f"torch.bfloat16, got {acts.dtype}")
+    if acts.dim() not in (2, 3):
+        raise CTCValueRuntimeError(f"{acts_name} must have rank 2 or 3, shape (T, N, C) or unbatched (T, C); "
+                                   f"got shape {tuple(acts.shape)}")
+    N = acts.shape[1] if acts.dim() == 3 else 1
+    cost_dtype = torch.float32 if acts.dtype in _HALF else acts.dtype
+    costs = acts.new_empty((N,), dtype=cost_dtype)
+    grad = torch.empty_like(acts) if want_grad else acts.new_empty(0)
+    return costs, grad
+
+
+@torch.library.custom_op("fastctc::ctc_loss_backward", mutates_args=())
+def _ctc_backward_op(grad: torch.Tensor, grad_costs: torch.Tensor) -> torch.Tensor:
+    """The engine's gradient rows (T, N, C) or (T, C) times the upstream gradient of each
+    sequence's loss (N,)."""
+    scale = grad_costs.reshape(1, -1, 1) if grad.dim() == 3 else grad_costs.reshape(1, 1)
+    return (grad * scale).to(grad.dtype)
+
+
+@_ctc_backward_op.register_fake
+def _ctc_backward_op_fake(grad, grad_costs):
+    return torch.empty_like(grad)
+
+
+def _ctc_op_setup(ctx, inputs, output):
+    ctx.want_grad = inputs[6]
+    ctx.save_for_backward(output[1])
+
+
+def _ctc_op_backward(ctx, grad_costs, grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    if not ctx.want_grad:
+        raise RuntimeError("fastctc::ctc_loss was called with want_grad=False, so it has no gradient to give; "
+                           "call it with want_grad=True when acts requires grad")
+    return _ctc_backward_op(grad, grad_costs), None, None, None, None, None, None, None
+
+
+def _ctc_backward_op_backward(ctx, grad_out):
+    raise RuntimeError(_NO_SECOND_DERIVATIVE)
+
+
+_ctc_op.register_autograd(_ctc_op_backward, setup_context=_ctc_op_setup)
+_ctc_backward_op.register_autograd(_ctc_backward_op_backward)
+for _device in ("cpu", "cuda"):
+    # under autocast the op computes in float32 (as torch's own ctc_loss does)
+    torch.library.register_autocast("fastctc::ctc_loss", _device, torch.float32)
+
+
+def _index_tensor(x, device):
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(x, device=device)
+
+
+def _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                 from_logits, num_threads):
+    """ctc_loss through torch.ops.fastctc.ctc_loss (traceable by dynamo and export)."""
+    if not isinstance(log_probs, torch.Tensor):
+        raise CTCTypeError(f"{'logits' if from_logits else 'log_probs'} must be a torch.Tensor, "
+                           f"got {type(log_probs).__name__}")
+    want_grad = log_probs.requires_grad and torch.is_grad_enabled()
+    device = log_probs.device
+    targets = _index_tensor(targets, device)
+    input_lengths = _index_tensor(input_lengths, device)
+    target_lengths = _index_tensor(target_lengths, device)
+    costs, _ = torch.ops.fastctc.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank,
+                                          from_logits, want_grad, num_threads or 0)
+    loss = _reduce(costs, target_lengths, reduction, zero_infinity)
+    if log_probs.dim() == 2 and reduction == "none":
+        loss = loss.reshape(())
+    return loss
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
              zero_infinity=False, *, from_logits=False, num_threads=None):
-    """torch.nn.functional.ctc_loss, computed by fastctc (autograd-aware).
+    """torch.nn.functional.ctc_loss, computed by fastctc (autograd-aware, torch.compile-able).
 
     Extra keyword-only options: from_logits=True reads log_probs as unnormalised scores and
-    fuses the log_softmax (the gradient is then d loss / d logits); num_threads caps the
-    CPU threads used for this call.
+    fuses the log_softmax (the gradient is then d loss / d logits; on large alphabets this
+    saves the whole log_softmax backward); num_threads caps the CPU threads of this call.
     """
-    reduction = check_reduction(reduction)
-    zero_infinity = check_flag(zero_infinity, "zero_infinity")
-    from_logits = check_flag(from_logits, "from_logits")
-    num_threads = check_num_threads(num_threads)
-    return _CTCLossFunction.apply(log_probs, targets, input_lengths, target_lengths, blank, reduction,
-                                  zero_infinity, from_logits, num_threads)
+    reduction, zero_infinity, from_logits, num_threads = _check_options(reduction, zero_infinity, from_logits,
+                                                                       num_threads)
+    if torch.compiler.is_compiling() or (type(log_probs) is not torch.Tensor
+                                         and not isinstance(log_probs, torch.nn.Parameter)):
+        return _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                            zero_infinity, from_logits, num_threads)
+    args = (targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads)
+    if log_probs.requires_grad and torch.is_grad_enabled():
+        return _CTCLossFunction.apply(log_probs, args)
+    return _forward(log_probs, args, False)[0]  # nothing to differentiate: no autograd node
 
 
 class CTCLoss(torch.nn.Module):

@@ -114,6 +114,51 @@ static void test_status_strings(void) {
     CHECK(fastctc_status_string((fastctc_status)42) != NULL, "unknown status gives NULL");
 }
 
+/* Out-of-range SIMD levels are not levels: refused, never "supported". */
+static void test_simd_level_ranges(void) {
+    int bad[6] = {-1, -5, 4, 5, 100, -2147483647 - 1}, i, current = fastctc_simd_level();
+    for (i = 0; i < 6; ++i) {
+        CHECK(fastctc_simd_level_supported(bad[i]) == 0, "level %d reported supported", bad[i]);
+        CHECK(fastctc_simd_set_level(bad[i]) == FASTCTC_INVALID_ARGUMENT, "set_level(%d) accepted", bad[i]);
+    }
+    CHECK(fastctc_simd_level() == current, "a refused set_level changed the level");
+    CHECK(fastctc_simd_level_supported(FASTCTC_SIMD_SCALAR) == 1, "scalar not supported");
+}
+
+/* fastctc_align's outputs may not overlap its inputs: refused before anything is written. */
+static void test_align_overlaps(void) {
+    enum { T = 4, C = 3 };
+    /* one buffer holding acts (T * C floats), then room the outputs may alias */
+    float buf[T * C + 16];
+    int ibuf[32], labels[2] = {1, 2}, ll[1] = {2}, il[1] = {T}, paths[T], i;
+    float scores[T];
+    for (i = 0; i < T * C; ++i) buf[i] = -1.0986123f;
+    for (i = 0; i < 32; ++i) ibuf[i] = 0;
+    CHECK(fastctc_align_f32(buf, labels, ll, il, T, 1, C, paths, scores, NULL, 0, NULL) == FASTCTC_OK,
+          "plain align failed");
+    /* scores over acts */
+    CHECK(fastctc_align_f32(buf, labels, ll, il, T, 1, C, paths, buf + 2, NULL, 0, NULL) == FASTCTC_INVALID_ARGUMENT,
+          "scores overlapping acts accepted");
+    /* paths over the labels, over input_lengths, over label_lengths */
+    ibuf[0] = 1;
+    ibuf[1] = 2;
+    ibuf[4] = T;
+    ibuf[5] = 2;
+    CHECK(fastctc_align_f32(buf, ibuf, ll, il, T, 1, C, ibuf, scores, NULL, 0, NULL) == FASTCTC_INVALID_ARGUMENT,
+          "paths overlapping flat_labels accepted");
+    CHECK(ibuf[0] == 1 && ibuf[1] == 2, "a refused call wrote paths");
+    CHECK(fastctc_align_f32(buf, labels, ll, ibuf + 4, T, 1, C, ibuf + 2, scores, NULL, 0, NULL) ==
+              FASTCTC_INVALID_ARGUMENT,
+          "paths overlapping input_lengths accepted");
+    CHECK(fastctc_align_f32(buf, labels, ibuf + 5, il, T, 1, C, ibuf + 2, scores, NULL, 0, NULL) ==
+              FASTCTC_INVALID_ARGUMENT,
+          "paths overlapping label_lengths accepted");
+    /* paths over scores */
+    CHECK(fastctc_align_f32(buf, labels, ll, il, T, 1, C, (int *)scores, scores, NULL, 0, NULL) ==
+              FASTCTC_INVALID_ARGUMENT,
+          "paths overlapping scores accepted");
+}
+
 /* Workspace modes: 0 internal, 1 exact caller-owned, 2 caller-owned at an odd address. */
 static void graves_case(int f32, int batch_major, int from_logits, int threads, int ws_mode) {
     double acts[60], grads[60], costs[2];
@@ -356,6 +401,8 @@ static void test_workspace_too_small(int f32) {
 int main(void) {
     int f32, bm, lg, th, ws;
     test_status_strings();
+    test_simd_level_ranges();
+    test_align_overlaps();
     test_empty();
     for (f32 = 0; f32 < 2; ++f32) {
         for (bm = 0; bm < 2; ++bm)

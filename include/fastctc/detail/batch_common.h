@@ -1,4 +1,4 @@
-/* fastctc/batch_common.h: argument checks and workspace sizing shared by the float and
+/* fastctc/detail/batch_common.h: argument checks and workspace sizing shared by the float and
  * double batch entry points (fastctc_loss_f32/_f64).  Internal header.
  *
  * Workspace layout: [per-thread scratch] x threads, then minibatch label offsets
@@ -12,25 +12,36 @@
 
 static const fastctc_options fctc_default_options = {0, 0, 0, 0, 0};
 
-/* More threads than this are never started, whatever num_threads says: a huge request
- * would otherwise make the OpenMP runtime fail to create threads, and it has no way to
- * report that except by ending the process. */
-#define FCTC_MAX_THREADS 1024
-
 /* Threads a call with this many sequences uses: the request (or the OpenMP default),
- * at most one per sequence, at most FCTC_MAX_THREADS, 1 without OpenMP. */
+ * at most one per sequence, capped by fctc_team_cap (threads.h); 1 without OpenMP. */
 static int fctc_threads_for(const fastctc_options *o, int minibatch) {
 #ifdef _OPENMP
     int t = o->num_threads > 0 ? o->num_threads : omp_get_max_threads();
     if (t > minibatch) t = minibatch;
-    if (t > FCTC_MAX_THREADS) t = FCTC_MAX_THREADS;
-    return t > 0 ? t : 1;
+    return fctc_team_cap(t);
 #else
     (void)o;
     (void)minibatch;
     return 1;
 #endif
 }
+
+/* Adjacent repeated labels: each needs a blank between, hence one extra frame. */
+static int fctc_count_repeats(const int *labels, int L) {
+    int r = 0;
+    for (int i = 1; i < L; ++i) r += labels[i] == labels[i - 1];
+    return r;
+}
+
+/* A sequence is feasible (has at least one alignment) iff T >= L + repeats. */
+static int fctc_feasible(int T, int L, const int *labels) {
+    return L <= T && T - L >= fctc_count_repeats(labels, L);
+}
+
+/* The label length a call's scratch must hold for a sequence: a target that cannot fit
+ * its input (L > T) is infeasible and is never laid out as a trellis, so it needs no
+ * more than T (a 2e6-label target on 2000 frames must not ask for gigabytes). */
+static int fctc_scratch_label_length(int T, int L) { return L < T ? L : (T > 0 ? T : 0); }
 
 /* Checks sizes, lengths and options, finds the longest input and label and the number of
  * labels; 0 when all is well. */
@@ -61,7 +72,8 @@ static int fctc_check_sizes(const int *label_lengths, const int *input_lengths, 
         if (input_lengths[n] < 0 || input_lengths[n] > max_time) return 1;
         if (label_lengths[n] < 0 || label_lengths[n] > (INT_MAX - 8) / 2) return 1;
         if (input_lengths[n] > *longest_input) *longest_input = input_lengths[n];
-        if (label_lengths[n] > *longest_label) *longest_label = label_lengths[n];
+        if (fctc_scratch_label_length(input_lengths[n], label_lengths[n]) > *longest_label)
+            *longest_label = fctc_scratch_label_length(input_lengths[n], label_lengths[n]);
         if ((size_t)label_lengths[n] > (size_t)PTRDIFF_MAX / sizeof(int) - *total_labels) return 1;
         *total_labels += (size_t)label_lengths[n];
     }

@@ -1,4 +1,4 @@
-/* fastctc/logmath.h: scalar log-space helpers shared by every kernel.
+/* fastctc/detail/logmath.h: scalar log-space helpers shared by every kernel.
  *
  * CTC probabilities underflow after a few frames, so the whole trellis works with
  * log-probabilities.  Sums of probabilities become log-add-exp, always evaluated as

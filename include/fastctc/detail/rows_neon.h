@@ -1,9 +1,9 @@
-/* fastctc/rows_neon.inl: the AArch64 NEON vector layer (4 floats / 2 doubles per vector)
- * and, through vecmath.inl and rows_vec.inl, the NEON row kernels and their table
+/* fastctc/detail/rows_neon.h: the AArch64 NEON vector layer (4 floats / 2 doubles per vector)
+ * and, through vecmath.h and rows_vec.h, the NEON row kernels and their table
  * fctc_kernels_neon_<dtype>.  NEON is architectural on AArch64, so no target attribute is
  * needed and dispatch.h chooses it at compile time.  vmaxq/vminq propagate NaN from
  * either operand (stricter than the x86 rule the shared code assumes, never weaker).
- * Exponent split/build through the bit patterns, as in rows_avx2.inl.  Instantiated for
+ * Exponent split/build through the bit patterns, as in rows_avx2.h.  Instantiated for
  * float and double.
  */
 #ifdef FCTC_HAVE_NEON_KERNELS
@@ -87,7 +87,7 @@ static inline float32x4_t fctc_neon_frexp_f32(float32x4_t x, float32x4_t *e) {
 #define V_HSUM(v) vaddvq_f32(v)
 #endif
 
-#include "vecmath.inl"
-#include "rows_vec.inl"
+#include "vecmath.h"
+#include "rows_vec.h"
 #include "vec_undef.h"
 #endif /* FCTC_HAVE_NEON_KERNELS */

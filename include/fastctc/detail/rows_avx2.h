@@ -1,5 +1,5 @@
-/* fastctc/rows_avx2.inl: the AVX2+FMA vector layer (8 floats / 4 doubles per vector) and,
- * through vecmath.inl and rows_vec.inl, the AVX2 row kernels and their table
+/* fastctc/detail/rows_avx2.h: the AVX2+FMA vector layer (8 floats / 4 doubles per vector) and,
+ * through vecmath.h and rows_vec.h, the AVX2 row kernels and their table
  * fctc_kernels_avx2_<dtype>.  Compiled with baseline flags: every function carries
  * __attribute__((target("avx2,fma"))), and dispatch.h calls them only when cpuid and
  * xgetbv say the CPU and OS support AVX2 and FMA.  Instantiated for float and double.
@@ -125,7 +125,7 @@ static inline FCTC_VTARGET float fctc_avx2_hsum_f32(__m256 v) {
 #define V_HSUM(v) fctc_avx2_hsum_f32(v)
 #endif
 
-#include "vecmath.inl"
-#include "rows_vec.inl"
+#include "vecmath.h"
+#include "rows_vec.h"
 #include "vec_undef.h"
 #endif /* FCTC_HAVE_X86_KERNELS */

@@ -1,4 +1,4 @@
-/* fastctc/select.inl: the kernel table for the SIMD level in use, per dtype.
+/* fastctc/detail/select.h: the kernel table for the SIMD level in use, per dtype.
  * Each ISA's row file defines its table (fctc_kernels_<isa>_<dtype>) when it is compiled
  * in; this function returns the one the dispatch level names, scalar otherwise.
  * Instantiated for float and double through template.h.

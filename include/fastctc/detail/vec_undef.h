@@ -1,5 +1,5 @@
-/* fastctc/vec_undef.h: forgets one ISA's vector-layer macros (VT, V_*, FCTC_ISA, ...) so
- * the next ISA file can define its own.  Included at the end of each rows_<isa>.inl;
+/* fastctc/detail/vec_undef.h: forgets one ISA's vector-layer macros (VT, V_*, FCTC_ISA, ...) so
+ * the next ISA file can define its own.  Included at the end of each rows_<isa>.h;
  * deliberately without an include guard. */
 #undef FCTC_ISA
 #undef FCTC_VTARGET

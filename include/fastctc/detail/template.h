@@ -1,5 +1,5 @@
-/* fastctc/template.h: the token-pasting helpers behind fastctc's "write once, instantiate
- * for float and double" files (*.inl).  An .inl file is included once with
+/* fastctc/detail/template.h: the token-pasting helpers behind fastctc's "write once, instantiate
+ * for float and double" files (*.h).  A templated file is included once with
  *   FCTC_T = float,  FCTC_SFX = f32, FCTC_EXP = expf, FCTC_LOG = logf
  * and once with the double equivalents; FCTC_FN(name) pastes the suffix on.
  * Internal header.

@@ -1,8 +1,8 @@
-/* fastctc/rows_scalar.inl: the portable (scalar) row kernels of the CTC trellis.
+/* fastctc/detail/rows_scalar.h: the portable (scalar) row kernels of the CTC trellis.
  *
- * The trellis (trellis.inl) is written against six row operations (plus two test
+ * The trellis (trellis.h) is written against six row operations (plus two test
  * hooks, exp and log over an array); each ISA provides
- * them (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) and dispatch.h picks one set
+ * them (rows_avx2.h, rows_avx512.h, rows_neon.h) and dispatch.h picks one set
  * at run time.  This file is the reference every vector version must match, and the
  * fallback on any CPU.
  *
@@ -19,7 +19,9 @@
 /* cur[s] = emit(s) + lse(prev[s], prev[s-1], prev[s-2] + skip[s]) - shift for s in [lo, hi),
  * with emit(s) = x[ext[s]] - emit_shift, the frame's log-probability of state s's label
  * (emit_shift is the frame's log-sum-exp in logits mode, else 0); returns max over
- * [lo, hi) of cur (-inf when the band is empty or all -inf).  The caller passes the
+ * [lo, hi) of cur (-inf when the band is empty or all -inf), or NaN when an x[ext[s]] of
+ * [lo, hi) is NaN or +inf (the non-finite rule's check, trellis.h: the row kernel has
+ * the band's emissions in registers, so it checks them at the cost of a compare).  The caller passes the
  * previous row's maximum as shift, which keeps every stored row's maximum near 0 (the
  * removed offsets are summed in double by the trellis).  tmp: a scratch row (W
  * elements, same padding) the vector kernels gather the emissions into. */
@@ -28,18 +30,21 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
                                              FCTC_T shift, FCTC_T *tmp) {
     (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
+    int bad = 0;
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = prev[s], b = prev[s - 1], c = prev[s - 2] + skip[s];
         FCTC_T m = a > b ? a : b;
+        FCTC_T e = x[ext[s]];
+        bad |= !(e < (FCTC_T)HUGE_VAL);
         m = m > c ? m : c;
         FCTC_T v = (m == FCTC_NEG_INF)
                        ? FCTC_NEG_INF
-                       : (x[ext[s]] - (emit_shift + shift)) + m +
+                       : (e - (emit_shift + shift)) + m +
                              FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
         cur[s] = v;
         best = v > best ? v : best;
     }
-    return best;
+    return bad ? (FCTC_T)NAN : best;
 }
 
 /* cur[s] = lse(nb[s], nb[s+1], nb[s+2] + skip[s+2]) - shift for s in [lo, hi), where nb
@@ -54,12 +59,13 @@ static FCTC_T FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, FCTC_
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = nb[s], b = nb[s + 1], c = nb[s + 2] + skip[s + 2];
         FCTC_T m = a > b ? a : b;
+        FCTC_T e = x[ext[s]];
         m = m > c ? m : c;
         FCTC_T v = (m == FCTC_NEG_INF)
                        ? FCTC_NEG_INF
                        : (m - shift) + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
         cur[s] = v;
-        FCTC_T o = v + (x[ext[s]] - emit_shift);
+        FCTC_T o = v + (e - emit_shift);
         nb_out[s] = o;
         best = o > best ? o : best;
     }

@@ -1,7 +1,7 @@
-/* fastctc/kernels.inl: the table of row kernels the trellis calls, one per dtype.
- * Each ISA file (rows_scalar.inl, rows_avx2.inl, rows_avx512.inl, rows_neon.inl) fills
- * one table; select.inl returns the one dispatch.h's level names, and trellis.inl only
- * ever calls through it.  rows_scalar.inl documents what each entry computes.
+/* fastctc/detail/kernels.h: the table of row kernels the trellis calls, one per dtype.
+ * Each ISA file (rows_scalar.h, rows_avx2.h, rows_avx512.h, rows_neon.h) fills
+ * one table; select.h returns the one dispatch.h's level names, and trellis.h only
+ * ever calls through it.  rows_scalar.h documents what each entry computes.
  * Instantiated for float and double through template.h.
  */
 
@@ -12,7 +12,7 @@
 #define FCTC_IS_F64 FCTC_CAT(FCTC_ISF64, FCTC_SFX)
 
 /* j & 1 for j = 0..16: loaded at offset 0 or 1, the parity of each lane's state (the
- * vector kernels' blank-lane masks, rows_vec.inl; 16 is the widest vector). */
+ * vector kernels' blank-lane masks, rows_vec.h; 16 is the widest vector). */
 static const FCTC_T FCTC_FN(fctc_lane_parity)[17] = {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0};
 
 typedef struct FCTC_FN(fctc_kernels) {

@@ -1,9 +1,9 @@
-/* fastctc/rows_vec.inl: the CTC row kernels written once against the thin vector layer.
+/* fastctc/detail/rows_vec.h: the CTC row kernels written once against the thin vector layer.
  *
- * Included by each ISA file (rows_avx2.inl, rows_avx512.inl, rows_neon.inl) after it has
+ * Included by each ISA file (rows_avx2.h, rows_avx512.h, rows_neon.h) after it has
  * defined VT (a vector of VW FCTC_T lanes), the V_* operations, FCTC_ISA and FCTC_VTARGET
- * (the target attribute every function here carries), and after vecmath.inl.  Semantics
- * are those of rows_scalar.inl, which documents each kernel; these differ only in
+ * (the target attribute every function here carries), and after vecmath.h.  Semantics
+ * are those of rows_scalar.h, which documents each kernel; these differ only in
  * rounding (vector exp/log, summation order).
  *
  * How the rows vectorise: the states of one frame depend only on the previous frame, so
@@ -52,14 +52,16 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *c
     FCTC_EMISSIONS_BEGIN();
     const VT neg_inf = FCTC_C(-HUGE_VAL);
     const VT sh = V_SET1(emit_shift + shift);
-    VT best = neg_inf;
+    VT best = neg_inf, bad = FCTC_C(0.0);
     for (int s = lo;; s += VW) {
         if (s > hi - VW) s = hi - VW;
         VT a = V_LOAD(prev + s), b = V_LOAD(prev + s - 1);
         VT c = V_ADD(V_LOAD(prev + s - 2), V_LOAD(skip + s));
         VT m;
         VT l = FCTC_VN(fctc_vlse3)(a, b, c, &m);
-        VT e = V_SUB(FCTC_EMISSIONS_AT(s), sh);
+        VT em = FCTC_EMISSIONS_AT(s);
+        bad = V_SELECT(V_CMP_LT(em, FCTC_C(HUGE_VAL)), bad, FCTC_C(1.0)); /* NaN, +inf: the rule */
+        VT e = V_SUB(em, sh);
         VT v = V_SELECT(V_CMP_EQ(m, neg_inf), neg_inf, V_ADD(V_ADD(e, m), l));
         /* x86 max/min drop a NaN first operand; the scalar kernel propagates NaN, so put
          * it back: a + b + c is NaN exactly when an input is NaN (or +inf meets -inf, which
@@ -70,7 +72,7 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *c
         best = V_MAX(best, v);
         if (s == hi - VW) break;
     }
-    return V_HMAX(best);
+    return V_HMAX(bad) > 0 ? (FCTC_T)NAN : V_HMAX(best);
 }
 
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,
@@ -184,7 +186,7 @@ static FCTC_VTARGET void FCTC_VN(fctc_fill_row)(FCTC_T *out, FCTC_T value, int C
     for (; c < C; ++c) out[c] = value;
 }
 
-/* rows_scalar.inl's softmax_row: one vector exp per class, the row rescaled in cache. */
+/* rows_scalar.h's softmax_row: one vector exp per class, the row rescaled in cache. */
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_softmax_row)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out,
                                                      const FCTC_T *next) {
     const int body = C - C % VW;

@@ -1,4 +1,4 @@
-/* fastctc/dispatch.h: choose the row-kernel set (scalar, AVX2+FMA, AVX-512, NEON) once.
+/* fastctc/detail/dispatch.h: choose the row-kernel set (scalar, AVX2+FMA, AVX-512, NEON) once.
  *
  * x86-64: cpuid says what the CPU implements, xgetbv says whether the OS saves the
  * wider registers; both must agree before a level is usable.  AArch64: NEON is
@@ -86,6 +86,7 @@ static int fctc_simd_detect(void) {
 
 FASTCTC_DEF int fastctc_simd_level_supported(int level) {
     int best = fctc_simd_detect();
+    if (level < FASTCTC_SIMD_SCALAR || level > FASTCTC_SIMD_AVX512) return 0; /* not a level */
     if (level == FASTCTC_SIMD_SCALAR) return 1;
     if (level == FASTCTC_SIMD_NEON) return best == FASTCTC_SIMD_NEON;
     if (best == FASTCTC_SIMD_NEON) return 0;

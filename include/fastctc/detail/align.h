@@ -1,9 +1,9 @@
-/* fastctc/align.inl: CTC forced alignment (the Viterbi best path), one sequence at a
+/* fastctc/detail/align.h: CTC forced alignment (the Viterbi best path), one sequence at a
  * time and the batch C API fastctc_align_f32 / fastctc_align_f64.
  *
  * Design
  * ------
- * Same extended target as trellis.inl: l' = (blank, y1, blank, ..., yL, blank),
+ * Same extended target as trellis.h: l' = (blank, y1, blank, ..., yL, blank),
  * S = 2L + 1 states.  The trellis is the max-plus version of the forward pass:
  *     v(t, s) = max(v(t-1, s), v(t-1, s-1), v(t-1, s-2) if the skip is allowed) + lp(t, l'(s))
  * with one backpointer (0, 1 or 2 states back) kept per cell, then a walk back from the
@@ -18,7 +18,7 @@
  * order (best predecessor + emission), so exact ties are seen as ties by both.
  *
  * Band: only states in [S - 2(T - t), 2t + 2) at frame t can be reached from the start
- * and still reach an end state (the same conservative band as trellis.inl).  torchaudio
+ * and still reach an end state (the same conservative band as trellis.h).  torchaudio
  * computes a tighter band; the result is the same, because the predecessors of a state
  * that can finish can themselves finish, so the cells compared on the path are equal in
  * both.  Two -inf cells on each side of the computed band make s-1, s-2 readable.
@@ -69,17 +69,10 @@ FASTCTC_DEF size_t fastctc_align_scratch_bytes(int max_time, int max_label_lengt
     return bytes;
 }
 
-/* Adjacent repeated labels (each needs a blank between, hence one extra frame). */
-static int fctc_align_repeats(const int *labels, int L) {
-    int r = 0;
-    for (int i = 1; i < L; ++i) r += labels[i] == labels[i - 1];
-    return r;
-}
-
 /* Checks every argument of the batch call (nothing is written); 0 when all is well. */
 static int fctc_align_check(const int *flat_labels, const int *label_lengths, const int *input_lengths,
                             int max_time, int minibatch, int alphabet_size, const fastctc_options *o,
-                            int *longest_input, int *longest_label) {
+                            int *longest_input, int *longest_label, size_t *total_labels) {
     size_t total = 0, offset = 0;
     if (fctc_check_sizes(label_lengths, input_lengths, max_time, minibatch, alphabet_size, o, longest_input,
                          longest_label, &total))
@@ -91,9 +84,10 @@ static int fctc_align_check(const int *flat_labels, const int *label_lengths, co
         for (int i = 0; i < L; ++i)
             if (lab[i] < 0 || lab[i] >= alphabet_size || lab[i] == o->blank) return 1;
         /* T >= L + repeats: the labels must fit (torchaudio's "targets length is too long") */
-        if (L > 0 && (long long)input_lengths[n] < (long long)L + fctc_align_repeats(lab, L)) return 1;
+        if (L > 0 && (long long)input_lengths[n] < (long long)L + fctc_count_repeats(lab, L)) return 1;
         offset += (size_t)L;
     }
+    *total_labels = total;
     return 0;
 }
 
@@ -200,7 +194,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
     ext[S] = ext[S + 1] = blank;
     for (s = 0; s < S + 2; ++s)
         skip_ok[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)1 : (FCTC_T)0;
-    const int feasible = L == 0 || (T >= L + fctc_align_repeats(job->labels, L));
+    const int feasible = L == 0 || (T >= L + fctc_count_repeats(job->labels, L));
 
     int end_state = -1;
     if (T > 0 && feasible) {
@@ -266,11 +260,28 @@ FASTCTC_DEF fastctc_status FCTC_FN(fastctc_align)(const FCTC_T *acts, const int 
                                                   const fastctc_options *options) {
     const fastctc_options *o = options ? options : &fctc_default_options;
     int longest_input, longest_label, n;
-    size_t per_thread;
+    size_t per_thread, total_labels;
     if (fctc_align_check(flat_labels, label_lengths, input_lengths, max_time, minibatch, alphabet_size, o,
-                         &longest_input, &longest_label))
+                         &longest_input, &longest_label, &total_labels))
         return FASTCTC_INVALID_ARGUMENT;
     if (minibatch > 0 && max_time > 0 && (!paths || !acts)) return FASTCTC_INVALID_ARGUMENT;
+    {
+        /* The outputs (and the workspace) may not overlap anything the call reads, or
+         * each other: checked before anything is written. */
+        const size_t cells = (size_t)max_time * (size_t)minibatch;
+        const void *in[4] = {acts, flat_labels, label_lengths, input_lengths};
+        size_t in_bytes[4] = {cells * (size_t)alphabet_size * sizeof(FCTC_T), total_labels * sizeof(int),
+                              (size_t)minibatch * sizeof(int), (size_t)minibatch * sizeof(int)};
+        const void *out[3] = {paths, scores, workspace};
+        size_t out_bytes[3] = {cells * sizeof(int), cells * sizeof(FCTC_T), workspace ? workspace_bytes : 0};
+        int i, j;
+        for (i = 0; i < 3; ++i) {
+            for (j = 0; j < 4; ++j)
+                if (fctc_overlap(out[i], out_bytes[i], in[j], in_bytes[j])) return FASTCTC_INVALID_ARGUMENT;
+            for (j = i + 1; j < 3; ++j)
+                if (fctc_overlap(out[i], out_bytes[i], out[j], out_bytes[j])) return FASTCTC_INVALID_ARGUMENT;
+        }
+    }
     if (minibatch == 0 || max_time == 0) return FASTCTC_OK;
 
     int threads = fctc_threads_for(o, minibatch);

@@ -1,7 +1,7 @@
-/* fastctc/optax.inl: one sequence of optax-style CTC (optax.ctc_loss_with_forward_probs
+/* fastctc/detail/optax.h: one sequence of optax-style CTC (optax.ctc_loss_with_forward_probs
  * semantics), forward and reverse-mode gradient, written once for float and double.
  *
- * Why a second trellis: optax's recurrence is not the PyTorch-style one in trellis.inl.
+ * Why a second trellis: optax's recurrence is not the PyTorch-style one in trellis.h.
  *   - Impossible states hold log_epsilon (a finite stand-in for log 0), never -inf, and the
  *     transitions that CTC forbids are not skipped but penalised by adding log_epsilon, so
  *     a target that cannot fit still has a finite loss of about -log_epsilon.

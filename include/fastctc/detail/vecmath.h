@@ -1,6 +1,6 @@
-/* fastctc/vecmath.inl: vector exp and log, written once against the thin per-ISA vector
- * layer (rows_avx2.inl, rows_avx512.inl, rows_neon.inl define the V_* macros, VT, VW,
- * FCTC_ISA and FCTC_VTARGET, then include this file and rows_vec.inl).  Instantiated per
+/* fastctc/detail/vecmath.h: vector exp and log, written once against the thin per-ISA vector
+ * layer (rows_avx2.h, rows_avx512.h, rows_neon.h define the V_* macros, VT, VW,
+ * FCTC_ISA and FCTC_VTARGET, then include this file and rows_vec.h).  Instantiated per
  * ISA and per dtype (FCTC_IS_F64 says which).
  *
  * exp(x): x = n ln2 + r with n = round(x / ln2), |r| <= ln2/2; ln2 is split in a part

@@ -1,9 +1,9 @@
-/* fastctc/rows_avx512.inl: the AVX-512 (F + DQ) vector layer (16 floats / 8 doubles per
- * vector) and, through vecmath.inl and rows_vec.inl, the AVX-512 row kernels and their
+/* fastctc/detail/rows_avx512.h: the AVX-512 (F + DQ) vector layer (16 floats / 8 doubles per
+ * vector) and, through vecmath.h and rows_vec.h, the AVX-512 row kernels and their
  * table fctc_kernels_avx512_<dtype>.  Baseline compile: every function carries
  * __attribute__((target("avx512f,avx512dq,avx2,fma"))); dispatch.h selects this set only
  * when cpuid reports AVX512F and AVX512DQ and xgetbv says the OS saves the opmask and
- * ZMM state.  Masks are the native __mmask registers.  Conventions as in rows_avx2.inl;
+ * ZMM state.  Masks are the native __mmask registers.  Conventions as in rows_avx2.h;
  * exponent split/build use the native getexp/getmant and scalef instructions.
  * Instantiated for float and double.
  */
@@ -80,7 +80,7 @@
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
 #endif
 
-#include "vecmath.inl"
-#include "rows_vec.inl"
+#include "vecmath.h"
+#include "rows_vec.h"
 #include "vec_undef.h"
 #endif /* FCTC_HAVE_X86_KERNELS */

@@ -1,4 +1,4 @@
-/* fastctc/batch.inl: fastctc_loss_f32 / fastctc_loss_f64, the batch entry points of the
+/* fastctc/detail/batch.h: fastctc_loss_f32 / fastctc_loss_f64, the batch entry points of the
  * C API: validate everything (before any output is written), size or check the
  * workspace, then one OpenMP loop over sequences (dynamic schedule: lengths differ)
  * calling fastctc_sequence_*.  Nothing inside the loop allocates, prints or fails.
