@@ -9,7 +9,6 @@ import sys
 import time
 import types
 
-import numpy as np
 import pytest
 
 from fastctc import cli

@@ -1,7 +1,6 @@
 """Tests for fastctc's offline scoring engine (the fastctc.score package):
 values equal fastctc.ctc_loss item by item, every bad-item kind becomes an error row,
 JSONL/CSV/Parquet outputs agree, and a rerun resumes from a torn or partial OUT."""
-import json
 import os
 
 import numpy as np

@@ -13,7 +13,6 @@ a documented exit status, never a traceback, a hang, duplicate rows or lost rows
 6. A closed stdout pipe, `bench --threads abc|0`, the align summary label, --device help.
 """
 import errno
-import json
 import os
 import shutil
 import signal
@@ -21,11 +20,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from fastctc import cli
-from fastctc.score import ScoreOptions, run_score
 from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

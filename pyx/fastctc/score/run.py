@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from .emissions import EmissionLoader
-from .errors import EXIT_ITEMS_FAILED, EXIT_OK, UsageError, os_cause
+from .errors import EXIT_ITEMS_FAILED, EXIT_OK, UsageError
 from .manifest import hashes_of, items_of, member_of, parse_lines, records, scan, windows
 from .scorer import Scorer
 from .rows import columns
