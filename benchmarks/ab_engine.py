@@ -15,8 +15,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

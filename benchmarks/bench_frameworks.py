@@ -30,16 +30,15 @@ import subprocess
 import sys
 
 import numpy as np
-
 from fastctc._bench import SHAPES, make_problem, paired_ms, paired_speedup
 
 
 def _paddle_cases(shape, threads):
     import warnings
     warnings.filterwarnings("ignore")
+    import fastctc.paddle as fp
     import paddle
     import paddle.nn.functional as F
-    import fastctc.paddle as fp
     paddle.set_device("cpu")
     logits, targets, il, tl = make_problem(*shape)
     args = (paddle.to_tensor(targets), paddle.to_tensor(il.astype(np.int64)), paddle.to_tensor(tl.astype(np.int64)))
@@ -56,9 +55,9 @@ def _paddle_cases(shape, threads):
 
 
 def _mindspore_cases(shape, threads):
+    import fastctc.mindspore as fm
     import mindspore as ms
     from mindspore import Tensor, nn, ops
-    import fastctc.mindspore as fm
     ms.set_context(device_target="CPU")
     logits, targets, il, tl = make_problem(*shape)
     lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \

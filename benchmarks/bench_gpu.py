@@ -130,8 +130,8 @@ def bench_shape(torch, name, T, N, C, S, runs):
 
 def run(shapes=None, runs=20, out=None):
     """Benchmarks the shapes; returns (rows, markdown) and writes the markdown to `out`."""
-    import torch
     import fastctc
+    import torch
     shapes = shapes or list(SHAPES)
     name = torch.cuda.get_device_name()
     bw = copy_bandwidth(torch)

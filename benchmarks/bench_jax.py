@@ -69,12 +69,11 @@ def paired(fns, rounds):
 
 
 def cases(B, T, K, N, threads):
+    import fastctc
+    import fastctc.jax as fj
     import jax
     import jax.numpy as jnp
     import optax
-
-    import fastctc
-    import fastctc.jax as fj
 
     logits, logit_pad, labels, label_pad = make_problem(B, T, K, N)
     x, fp, lab, lp = (jnp.asarray(a) for a in (logits, logit_pad, labels, label_pad))
@@ -105,10 +104,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     got = _pin(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import fastctc
     import jax
     import optax
-
-    import fastctc
 
     names = list(SHAPES) if args.shapes == "all" else args.shapes.split(",")
     print(f"# fastctc {fastctc.__version__} ({fastctc.info()['simd_level']}), jax {jax.__version__}, "

@@ -29,11 +29,10 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-
 import fastctc
 import fastctc.torch as fct
+import torch
+import torch.nn.functional as F
 from fastctc._bench import paired_ms
 
 SHAPES = {  # name: (T, N, C, S)

@@ -85,8 +85,8 @@ def _ours(torch, x, tg, il, tl, from_logits=True, weights=None, mean=False):
 # ---------------------------------------------------------------- checks
 
 def check_env(torch, rep):
-    from fastctc import _cuda, _cuda_build
     import fastctc
+    from fastctc import _cuda, _cuda_build
     st = _cuda.status()
     t0 = time.perf_counter()
     _cuda_build.kernels(torch.cuda.current_device())
@@ -114,8 +114,8 @@ def check_pytest(torch, rep, timeout):
 
 
 def check_parity(torch, rep):
-    import numpy as np
     import fastctc
+    import numpy as np
     from bench_gpu import SHAPES
     lines, ok = [], True
     for name, (T, N, C, S) in SHAPES.items():
@@ -368,8 +368,8 @@ def check_half(torch, rep):
 def check_nan_rule(torch, rep):
     """The non-finite rule (include/fastctc/fastctc.h, docs/gpu.md), computed in NumPy,
     against the device; the CPU engine's costs where the rule leaves them defined."""
-    import numpy as np
     import fastctc
+    import numpy as np
     x, tg, il, tl = _data(torch, 20, 6, 8, 4, seed=10, dtype=torch.float64)
     lp = x.log_softmax(-1)
     lp[3, 0, 0] = float("nan")      # blank column
@@ -445,7 +445,7 @@ def main(argv=None):
         return 0
     import torch
     start = time.perf_counter()
-    rows, sections = [], []
+    rows = []
     for name, fn, need in CHECKS:
         if args.only and not any(k.strip() in name for k in args.only.split(",")):
             continue
@@ -475,7 +475,8 @@ def main(argv=None):
             rows.append(("device state", "FAIL", 0.0, f"synchronize failed: {exc}"))
             break
     total = time.perf_counter() - start
-    text = head + f"Device: {torch.cuda.get_device_name()}; total {total:.0f} s.\n\n| check | verdict | s |\n|---|---|---|\n"
+    text = (head + f"Device: {torch.cuda.get_device_name()}; total {total:.0f} s.\n\n"
+            "| check | verdict | s |\n|---|---|---|\n")
     text += "\n".join(f"| {n} | {v} | {dt:.1f} |" for n, v, dt, _ in rows) + "\n\n"
     for n, v, dt, d in rows:
         text += f"## {n}: {v}\n\n{d}\n\n"

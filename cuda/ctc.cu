@@ -92,11 +92,17 @@ template <class A> FCTC_DEV A fctc_min(A a, A b) { return a < b ? a : b; }
 // Row maxima: NaN-ignoring, so the result is the same in any reduction order.
 FCTC_DEV float fctc_nmax(float a, float b) { return fmaxf(a, b); }
 FCTC_DEV double fctc_nmax(double a, double b) { return fmax(a, b); }
-template <class A> FCTC_DEV bool fctc_finite(A v) { return v == v && v > fctc_lim<A>::ninf() && v < fctc_lim<A>::pinf(); }
+template <class A> FCTC_DEV bool fctc_finite(A v) {
+    return v == v && v > fctc_lim<A>::ninf() && v < fctc_lim<A>::pinf();
+}
 
 // 16-bit storage types: raw bits, converted by hand (no cuda_fp16.h under NVRTC).
-struct fctc_half { unsigned short bits; };
-struct fctc_bf16 { unsigned short bits; };
+struct fctc_half {
+    unsigned short bits;
+};
+struct fctc_bf16 {
+    unsigned short bits;
+};
 
 FCTC_DEV float fctc_load(const float *p) { return *p; }
 FCTC_DEV double fctc_load(const double *p) { return *p; }
@@ -134,20 +140,33 @@ FCTC_DEV void fctc_store(fctc_half *p, float v) { p->bits = fctc_bits(p, v); }
 
 // Four consecutive values at a 16-byte aligned address (8-byte for 16-bit types): one
 // vector access instead of four.
-struct __align__(16) fctc_f4 { float v[4]; };
-struct __align__(16) fctc_d2 { double v[2]; };
-struct __align__(8) fctc_h4 { unsigned short v[4]; };
+struct __align__(16) fctc_f4 {
+    float v[4];
+};
+struct __align__(16) fctc_d2 {
+    double v[2];
+};
+struct __align__(8) fctc_h4 {
+    unsigned short v[4];
+};
 FCTC_DEV void fctc_load4(const float *p, float *o) {
     const fctc_f4 q = *(const fctc_f4 *)p;
     for (int i = 0; i < 4; ++i) o[i] = q.v[i];
 }
 FCTC_DEV void fctc_load4(const double *p, double *o) {
     const fctc_d2 q0 = *(const fctc_d2 *)p, q1 = *(const fctc_d2 *)(p + 2);
-    o[0] = q0.v[0]; o[1] = q0.v[1]; o[2] = q1.v[0]; o[3] = q1.v[1];
+    o[0] = q0.v[0];
+    o[1] = q0.v[1];
+    o[2] = q1.v[0];
+    o[3] = q1.v[1];
 }
 template <class H> FCTC_DEV void fctc_load4(const H *p, float *o) {
     const fctc_h4 q = *(const fctc_h4 *)p;
-    for (int i = 0; i < 4; ++i) { H h; h.bits = q.v[i]; o[i] = fctc_load(&h); }
+    for (int i = 0; i < 4; ++i) {
+        H h;
+        h.bits = q.v[i];
+        o[i] = fctc_load(&h);
+    }
 }
 FCTC_DEV void fctc_store4(float *p, const float *o) {
     fctc_f4 q;
@@ -156,7 +175,10 @@ FCTC_DEV void fctc_store4(float *p, const float *o) {
 }
 FCTC_DEV void fctc_store4(double *p, const double *o) {
     fctc_d2 q0, q1;
-    q0.v[0] = o[0]; q0.v[1] = o[1]; q1.v[0] = o[2]; q1.v[1] = o[3];
+    q0.v[0] = o[0];
+    q0.v[1] = o[1];
+    q1.v[0] = o[2];
+    q1.v[1] = o[3];
     *(fctc_d2 *)p = q0;
     *(fctc_d2 *)(p + 2) = q1;
 }
@@ -179,7 +201,7 @@ template <class In, class A>
 FCTC_DEV void fctc_frame_lse(const In *acts, fctc_i64 st_t, fctc_i64 st_n, int T, int N, int C, A *lse) {
     const int lane = threadIdx.x & 31;
     const fctc_i64 row = (fctc_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= (fctc_i64)T * N) return;  // whole warps leave together
+    if (row >= (fctc_i64)T * N) return; // whole warps leave together
     const fctc_i64 t = row / N, n = row % N;
     const In *x = acts + t * st_t + n * st_n;
     A m = fctc_lim<A>::ninf();
@@ -199,6 +221,8 @@ FCTC_DEV void fctc_frame_lse(const In *acts, fctc_i64 st_t, fctc_i64 st_n, int T
 // kernels take them as separate parameters (cuda.core launches scalars and pointers, not
 // structs); fastctc/_cuda_launch.py's TRELLIS_ARGS lists the same names in the same order
 // (a test compares them).
+// (an X-macro table, kept as written)
+// clang-format off
 #define FCTC_FIELDS(X)                                                                      \
     /* activations (T, N, C), class axis contiguous; strides in elements */                 \
     X(const void *, acts) X(fctc_i64, st_t) X(fctc_i64, st_n) X(int, T) X(int, N) X(int, C)   \
@@ -228,9 +252,12 @@ FCTC_DEV void fctc_frame_lse(const In *acts, fctc_i64 st_t, fctc_i64 st_n, int T
     X(void *, ws_alpha) X(void *, ws_beta) X(double *, ws_offa) X(double *, ws_offb)       \
     X(const void *, ws_lse) X(int *, ws_lab) X(int *, ws_nxt) X(int *, ws_first)            \
     X(int *, ws_info) X(double *, ws_ll)
+// clang-format on
 
 #define FCTC_DECLARE(type, name) type name;
-struct fctc_args { FCTC_FIELDS(FCTC_DECLARE) };
+struct fctc_args {
+    FCTC_FIELDS(FCTC_DECLARE)
+};
 
 // info[n]: target length L, input length Tn, status, whether a label equals blank
 enum { FCTC_OK = 0, FCTC_BAD_VALUES = 1, FCTC_UNDEFINED = 2 };
@@ -239,7 +266,10 @@ enum { FCTC_OK = 0, FCTC_BAD_VALUES = 1, FCTC_UNDEFINED = 2 };
 // A group is one warp (WARP) or the whole block.  `red` is 32 slots of shared scratch.
 
 template <bool WARP> FCTC_DEV void fctc_group_sync() {
-    if (WARP) __syncwarp(0xffffffffu); else __syncthreads();
+    if (WARP)
+        __syncwarp(0xffffffffu);
+    else
+        __syncthreads();
 }
 
 template <bool WARP> FCTC_DEV fctc_i64 fctc_group_sum(fctc_i64 v, fctc_i64 *red) {
@@ -249,8 +279,8 @@ template <bool WARP> FCTC_DEV fctc_i64 fctc_group_sum(fctc_i64 v, fctc_i64 *red)
     if (lane == 0) red[warp] = v;
     __syncthreads();
     fctc_i64 s = 0;
-    for (int w = 0; w < nw; ++w) s += red[w];  // integers: exact in any order
-    __syncthreads();                            // red may be reused at once
+    for (int w = 0; w < nw; ++w) s += red[w]; // integers: exact in any order
+    __syncthreads(); // red may be reused at once
     return s;
 }
 
@@ -260,14 +290,13 @@ template <bool WARP> FCTC_DEV fctc_i64 fctc_group_sum(fctc_i64 v, fctc_i64 *red)
 // recursion on the reversed labels and reversed time, which gives beta + emission; the
 // stored row is beta without the frame's emission.  Stored rows are shifted by the sum of
 // the earlier rows' maxima, kept in double in offa / offb.
-template <class In, class A, int K, bool WARP>
-FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
+template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     const A NINF = fctc_lim<A>::ninf();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gsize = WARP ? 32 : (int)blockDim.x;
     const int gtid = WARP ? lane : (int)threadIdx.x;
     const int n = WARP ? (int)(blockIdx.x * (blockDim.x >> 5)) + warp : (int)blockIdx.x;
-    if (n >= a.N) return;  // a whole warp (or block)
+    if (n >= a.N) return; // a whole warp (or block)
     const bool rev = blockIdx.y == 1;
     const int T = a.T, C = a.C, Lcap = a.Lcap;
 
@@ -280,15 +309,15 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     unsigned char *mine = shm + (WARP ? warp * group_bytes : 0);
     int *lab = (int *)mine;
     fctc_i64 *red = (fctc_i64 *)(mine + lab_pad * 4);
-    A *edge = (A *)(mine + lab_pad * 4 + 32 * 8);  // [2 frames][32 warps][2]
-    A *wmax = edge + 2 * 32 * 2;                   // [2 frames][32 warps]
-    A *fin = (A *)(mine + group_bytes - 32);       // the last row's two final states
+    A *edge = (A *)(mine + lab_pad * 4 + 32 * 8); // [2 frames][32 warps][2]
+    A *wmax = edge + 2 * 32 * 2; // [2 frames][32 warps]
+    A *fin = (A *)(mine + group_bytes - 32); // the last row's two final states
 
     // ---- lengths and validity (no trust in device-resident values)
     const fctc_i64 Tn64 = fctc_load_int(a.in_len, a.il64, n * a.il_st);
     const fctc_i64 L64 = fctc_load_int(a.tg_len, a.tl64, n * a.tl_st);
     bool valid = Tn64 >= 0 && Tn64 <= T && L64 >= 0 && L64 <= a.Smax && a.blank >= 0 && a.blank < C;
-    fctc_i64 start = 0;  // first label of sequence n in concatenated targets
+    fctc_i64 start = 0; // first label of sequence n in concatenated targets
     if (a.concat) {
         // the earlier lengths, summed by the group; an earlier bad length, or labels
         // running past tg_count, make this sequence invalid too (its labels cannot be
@@ -296,7 +325,10 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
         fctc_i64 part = 0, bad = 0;
         for (int j = gtid; j < n; j += gsize) {
             fctc_i64 l = fctc_load_int(a.tg_len, a.tl64, (fctc_i64)j * a.tl_st);
-            if (l < 0 || l > a.Smax) { bad = 1; l = 0; }
+            if (l < 0 || l > a.Smax) {
+                bad = 1;
+                l = 0;
+            }
             part += l;
         }
         start = fctc_group_sum<WARP>(part, red);
@@ -305,25 +337,28 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     }
     const int L = valid ? (int)L64 : 0;
     const int Tn = valid ? (int)Tn64 : 0;
-    const int Lc = L < Lcap ? L : Lcap;  // labels kept (L > Lcap: longer than T, infeasible)
+    const int Lc = L < Lcap ? L : Lcap; // labels kept (L > Lcap: longer than T, infeasible)
     const int S = 2 * Lc + 1;
-    {   // this launch's share of the batch (the whole group agrees: same values)
+    { // this launch's share of the batch (the whole group agrees: same values)
         const int Ssel = valid ? 2 * L + 1 : 1;
         const int Sc = Ssel < 2 * Lcap + 1 ? Ssel : 2 * Lcap + 1;
         if (!(Sc > a.sel_lo && Sc <= a.sel_hi)) return;
     }
-    if (rev && (!valid || L > Lc || Tn == 0 || a.ws_beta == 0)) return;  // beta unused
+    if (rev && (!valid || L > Lc || Tn == 0 || a.ws_beta == 0)) return; // beta unused
 
     // ---- labels: every one checked, the first Lc staged in shared memory (reversed for beta)
     fctc_i64 badl = 0, blank_in = 0;
     for (int i = gtid; i < L; i += gsize) {
         fctc_i64 v = a.concat ? fctc_load_int(a.targets, a.tg64, (start + i) * a.tg_st_s)
                               : fctc_load_int(a.targets, a.tg64, n * a.tg_st_n + i * a.tg_st_s);
-        if (v < 0 || v >= C) { badl = 1; v = 0; }
+        if (v < 0 || v >= C) {
+            badl = 1;
+            v = 0;
+        }
         if (v == a.blank) blank_in = 1;
         if (i < Lc) lab[rev ? Lc - 1 - i : i] = (int)v;
     }
-    fctc_group_sync<WARP>();  // publishes lab (a shuffle is no memory fence)
+    fctc_group_sync<WARP>(); // publishes lab (a shuffle is no memory fence)
     if (fctc_group_sum<WARP>(badl, red) != 0) valid = false;
     blank_in = fctc_group_sum<WARP>(blank_in, red);
     A *costs = (A *)a.costs;
@@ -332,8 +367,10 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
         if (rev) return;
         if (gtid == 0) {
             costs[n] = fctc_lim<A>::nan();
-            a.ws_info[4 * n + 0] = 0; a.ws_info[4 * n + 1] = 0;
-            a.ws_info[4 * n + 2] = FCTC_BAD_VALUES; a.ws_info[4 * n + 3] = 0;
+            a.ws_info[4 * n + 0] = 0;
+            a.ws_info[4 * n + 1] = 0;
+            a.ws_info[4 * n + 2] = FCTC_BAD_VALUES;
+            a.ws_info[4 * n + 3] = 0;
             a.ws_ll[n] = 0;
         }
         if (la)
@@ -369,8 +406,8 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     const In *acts = (const In *)a.acts;
     const A *lse = (const A *)a.ws_lse;
     const int s0 = gtid * K;
-    int col[K];     // class read by each state (-1: beyond S)
-    bool skip[K];   // transition s - 2 -> s allowed
+    int col[K]; // class read by each state (-1: beyond S)
+    bool skip[K]; // transition s - 2 -> s allowed
     for (int j = 0; j < K; ++j) {
         const int s = s0 + j;
         col[j] = s >= S ? -1 : (s & 1) ? lab[s >> 1] : a.blank;
@@ -384,12 +421,12 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     }
     // emissions of frame `step` (time Tn - 1 - step for beta), prefetched a frame ahead
     A e_cur[K], e_nxt[K];
-#define FCTC_EMIT(dst, step)                                                                  \
-    {                                                                                         \
-        const int tt = rev ? Tn - 1 - (step) : (step);                                        \
-        const In *x = acts + tt * a.st_t + (fctc_i64)n * a.st_n;                              \
-        const A sh = a.from_logits ? lse[(fctc_i64)tt * a.N + n] : (A)0;                      \
-        for (int j = 0; j < K; ++j) dst[j] = col[j] < 0 ? NINF : (A)fctc_load(x + col[j]) - sh; \
+#define FCTC_EMIT(dst, step)                                                                                           \
+    {                                                                                                                  \
+        const int tt = rev ? Tn - 1 - (step) : (step);                                                                 \
+        const In *x = acts + tt * a.st_t + (fctc_i64)n * a.st_n;                                                       \
+        const A sh = a.from_logits ? lse[(fctc_i64)tt * a.N + n] : (A)0;                                               \
+        for (int j = 0; j < K; ++j) dst[j] = col[j] < 0 ? NINF : (A)fctc_load(x + col[j]) - sh;                        \
     }
     A v[K];
     for (int j = 0; j < K; ++j) v[j] = NINF;
@@ -400,11 +437,11 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     // arithmetic.  Values then stay within about three frames of log-probabilities of 0,
     // and the offsets are summed in double, so float32 keeps its accuracy.  The lag is
     // the same in every kernel: no value depends on the geometry.
-    double off = 0;                      // O_{t-1}, then O_t
-    double o1 = 0, o2 = 0;               // O_{t-1}, O_{t-2} at the start of step t
-    A q_m = NINF, r_m = NINF;            // queued maxima (relative) ...
-    double q_o = 0, r_o = 0;             // ... and the offsets they are relative to
-    A lb_prev = NINF;                    // this thread's maximum of the previous row
+    double off = 0; // O_{t-1}, then O_t
+    double o1 = 0, o2 = 0; // O_{t-1}, O_{t-2} at the start of step t
+    A q_m = NINF, r_m = NINF; // queued maxima (relative) ...
+    double q_o = 0, r_o = 0; // ... and the offsets they are relative to
+    A lb_prev = NINF; // this thread's maximum of the previous row
     fctc_i64 undefined = 0;
     const int steps = (feasible || la) ? Tn : 0;
     if (steps > 0) FCTC_EMIT(e_cur, 0)
@@ -413,8 +450,13 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
         // the two states left of this thread's first one, from the previous row
         A l1 = __shfl_up_sync(0xffffffffu, v[K - 1], 1), l2 = __shfl_up_sync(0xffffffffu, v[K - 2], 1);
         if (lane == 0) {
-            if (WARP || warp == 0 || step == 0) { l1 = NINF; l2 = NINF; }
-            else { l1 = edge[((step & 1) * 32 + warp - 1) * 2 + 1]; l2 = edge[((step & 1) * 32 + warp - 1) * 2]; }
+            if (WARP || warp == 0 || step == 0) {
+                l1 = NINF;
+                l2 = NINF;
+            } else {
+                l1 = edge[((step & 1) * 32 + warp - 1) * 2 + 1];
+                l2 = edge[((step & 1) * 32 + warp - 1) * 2];
+            }
         }
         // the shift of this row: O_t - O_{t-1}, towards the absolute maximum of row t - 3
         const A prev_max = fctc_finite(r_m) ? (A)((double)r_m + r_o - off) : (A)0;
@@ -430,7 +472,7 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
             const bool in_band = s0 + j >= blo && s0 + j < bhi;
             // the non-finite rule: NaN or +inf in a cell the sequence reads, in its band
             if (in_band && col[j] >= 0 && !(e_cur[j] < fctc_lim<A>::pinf())) undefined = 1;
-            A b;  // the row's log-add-exp part, shifted by the previous row's maximum
+            A b; // the row's log-add-exp part, shifted by the previous row's maximum
             if (step == 0) {
                 b = s0 + j < 2 ? (A)0 : NINF;
             } else if ((j & 1) == 0) {
@@ -453,24 +495,31 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
             if (in_band) best = fctc_nmax(best, nv[j]);
         }
         // maxima of earlier rows, independent of this row's arithmetic above
-        A wm = lb_prev;  // row step - 1: this warp's maximum
+        A wm = lb_prev; // row step - 1: this warp's maximum
         for (int o = 16; o > 0; o >>= 1) wm = fctc_nmax(wm, __shfl_xor_sync(0xffffffffu, wm, o));
         lb_prev = best;
         if (WARP) {
             // row step - 1 is known now; step + 1 uses row step - 2
-            r_m = q_m; r_o = q_o;
-            q_m = wm; q_o = o1;
+            r_m = q_m;
+            r_o = q_o;
+            q_m = wm;
+            q_o = o1;
         } else {
             // row step - 2: the per-warp maxima written before the last barrier
             A bm = step >= 1 && lane < (int)(blockDim.x >> 5) ? wmax[(step & 1) * 32 + lane] : NINF;
             for (int o = 16; o > 0; o >>= 1) bm = fctc_nmax(bm, __shfl_xor_sync(0xffffffffu, bm, o));
-            r_m = step >= 2 ? bm : NINF; r_o = o2;
-            const int buf = (step + 1) & 1;  // read at the next step
-            if (lane == 31) { edge[(buf * 32 + warp) * 2] = nv[K - 2]; edge[(buf * 32 + warp) * 2 + 1] = nv[K - 1]; }
+            r_m = step >= 2 ? bm : NINF;
+            r_o = o2;
+            const int buf = (step + 1) & 1; // read at the next step
+            if (lane == 31) {
+                edge[(buf * 32 + warp) * 2] = nv[K - 2];
+                edge[(buf * 32 + warp) * 2 + 1] = nv[K - 1];
+            }
             if (lane == 0) wmax[buf * 32 + warp] = wm;
             __syncthreads();
         }
-        o2 = o1; o1 = off;
+        o2 = o1;
+        o1 = off;
         const int tt = rev ? Tn - 1 - step : step;
         if (rows) {
             A *row = rows + (fctc_i64)tt * a.W;
@@ -485,7 +534,10 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
                 const int s = s0 + j;
                 if (s < S && s < a.alpha_cols) la[(fctc_i64)tt * a.alpha_cols + s] = (A)((double)nv[j] + off);
             }
-        for (int j = 0; j < K; ++j) { v[j] = nv[j]; e_cur[j] = e_nxt[j]; }
+        for (int j = 0; j < K; ++j) {
+            v[j] = nv[j];
+            e_cur[j] = e_nxt[j];
+        }
     }
 #undef FCTC_EMIT
     if (rev) return;
@@ -498,8 +550,10 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     }
     fctc_group_sync<WARP>();
     double ll;
-    if (!feasible) ll = fctc_lim<double>::ninf();
-    else if (Tn == 0) ll = 0.0;  // (L == 0: feasible)
+    if (!feasible)
+        ll = fctc_lim<double>::ninf();
+    else if (Tn == 0)
+        ll = 0.0; // (L == 0: feasible)
     else {
         const A u = fin[0], w = S > 1 ? fin[1] : NINF;
         const A m = fctc_max(u, w);
@@ -513,8 +567,10 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
     const A cost = (A)(-ll);
     if (gtid == 0) {
         costs[n] = status == FCTC_UNDEFINED ? fctc_lim<A>::nan() : cost;
-        a.ws_info[4 * n + 0] = L; a.ws_info[4 * n + 1] = Tn;
-        a.ws_info[4 * n + 2] = status; a.ws_info[4 * n + 3] = (int)(blank_in != 0);
+        a.ws_info[4 * n + 0] = L;
+        a.ws_info[4 * n + 1] = Tn;
+        a.ws_info[4 * n + 2] = status;
+        a.ws_info[4 * n + 3] = (int)(blank_in != 0);
         a.ws_ll[n] = ll;
     }
     if (la) {
@@ -531,12 +587,11 @@ FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
 // One warp per (frame, sequence) row: grad[t, n, :] = weight * (softmax - occupancy) in
 // logits mode, -weight * occupancy for log-probabilities; 0 past the input length and for
 // infeasible or invalid sequences; NaN for undefined ones.
-template <class In, class A>
-FCTC_DEV void fctc_gradient(const fctc_args &a) {
-    __shared__ A part[8][257];  // blank partial sums, one slot per chunk of 64 states
+template <class In, class A> FCTC_DEV void fctc_gradient(const fctc_args &a) {
+    __shared__ A part[8][257]; // blank partial sums, one slot per chunk of 64 states
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const fctc_i64 row = (fctc_i64)blockIdx.x * (blockDim.x >> 5) + warp;
-    if (row >= (fctc_i64)a.T * a.N) return;  // whole warps
+    if (row >= (fctc_i64)a.T * a.N) return; // whole warps
     const int t = (int)(row / a.N), n = (int)(row % a.N);
     const int C = a.C;
     In *g = (In *)a.grad + row * C;
@@ -560,8 +615,8 @@ FCTC_DEV void fctc_gradient(const fctc_args &a) {
     const A gofs = (A)(a.ws_offa[(fctc_i64)n * a.T + t] + a.ws_offb[(fctc_i64)n * a.T + t] - ll);
     // a state off every complete path has alpha or beta -inf: occupancy 0, whatever the
     // other side holds (a NaN or +inf score no path reads must not leak in)
-#define FCTC_OCC(s) ((arow[s] == fctc_lim<A>::ninf() || brow[s] == fctc_lim<A>::ninf()) ? (A)0 \
-                     : fctc_exp(arow[s] + brow[s] + gofs))
+#define FCTC_OCC(s)                                                                                                    \
+    ((arow[s] == fctc_lim<A>::ninf() || brow[s] == fctc_lim<A>::ninf()) ? (A)0 : fctc_exp(arow[s] + brow[s] + gofs))
     // blank occupancy: chunk k sums the even states of [64 k, 64 k + 64) in order, then
     // the chunks are summed in order (the same sum whatever the launch)
     const int chunks = (S + 63) >> 6;
@@ -588,7 +643,7 @@ FCTC_DEV void fctc_gradient(const fctc_args &a) {
     } else {
         for (int c = lane; c < C; c += 32) fctc_store(g + c, FCTC_BASE(c));
     }
-    __syncwarp(0xffffffffu);  // the label columns below overwrite some of those stores
+    __syncwarp(0xffffffffu); // the label columns below overwrite some of those stores
     const int *glab = a.ws_lab + (fctc_i64)n * a.Lcap;
     const int *nxt = a.ws_nxt + (fctc_i64)n * a.Lcap;
     const int *first = a.ws_first + (fctc_i64)n * a.Lcap;
@@ -612,31 +667,30 @@ FCTC_DEV void fctc_gradient(const fctc_args &a) {
 
 // Launch bounds: 4 warps per CTA in the warp kernels; the block kernels take up to 1024
 // threads with 4 states each, or up to 512 with 16 (registers: 64 and 128 a thread).
-#define FCTC_TRELLIS(suffix, In, A, tag, K, WARP, BOUND)                                         \
-    FCTC_ENTRY void __launch_bounds__(BOUND)                                                     \
-    fctc_trellis_##suffix##_##tag##K(FCTC_FIELDS(FCTC_PARAM) int end_marker) {                   \
-        FCTC_DYN_SHARED(fctc_shm);                                                               \
-        fctc_args a;                                                                             \
-        FCTC_FIELDS(FCTC_FILL)                                                                   \
-        (void)end_marker;                                                                        \
-        fctc_trellis<In, A, K, WARP>(a, fctc_shm);                                               \
+#define FCTC_TRELLIS(suffix, In, A, tag, K, WARP, BOUND)                                                               \
+    FCTC_ENTRY void __launch_bounds__(BOUND)                                                                           \
+        fctc_trellis_##suffix##_##tag##K(FCTC_FIELDS(FCTC_PARAM) int end_marker) {                                     \
+        FCTC_DYN_SHARED(fctc_shm);                                                                                     \
+        fctc_args a;                                                                                                   \
+        FCTC_FIELDS(FCTC_FILL)                                                                                         \
+        (void)end_marker;                                                                                              \
+        fctc_trellis<In, A, K, WARP>(a, fctc_shm);                                                                     \
     }
 
-#define FCTC_KERNELS(suffix, In, A)                                                              \
-    FCTC_ENTRY void fctc_lse_##suffix(const In *acts, fctc_i64 st_t, fctc_i64 st_n, int T, int N, \
-                                      int C, A *lse) {                                          \
-        fctc_frame_lse<In, A>(acts, st_t, st_n, T, N, C, lse);                                  \
-    }                                                                                            \
-    FCTC_TRELLIS(suffix, In, A, w, 2, true, 128)                                                 \
-    FCTC_TRELLIS(suffix, In, A, w, 4, true, 128)                                                 \
-    FCTC_TRELLIS(suffix, In, A, w, 8, true, 128)                                                 \
-    FCTC_TRELLIS(suffix, In, A, b, 4, false, 1024)                                               \
-    FCTC_TRELLIS(suffix, In, A, b, 16, false, 512)                                               \
-    FCTC_ENTRY void __launch_bounds__(256) fctc_grad_##suffix(FCTC_FIELDS(FCTC_PARAM) int end_marker) {                 \
-        fctc_args a;                                                                             \
-        FCTC_FIELDS(FCTC_FILL)                                                                   \
-        (void)end_marker;                                                                        \
-        fctc_gradient<In, A>(a);                                                                 \
+#define FCTC_KERNELS(suffix, In, A)                                                                                    \
+    FCTC_ENTRY void fctc_lse_##suffix(const In *acts, fctc_i64 st_t, fctc_i64 st_n, int T, int N, int C, A *lse) {     \
+        fctc_frame_lse<In, A>(acts, st_t, st_n, T, N, C, lse);                                                         \
+    }                                                                                                                  \
+    FCTC_TRELLIS(suffix, In, A, w, 2, true, 128)                                                                       \
+    FCTC_TRELLIS(suffix, In, A, w, 4, true, 128)                                                                       \
+    FCTC_TRELLIS(suffix, In, A, w, 8, true, 128)                                                                       \
+    FCTC_TRELLIS(suffix, In, A, b, 4, false, 1024)                                                                     \
+    FCTC_TRELLIS(suffix, In, A, b, 16, false, 512)                                                                     \
+    FCTC_ENTRY void __launch_bounds__(256) fctc_grad_##suffix(FCTC_FIELDS(FCTC_PARAM) int end_marker) {                \
+        fctc_args a;                                                                                                   \
+        FCTC_FIELDS(FCTC_FILL)                                                                                         \
+        (void)end_marker;                                                                                              \
+        fctc_gradient<In, A>(a);                                                                                       \
     }
 
 FCTC_KERNELS(f32, float, float)

@@ -4,9 +4,8 @@ gradient against central finite differences of the loss, with fastctc's NumPy AP
 
     python examples/quickstart.py
 """
-import numpy as np
-
 import fastctc
+import numpy as np
 
 # Graves' test vectors (TensorFlow ctc_loss_op_test): 2 sequences, T=5, C=6, blank=5.
 probs = np.array([

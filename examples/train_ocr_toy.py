@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
+import fastctc.torch as fct
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-
-import fastctc.torch as fct
 
 HEIGHT, WIDTH = 16, 48        # image size; the model emits WIDTH // 2 frames
 BLANK, N_CLASSES = 0, 11      # class 0 is blank, class d + 1 is digit d

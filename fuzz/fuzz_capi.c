@@ -78,8 +78,8 @@ typedef struct {
     fastctc_options opt;
     int *input_lengths, *label_lengths, *labels;
     size_t total_labels;
-    double *acts64;   /* time-major */
-    int valid;        /* what the rules say the status must be */
+    double *acts64; /* time-major */
+    int valid; /* what the rules say the status must be */
     int finite;
 } problem;
 
@@ -128,18 +128,21 @@ static void *make_acts(const problem *p, int batch_major, int f32) {
             for (c = 0; c < p->C; ++c) {
                 size_t src = ((size_t)t * p->N + n) * p->C + c;
                 size_t dst = batch_major ? ((size_t)n * p->T + t) * p->C + c : src;
-                if (f32) ((float *)out)[dst] = (float)p->acts64[src];
-                else ((double *)out)[dst] = p->acts64[src];
+                if (f32)
+                    ((float *)out)[dst] = (float)p->acts64[src];
+                else
+                    ((double *)out)[dst] = p->acts64[src];
             }
     (void)i;
     return out;
 }
 
-static double get(const void *a, size_t i, int f32) { return f32 ? (double)((const float *)a)[i] : ((const double *)a)[i]; }
+static double get(const void *a, size_t i, int f32) {
+    return f32 ? (double)((const float *)a)[i] : ((const double *)a)[i];
+}
 
-static fastctc_status call(const problem *p, int f32, const void *acts, void *grads, void *costs,
-                           const int *labels, const int *ll, const int *il, void *ws, size_t ws_bytes,
-                           const fastctc_options *o) {
+static fastctc_status call(const problem *p, int f32, const void *acts, void *grads, void *costs, const int *labels,
+                           const int *ll, const int *il, void *ws, size_t ws_bytes, const fastctc_options *o) {
     if (f32)
         return fastctc_loss_f32((const float *)acts, (float *)grads, labels, ll, il, p->T, p->N, p->C, (float *)costs,
                                 ws, ws_bytes, o);
@@ -150,8 +153,10 @@ static fastctc_status call(const problem *p, int f32, const void *acts, void *gr
 static void fill_sentinel(void *a, size_t count, int f32) {
     size_t i;
     for (i = 0; i < count; ++i) {
-        if (f32) ((float *)a)[i] = (float)SENTINEL;
-        else ((double *)a)[i] = SENTINEL;
+        if (f32)
+            ((float *)a)[i] = (float)SENTINEL;
+        else
+            ((double *)a)[i] = SENTINEL;
     }
 }
 
@@ -209,7 +214,8 @@ static void check_results(const problem *p, int f32, int batch_major, const void
         } else if (isnan(cost)) {
             fail("NaN cost without a non-finite input");
         }
-        if (p->finite && p->opt.from_logits && !has_blank && cost < -1e-3 * (1.0 + Tn)) fail("negative cost from logits");
+        if (p->finite && p->opt.from_logits && !has_blank && cost < -1e-3 * (1.0 + Tn))
+            fail("negative cost from logits");
         if (!grads) continue;
         for (t = 0; t < p->T; ++t) {
             double sum = 0, mag = 0;
@@ -258,10 +264,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if ((flags >> 5) == 7) { /* occasionally an option out of range */
         unsigned w = next_byte(&r);
         int v = (w & 0x80) ? -1 - (int)(w & 3) : 2 + (int)(w & 3);
-        if ((w & 0x60) == 0) p.opt.from_logits = v;
-        else if ((w & 0x60) == 0x20) p.opt.zero_infinity = v;
-        else if ((w & 0x60) == 0x40) p.opt.batch_major = v;
-        else p.opt.num_threads = -1 - (int)(w & 3);
+        if ((w & 0x60) == 0)
+            p.opt.from_logits = v;
+        else if ((w & 0x60) == 0x20)
+            p.opt.zero_infinity = v;
+        else if ((w & 0x60) == 0x40)
+            p.opt.batch_major = v;
+        else
+            p.opt.num_threads = -1 - (int)(w & 3);
     }
     p.opt.blank = pick(&r, 0, p.C > 0 ? p.C - 1 : 0);
     mode = next_byte(&r);
@@ -307,13 +317,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t ws_bytes = 0;
 
         /* Null pointers and aliasing, each a documented invalid argument when it matters. */
-        if (null_mask & 1) { a_arg = NULL; if (p.T > 0 && p.N > 0) valid = 0; }
-        if (null_mask & 2) { c_arg = NULL; if (p.N > 0) valid = 0; }
-        if (null_mask & 4) { lab = NULL; if (p.total_labels > 0) valid = 0; }
-        if (null_mask & 8) { ll = NULL; if (p.N > 0) valid = 0; }
-        if (null_mask & 16) { il = NULL; if (p.N > 0) valid = 0; }
-        if ((null_mask & 0xe0) == 0x20 && want_grad && acts_count && a_arg) { g_arg = (void *)a_arg; valid = 0; }
-        if ((null_mask & 0xe0) == 0x40 && acts_count && p.N > 0 && a_arg) { c_arg = (void *)a_arg; valid = 0; }
+        if (null_mask & 1) {
+            a_arg = NULL;
+            if (p.T > 0 && p.N > 0) valid = 0;
+        }
+        if (null_mask & 2) {
+            c_arg = NULL;
+            if (p.N > 0) valid = 0;
+        }
+        if (null_mask & 4) {
+            lab = NULL;
+            if (p.total_labels > 0) valid = 0;
+        }
+        if (null_mask & 8) {
+            ll = NULL;
+            if (p.N > 0) valid = 0;
+        }
+        if (null_mask & 16) {
+            il = NULL;
+            if (p.N > 0) valid = 0;
+        }
+        if ((null_mask & 0xe0) == 0x20 && want_grad && acts_count && a_arg) {
+            g_arg = (void *)a_arg;
+            valid = 0;
+        }
+        if ((null_mask & 0xe0) == 0x40 && acts_count && p.N > 0 && a_arg) {
+            c_arg = (void *)a_arg;
+            valid = 0;
+        }
         if (!ll || !il) bad_ptr = 1;
 
         /* Workspace: internal, exact, short by one, or much too small. */

@@ -36,7 +36,10 @@ int main(int argc, char **argv) {
     int i, count = 0, errors = 0;
     for (i = 1; i < argc; ++i) {
         struct stat st;
-        if (stat(argv[i], &st) != 0) { ++errors; continue; }
+        if (stat(argv[i], &st) != 0) {
+            ++errors;
+            continue;
+        }
         if (S_ISDIR(st.st_mode)) {
             DIR *d = opendir(argv[i]);
             struct dirent *e;

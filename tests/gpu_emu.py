@@ -20,7 +20,6 @@ import shutil
 import subprocess
 
 import numpy as np
-
 from fastctc import _cuda_launch as L
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))

@@ -75,6 +75,7 @@ def read_rows(path, align=False, decode=False):
         return read_jsonl(path)
     if path.endswith(".csv"):
         import csv
+
         from fastctc.score.sinks import CsvSink
         with open(path, encoding="utf-8", newline="") as f:
             header = next(csv.reader(f))

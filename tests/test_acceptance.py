@@ -15,12 +15,11 @@ so those entries are compared only where PyTorch's is finite.
 import functools
 import itertools
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 import reference as ref
-from fastctc import CTCRuntimeError, CTCTypeError, CTCValueError
+from fastctc import CTCTypeError, CTCValueError
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -569,8 +568,8 @@ def _optax_case(rng, B, T, K, N, dtype):
 
 
 def test_optax_random_against_real_optax(jax_x64):
-    import optax
     import fastctc.jax as fj
+    import optax
     jax, jnp = jax_x64, jax_x64.numpy
 
     @functools.partial(jax.jit, static_argnames=("blank",))

@@ -9,17 +9,14 @@ References written here, sharing no code with the engine:
     what torchaudio's own band keeps; both must agree with the engine;
   * brute force over every state sequence for tiny cases (maximum, posteriors).
 """
-import itertools
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 import reference as ref
 from fastctc import CTCRuntimeError, CTCTypeError, CTCValueError
 
@@ -400,7 +397,8 @@ def test_posteriors_batch_properties_and_finite_differences(rng, simd_level):
         up, down = lp.copy(), lp.copy()
         up[t, n, c] += eps
         down[t, n, c] -= eps
-        f = lambda x: fastctc.ctc_loss(x[:, keep], tg[keep], il[keep], tl[keep], reduction="sum")
+        def f(x):
+            return fastctc.ctc_loss(x[:, keep], tg[keep], il[keep], tl[keep], reduction="sum")
         fd = -(f(up) - f(down)) / (2 * eps)
         assert post[t, n, c] == pytest.approx(fd, abs=1e-7)
 

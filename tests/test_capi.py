@@ -18,13 +18,11 @@ Everything is skipped, with the reason, when no C compiler is installed.
 import os
 import shutil
 import subprocess
-import sys
-
-import numpy as np
-import pytest
 
 import fastctc
+import numpy as np
 import published
+import pytest
 import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

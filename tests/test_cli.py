@@ -10,7 +10,6 @@ import time
 import types
 
 import pytest
-
 from fastctc import cli
 from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
 

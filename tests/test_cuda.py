@@ -13,18 +13,16 @@ Layers, so that the kernels are checked on every machine, not only on one with a
     benchmarks/gpu_check.py runs these and the device-only checks in one command.
 Run the GPU part alone with:  PYTHONPATH=$PWD/pyx python -m pytest -q tests/test_cuda.py -m "not slow or slow"
 """
-import ctypes
 import os
 import re
 import shutil
 import subprocess
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
-from fastctc import _cuda, _cuda_build
 from conftest import random_log_probs
+from fastctc import _cuda, _cuda_build
 from test_gpu_emulation import ref_log_alpha
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
@@ -515,6 +513,7 @@ def test_launches_keep_the_callers_current_device(monkeypatch):
     that device is made current for the launches and the caller's context put back."""
     import sys
     import types
+
     from fastctc import _cuda_launch as L
     state = {"ctx": "ctx0", "dev": 0, "switches": 0}
     drv = types.SimpleNamespace(cuCtxGetDevice=lambda: (0, state["dev"]),

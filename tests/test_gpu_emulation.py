@@ -10,14 +10,12 @@ import os
 import subprocess
 import sys
 
+import fastctc
+import gpu_emu
 import numpy as np
 import pytest
-
-import fastctc
-from fastctc import _cuda_launch as L
 from conftest import random_log_probs
-
-import gpu_emu
+from fastctc import _cuda_launch as L
 
 
 @pytest.fixture(scope="module")

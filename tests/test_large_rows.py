@@ -8,10 +8,9 @@ every SIMD level, against the float64 reference.  grad_out= must give the same n
 as a fresh gradient, overwrite every element, accept any strided (T, N, C) view with a
 contiguous class axis, and refuse what it cannot honour with a named error.
 """
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 import reference as ref
 from conftest import random_log_probs
 

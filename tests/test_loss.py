@@ -1,10 +1,9 @@
 """CPU engine: ctc_loss / ctc_loss_and_grad against float64 references, brute force,
 finite differences and published values, at every SIMD level this machine has."""
-import numpy as np
-import pytest
-
 import fastctc
+import numpy as np
 import published
+import pytest
 import reference as ref
 from conftest import random_log_probs
 
@@ -126,8 +125,10 @@ def test_against_reference(simd_level, seed):
 def _fd_grad(f, x, eps=1e-6):
     g = np.zeros_like(x)
     for i in np.ndindex(x.shape):
-        a = x.copy(); a[i] += eps
-        b = x.copy(); b[i] -= eps
+        a = x.copy()
+        a[i] += eps
+        b = x.copy()
+        b[i] -= eps
         g[i] = (f(a) - f(b)) / (2 * eps)
     return g
 
@@ -159,7 +160,8 @@ def test_input_forms_agree(simd_level, rng):
     padded = fastctc.ctc_loss(lp, tg, il, tl, reduction="none")
     flat = np.concatenate([tg[n, : tl[n]] for n in range(N)])
     np.testing.assert_array_equal(fastctc.ctc_loss(lp, flat, il, tl, reduction="none"), padded)
-    np.testing.assert_array_equal(fastctc.ctc_loss(lp, tg.astype(np.int32), tuple(il), list(tl), reduction="none"), padded)
+    np.testing.assert_array_equal(
+        fastctc.ctc_loss(lp, tg.astype(np.int32), tuple(il), list(tl), reduction="none"), padded)
     for n in range(N):
         # unbatched, as PyTorch reads it: 1-D targets concatenated (exactly tl labels), (1, S) padded
         single = fastctc.ctc_loss(lp[:, n], tg[n, : tl[n]], int(il[n]), int(tl[n]), reduction="none")

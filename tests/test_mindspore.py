@@ -2,11 +2,10 @@
 float64 reference's forward variables and losses on random batches, zero_infinity, and
 every documented error with its documented exception type.  MindSpore itself is optional:
 when installed, the same random cases are compared with it."""
-import numpy as np
-import pytest
-
 import fastctc
+import numpy as np
 import published
+import pytest
 import reference as ref
 from conftest import random_log_probs
 

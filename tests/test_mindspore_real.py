@@ -17,10 +17,9 @@ import pytest
 
 ms = pytest.importorskip("mindspore", reason="mindspore is not installed in this environment "
                                              "(.ci/run runs this file in .venv-mindspore)")
-from mindspore import Tensor, nn, ops  # noqa: E402
-
 import fastctc  # noqa: E402
 import fastctc.mindspore as fm  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
 
 ms.set_context(device_target="CPU")
 

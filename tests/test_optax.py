@@ -5,10 +5,9 @@ float64; plus the float64 CTC reference (optax's loss is the ordinary CTC loss w
 everything fits and log_epsilon is very negative) and input errors."""
 import functools
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 import reference as ref
 from fastctc import _optax
 

@@ -15,9 +15,8 @@ import sys
 import tarfile
 import zipfile
 
-import pytest
-
 import fastctc
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "tests", "installed_smoke.py")

@@ -14,10 +14,9 @@ import pytest
 
 paddle = pytest.importorskip("paddle", reason="paddlepaddle is not installed in this environment "
                                               "(.ci/run runs this file in .venv-paddle)")
-import paddle.nn.functional as F  # noqa: E402
-
 import fastctc  # noqa: E402
 import fastctc.paddle as fp  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
 
 warnings.filterwarnings("ignore", module="paddle")
 paddle.set_device("cpu")

@@ -13,10 +13,9 @@ import sys
 import textwrap
 import threading
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 from fastctc import _core
 from fastctc._engine import run
 from fastctc._validate import check_ctc_inputs
@@ -41,6 +40,14 @@ def _problem(T, N, C, L, dtype=np.float32, seed=0, logits=False):
     input_lengths[0] = T
     target_lengths = rng.integers(1, L + 1, N)
     return x.astype(dtype), targets, input_lengths, target_lengths
+
+
+@pytest.fixture(autouse=True)
+def split_small_problems(monkeypatch):
+    """The engine splits one sequence over two threads only when its trellis is large
+    enough to repay it (_core.SPLIT_MIN_CELLS); these tests use small problems, so they
+    lower the threshold to run the split pass too (it must give the same bits)."""
+    monkeypatch.setattr(_core, "SPLIT_MIN_CELLS", 0)
 
 
 @pytest.fixture(params=LEVELS)
@@ -86,7 +93,8 @@ def job(_=None):
 def test_forked_child_after_openmp_parent_completes(parent):
     if parent == "torch":
         pytest.importorskip("torch")
-        warm = "import torch; torch.set_num_threads(2); a = torch.randn(600, 600); (a @ a).sum(); torch.randn(10**6).exp().sum()"
+        warm = ("import torch; torch.set_num_threads(2); a = torch.randn(600, 600); (a @ a).sum(); "
+                "torch.randn(10**6).exp().sum()")
     else:
         warm = "ref = job()"
     code = _FORK_PRELUDE + warm + """
@@ -232,7 +240,8 @@ def test_non_finite_rule_infeasible_targets():
 
 @pytest.mark.parametrize("from_logits", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(40, 1, 12, 8), (64, 2, 30, 20), (33, 3, 9, 10), (100, 1, 80, 30)])
+@pytest.mark.parametrize("shape", [(40, 1, 12, 8), (64, 2, 30, 20), (33, 3, 9, 10), (100, 1, 80, 30),
+                                   (300, 1, 40, 60)])
 def test_bits_identical_for_any_thread_count(simd_level, from_logits, dtype, shape):
     x, tg, il, tl = _problem(*shape, dtype=dtype, seed=sum(shape), logits=from_logits)
     ref_loss, ref_grad = fastctc.ctc_loss_and_grad(x, tg, il, tl, reduction="sum", from_logits=from_logits,
@@ -363,3 +372,15 @@ def test_want_alpha_costs_match_loss_mode_on_infeasible_targets(dtype):
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(costs[~infeasible], plain[~infeasible], rtol=rtol)
     assert not np.isnan(alpha).any()
+
+
+def test_split_threshold_keeps_tiny_problems_on_one_thread(monkeypatch):
+    """Below SPLIT_MIN_CELLS a lone sequence runs on one thread (a parallel region costs
+    more than it saves there); above it, on two; the bits are the same either way."""
+    monkeypatch.setattr(_core, "SPLIT_MIN_CELLS", _core.SPLIT_MIN_CELLS)
+    x, tg, il, tl = _problem(10, 1, 5, 2, np.float32, seed=1)
+    ref = fastctc.ctc_loss_and_grad(x, tg, il, tl, num_threads=1)
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(_core, "SPLIT_MIN_CELLS", threshold)
+        got = fastctc.ctc_loss_and_grad(x, tg, il, tl, num_threads=2)
+        assert got[0].tobytes() == ref[0].tobytes() and got[1].tobytes() == ref[1].tobytes()

@@ -3,10 +3,9 @@ values equal fastctc.ctc_loss item by item, every bad-item kind becomes an error
 JSONL/CSV/Parquet outputs agree, and a rerun resumes from a torn or partial OUT."""
 import os
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 from fastctc.score import ScoreOptions, UsageError, run_score
 from score_helpers import SYMBOLS, by_id, log_softmax, make_set, read_jsonl, read_rows, write_manifest, write_vocab
 
@@ -307,6 +306,7 @@ def test_emission_reader_matches_np_load_on_every_layout(tmp_path):
     anything it does not handle must fall back to np.load, not fail."""
     import io
     import zipfile
+
     from fastctc.score.emissions import EmissionLoader
     rng = np.random.default_rng(0)
     a = rng.normal(size=(7, 6)).astype(np.float32)

@@ -21,7 +21,6 @@ import sys
 import time
 
 import pytest
-
 from fastctc import cli
 from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
 

@@ -9,7 +9,6 @@ import random
 
 import numpy as np
 import pytest
-
 from fastctc import cli
 from fastctc.score import ScoreOptions, UsageError, run_score
 from fastctc.score.metrics import levenshtein, normalise_space, text_rates

@@ -7,10 +7,9 @@ import shutil
 import subprocess
 import threading
 
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 import reference as ref
 from conftest import random_log_probs
 from fastctc import _core

@@ -5,14 +5,12 @@ and the error for CUDA tensors when no GPU path exists."""
 import sys
 import types
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-
 import fastctc  # noqa: E402
 import fastctc.torch as fct  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from fastctc import _engine  # noqa: E402
 
 

@@ -7,10 +7,9 @@ DIFFERENT and checked as such."""
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-
 import fastctc  # noqa: E402
 import fastctc.torch as fct  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from fastctc._validate import CTCTypeError, CTCValueError  # noqa: E402
 
 T, N, C, S = 6, 2, 4, 3

@@ -5,7 +5,6 @@ must decline (None) so that check_ctc_inputs handles it or raises its documented
 Also its small-batch reduce against _engine._reduce, bit for bit."""
 import numpy as np
 import pytest
-
 from fastctc import _engine, _fast
 from fastctc._validate import check_ctc_inputs
 

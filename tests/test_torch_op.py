@@ -6,9 +6,8 @@ The CUDA cases skip, saying so, on machines without a GPU."""
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-
 import fastctc.torch as fct  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -8,10 +8,9 @@ infeasible sequence without zero_infinity) ours is zero, so those are compared o
 through the loss.  Targets that contain the blank index itself are compared by loss only:
 PyTorch's backward miscounts the occupancy of such a label at the last frame (our
 gradient there agrees with finite differences; see test_loss.py)."""
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 from conftest import random_log_probs
 
 torch = pytest.importorskip("torch")

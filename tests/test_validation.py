@@ -1,10 +1,9 @@
 """Every bad input to ctc_loss / ctc_loss_and_grad raises a clear Python exception
 (a subclass of the builtin ValueError/TypeError) naming the argument, the index, the
 value and the bound, before any kernel runs; nothing crashes or reads out of bounds."""
+import fastctc
 import numpy as np
 import pytest
-
-import fastctc
 from fastctc import CTCTypeError, CTCValueError
 
 LP = np.log(np.full((6, 2, 4), 0.25))

@@ -168,11 +168,16 @@ int main(int argc, char **argv) {
     fastctc_status st;
     memset(&opt, 0, sizeof opt); /* all zero = defaults: blank 0, log-probs */
     for (i = 1; i < argc; ++i) {
-        if (!strcmp(argv[i], "--blank") && i + 1 < argc) opt.blank = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--logits")) opt.from_logits = 1;
-        else if (!path) path = argv[i];
-        else if (!label_text) label_text = argv[i];
-        else return die("too many arguments", argv[i]);
+        if (!strcmp(argv[i], "--blank") && i + 1 < argc)
+            opt.blank = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--logits"))
+            opt.from_logits = 1;
+        else if (!path)
+            path = argv[i];
+        else if (!label_text)
+            label_text = argv[i];
+        else
+            return die("too many arguments", argv[i]);
     }
     if (!path || !label_text) return die("usage: score [--blank B] [--logits] FILE.npy LABELS", NULL);
     if (load_npy(path, &acts, &T, &C, &why)) return die(why, path);
@@ -181,8 +186,7 @@ int main(int argc, char **argv) {
 
     /* One sequence: minibatch 1, so the time-major and batch-major layouts coincide. */
     st = fastctc_loss_f64(acts, NULL, labels, &L, &T, T, 1, C, &cost, NULL, 0, &opt);
-    if (st != FASTCTC_OK)
-        return die(fastctc_status_string(st), "check --blank and that every label is in [0, C)");
+    if (st != FASTCTC_OK) return die(fastctc_status_string(st), "check --blank and that every label is in [0, C)");
     printf("loss %.9g\n", cost);
     free(acts);
     free(labels);

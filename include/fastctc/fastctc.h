@@ -56,18 +56,18 @@ extern "C" {
 
 typedef enum {
     FASTCTC_OK = 0,
-    FASTCTC_INVALID_ARGUMENT = 1,    /* null pointer, size or value out of range */
+    FASTCTC_INVALID_ARGUMENT = 1, /* null pointer, size or value out of range */
     FASTCTC_WORKSPACE_TOO_SMALL = 2, /* workspace_bytes below fastctc_workspace_size() */
-    FASTCTC_OUT_OF_MEMORY = 3        /* workspace == NULL and the allocation failed */
+    FASTCTC_OUT_OF_MEMORY = 3 /* workspace == NULL and the allocation failed */
 } fastctc_status;
 
 /* Options; an all-zero struct (or a NULL pointer) means the defaults. */
 typedef struct {
-    int blank;         /* index of the blank class, 0 <= blank < alphabet_size */
-    int from_logits;   /* 0: acts are log-probabilities; 1: unnormalised, softmax fused */
+    int blank; /* index of the blank class, 0 <= blank < alphabet_size */
+    int from_logits; /* 0: acts are log-probabilities; 1: unnormalised, softmax fused */
     int zero_infinity; /* 1: infeasible sequences cost 0 instead of +inf */
-    int num_threads;   /* threads for this call; 0: the OpenMP default */
-    int batch_major;   /* 0: acts[(t*minibatch + n)*alphabet_size + c];
+    int num_threads; /* threads for this call; 0: the OpenMP default */
+    int batch_major; /* 0: acts[(t*minibatch + n)*alphabet_size + c];
                           1: acts[(n*max_time + t)*alphabet_size + c] */
 } fastctc_options;
 
@@ -94,9 +94,8 @@ FASTCTC_DEF const char *fastctc_status_string(fastctc_status status);
  * size, so a workspace sized for a worst case can be reused across calls.
  * Returns FASTCTC_OK, or FASTCTC_INVALID_ARGUMENT (size_bytes NULL, elem_size not 4 or 8,
  * any size, length or option out of range, or a size that overflows size_t). */
-FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, const int *input_lengths,
-                                                  int max_time, int minibatch, int alphabet_size,
-                                                  int want_grad, size_t elem_size,
+FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, const int *input_lengths, int max_time,
+                                                  int minibatch, int alphabet_size, int want_grad, size_t elem_size,
                                                   const fastctc_options *options, size_t *size_bytes);
 
 /* CTC cost (and gradient) of a minibatch, float32.
@@ -146,18 +145,16 @@ FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, cons
  * same bits for either layout, any thread count and either workspace owner.
  */
 FASTCTC_DEF fastctc_status fastctc_loss_f32(const float *acts, float *grads, const int *flat_labels,
-                                            const int *label_lengths, const int *input_lengths,
-                                            int max_time, int minibatch, int alphabet_size,
-                                            float *costs, void *workspace, size_t workspace_bytes,
-                                            const fastctc_options *options);
+                                            const int *label_lengths, const int *input_lengths, int max_time,
+                                            int minibatch, int alphabet_size, float *costs, void *workspace,
+                                            size_t workspace_bytes, const fastctc_options *options);
 
 /* The same for float64: every argument as for fastctc_loss_f32, with double acts, grads
  * and costs (elem_size = sizeof(double) in fastctc_workspace_size). */
 FASTCTC_DEF fastctc_status fastctc_loss_f64(const double *acts, double *grads, const int *flat_labels,
-                                            const int *label_lengths, const int *input_lengths,
-                                            int max_time, int minibatch, int alphabet_size,
-                                            double *costs, void *workspace, size_t workspace_bytes,
-                                            const fastctc_options *options);
+                                            const int *label_lengths, const int *input_lengths, int max_time,
+                                            int minibatch, int alphabet_size, double *costs, void *workspace,
+                                            size_t workspace_bytes, const fastctc_options *options);
 
 /* ---- One sequence at a time (the engine the batch calls and the Python module share) ---- */
 
@@ -165,20 +162,20 @@ FASTCTC_DEF fastctc_status fastctc_loss_f64(const double *acts, double *grads, c
  * and batch-major batches are read in place.  Every pointer/size is trusted: the batch
  * entry points and the Python module validate first. */
 typedef struct {
-    const float *acts;      /* [in] acts[t * act_stride + c], t < input_length, c < alphabet_size */
-    ptrdiff_t act_stride;   /* elements between consecutive frames */
-    const int *labels;      /* [in] label_length labels, each in [0, alphabet_size) */
+    const float *acts; /* [in] acts[t * act_stride + c], t < input_length, c < alphabet_size */
+    ptrdiff_t act_stride; /* elements between consecutive frames */
+    const int *labels; /* [in] label_length labels, each in [0, alphabet_size) */
     int label_length;
     int input_length;
     int alphabet_size;
     int blank;
     int from_logits;
-    float *grad;            /* [out] NULL, or grad[t * grad_stride + c] for t < grad_rows
+    float *grad; /* [out] NULL, or grad[t * grad_stride + c] for t < grad_rows
                                (rows past input_length are zeroed) */
     ptrdiff_t grad_stride;
     int grad_rows;
-    double grad_scale;      /* the gradient is multiplied by this (reduction weights) */
-    float *log_alpha;       /* [out] NULL, or log_alpha[t * alpha_stride + s] for t < alpha_rows,
+    double grad_scale; /* the gradient is multiplied by this (reduction weights) */
+    float *log_alpha; /* [out] NULL, or log_alpha[t * alpha_stride + s] for t < alpha_rows,
                                s < alpha_cols; -inf where a state is unreachable, past
                                input_length and past 2 * label_length + 1 */
     ptrdiff_t alpha_stride;
@@ -207,8 +204,7 @@ typedef struct {
 
 /* Scratch bytes one fastctc_sequence_* call needs for sequences of at most max_time
  * frames and max_label_length labels; 0 when the size would overflow size_t. */
-FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad,
-                                                  size_t elem_size);
+FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad, size_t elem_size);
 
 /* Runs one sequence; returns its negative log-likelihood: +inf when infeasible (then the
  * gradient rows are 0, whatever the values), NaN under the non-finite rule: a NaN or +inf
@@ -242,13 +238,13 @@ FASTCTC_DEF double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratc
  * label_lengths[n] + the number of adjacent repeated labels), or when paths, scores or
  * the workspace overlap each other or any input. */
 FASTCTC_DEF fastctc_status fastctc_align_f32(const float *acts, const int *flat_labels, const int *label_lengths,
-                                             const int *input_lengths, int max_time, int minibatch,
-                                             int alphabet_size, int *paths, float *scores, void *workspace,
-                                             size_t workspace_bytes, const fastctc_options *options);
+                                             const int *input_lengths, int max_time, int minibatch, int alphabet_size,
+                                             int *paths, float *scores, void *workspace, size_t workspace_bytes,
+                                             const fastctc_options *options);
 FASTCTC_DEF fastctc_status fastctc_align_f64(const double *acts, const int *flat_labels, const int *label_lengths,
-                                             const int *input_lengths, int max_time, int minibatch,
-                                             int alphabet_size, int *paths, double *scores, void *workspace,
-                                             size_t workspace_bytes, const fastctc_options *options);
+                                             const int *input_lengths, int max_time, int minibatch, int alphabet_size,
+                                             int *paths, double *scores, void *workspace, size_t workspace_bytes,
+                                             const fastctc_options *options);
 
 /* Bytes of workspace fastctc_align_f32/_f64 need (arguments as fastctc_workspace_size);
  * per thread about input_length * (2 * label_length + 1) bytes of backpointers. */
@@ -260,16 +256,16 @@ FASTCTC_DEF fastctc_status fastctc_align_workspace_size(const int *label_lengths
 /* One sequence's alignment problem, float32 (strided rows as in fastctc_job_f32).
  * Every pointer/size is trusted: labels in [0, alphabet_size), none equal to blank. */
 typedef struct {
-    const float *acts;      /* [in] acts[t * act_stride + c], t < input_length */
+    const float *acts; /* [in] acts[t * act_stride + c], t < input_length */
     ptrdiff_t act_stride;
-    const int *labels;      /* [in] label_length labels */
+    const int *labels; /* [in] label_length labels */
     int label_length;
     int input_length;
     int alphabet_size;
     int blank;
     int from_logits;
-    int *path;              /* [out] path[t] for t < out_rows (blank past input_length) */
-    float *scores;          /* [out] NULL, or scores[t] for t < out_rows (0 past input_length) */
+    int *path; /* [out] path[t] for t < out_rows (blank past input_length) */
+    float *scores; /* [out] NULL, or scores[t] for t < out_rows (0 past input_length) */
     int out_rows;
 } fastctc_align_job_f32;
 
@@ -335,9 +331,7 @@ static int fctc_min_int(int a, int b) { return a < b ? a : b; }
 
 /* Elements per padded trellis row: 2 leading pads, S states, 2 trailing pads, rounded
  * up to a whole number of 64-byte lines for aligned vector access. */
-static size_t fctc_row_width(int label_length) {
-    return fctc_round_up((size_t)(2 * (size_t)label_length + 1) + 4, 16);
-}
+static size_t fctc_row_width(int label_length) { return fctc_round_up((size_t)(2 * (size_t)label_length + 1) + 4, 16); }
 
 /* Software prefetch for reading, no temporal locality hint beyond L2 (the rows are
  * streamed once).  FCTC_PREFETCH_LINES(p, bytes) covers [p, p + bytes) a 64-byte line at
@@ -357,10 +351,10 @@ static size_t fctc_row_width(int label_length) {
 #else
 #define FCTC_STREAM_FENCE() ((void)0)
 #endif
-#define FCTC_PREFETCH_LINES(p, bytes)                                                      \
-    do {                                                                                   \
-        for (size_t fctc_pf_ = 0; fctc_pf_ < (size_t)(bytes); fctc_pf_ += 64)               \
-            FCTC_PREFETCH((const char *)(p) + fctc_pf_);                                   \
+#define FCTC_PREFETCH_LINES(p, bytes)                                                                                  \
+    do {                                                                                                               \
+        for (size_t fctc_pf_ = 0; fctc_pf_ < (size_t)(bytes); fctc_pf_ += 64)                                          \
+            FCTC_PREFETCH((const char *)(p) + fctc_pf_);                                                               \
     } while (0)
 
 /* Whether a sequence's gradient rows are written with non-temporal stores: only when the
@@ -416,8 +410,7 @@ FASTCTC_DEF const char *fastctc_status_string(fastctc_status status) {
     }
 }
 
-FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad,
-                                                  size_t elem_size) {
+FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad, size_t elem_size) {
     if (max_time < 0 || max_label_length < 0 || (elem_size != 4 && elem_size != 8)) return 0;
     size_t S = 2 * (size_t)max_label_length + 1;
     size_t W = fctc_row_width(max_label_length);
@@ -426,10 +419,10 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
     /* alpha_rows * W * elem_size must not overflow */
     if (W > (SIZE_MAX / 4) / elem_size / alpha_rows) return 0;
     size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN);
-    bytes += 3 * fctc_round_up(W * elem_size, FCTC_ALIGN);     /* skip, emit, gamma */
-    bytes += fctc_round_up(2 * W * elem_size, FCTC_ALIGN);     /* beta rows */
-    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);         /* per-frame log-sum-exp */
-    bytes += fctc_round_up(T * sizeof(double), FCTC_ALIGN);    /* per-row alpha offsets */
+    bytes += 3 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* skip, emit, gamma */
+    bytes += fctc_round_up(2 * W * elem_size, FCTC_ALIGN); /* beta rows */
+    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN); /* per-frame log-sum-exp */
+    bytes += fctc_round_up(T * sizeof(double), FCTC_ALIGN); /* per-row alpha offsets */
     bytes += fctc_round_up(alpha_rows * W * elem_size, FCTC_ALIGN);
     return bytes;
 }
@@ -443,13 +436,12 @@ FCTC_MAYBE_UNUSED static size_t fctc_split_scratch_bytes(int max_time, int max_l
     size_t T = max_time > 0 ? (size_t)max_time : 1;
     if (W > (SIZE_MAX / 8) / elem_size / T) return 0;
     size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN);
-    bytes += 7 * fctc_round_up(W * elem_size, FCTC_ALIGN);      /* skip; the roles' private rows */
-    bytes += 2 * fctc_round_up(T * W * elem_size, FCTC_ALIGN);  /* alpha and beta, whole */
-    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);          /* per-frame log-sum-exp */
+    bytes += 7 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* skip; the roles' private rows */
+    bytes += 2 * fctc_round_up(T * W * elem_size, FCTC_ALIGN); /* alpha and beta, whole */
+    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN); /* per-frame log-sum-exp */
     bytes += 2 * fctc_round_up(T * sizeof(double), FCTC_ALIGN); /* alpha and beta offsets */
     return bytes;
 }
-
 
 #ifdef __cplusplus
 }

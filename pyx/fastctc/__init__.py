@@ -7,9 +7,9 @@ stays light and never needs torch, jax or CUDA.
 import importlib as _importlib
 import os as _os
 
-from ._version import __version__
-from ._validate import CTCRuntimeError, CTCTypeError, CTCTypeRuntimeError, CTCValueError, CTCValueRuntimeError
 from ._engine import ctc_loss, ctc_loss_and_grad
+from ._validate import CTCRuntimeError, CTCTypeError, CTCTypeRuntimeError, CTCValueError, CTCValueRuntimeError
+from ._version import __version__
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {

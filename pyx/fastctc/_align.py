@@ -18,9 +18,19 @@ import numpy as np
 
 from . import _align_core
 from ._engine import _ThreadBudget, run
-from ._validate import (as_runtime_error, 
-    INT32_MAX, CTCRuntimeError, CTCTypeError, CTCValueError, as_float_array, as_int_array,
-    check_ctc_inputs, check_index, check_integer, check_num_threads, class_contiguous,
+from ._validate import (
+    INT32_MAX,
+    CTCRuntimeError,
+    CTCTypeError,
+    CTCValueError,
+    as_float_array,
+    as_int_array,
+    as_runtime_error,
+    check_ctc_inputs,
+    check_index,
+    check_integer,
+    check_num_threads,
+    class_contiguous,
 )
 
 __all__ = ["forced_align", "merge_tokens", "TokenSpan", "ctc_posteriors"]

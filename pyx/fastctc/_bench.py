@@ -161,7 +161,6 @@ def _optax_cases(logits, targets, il, tl):
 
 
 def run(shapes, threads_list, repeats, with_optax=True, simd=None):
-    import fastctc
     from fastctc import _core
     if simd:
         _core.set_simd_level(simd)
@@ -172,8 +171,8 @@ def run(shapes, threads_list, repeats, with_optax=True, simd=None):
     optax_ok = False
     if with_optax:
         try:
-            import optax  # noqa: F401
             import jax  # noqa: F401
+            import optax  # noqa: F401
             optax_ok = True
         except ImportError:
             pass

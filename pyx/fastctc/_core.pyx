@@ -67,6 +67,12 @@ cdef extern from *:
 
 SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
 
+# Smallest trellis (frames x states of the longest sequence) worth splitting over two
+# threads when a batch has fewer sequences than threads: below it the parallel region's
+# fixed cost exceeds the half of the work it saves (measured: T=10, S=5 split was ~4 us
+# slower than one thread; T=50, S=21 about even).
+SPLIT_MIN_CELLS = 4096
+
 def _warn_unknown_simd_env():
     """FASTCTC_SIMD names a level to force; an unknown name is ignored by the C dispatch
     (the best level runs), which must not happen silently."""
@@ -282,7 +288,9 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
     # child (threads.h).  Results do not depend on it: with fewer sequences than threads,
     # each is split over two threads (bit-identical to one thread, detail/trellis.h).
     team = fctc_team_cap(max(1, num_threads))
-    split = want_grad and not want_alpha and N < team
+    # (a problem too small to repay a parallel region -- two thread wake-ups, two barriers,
+    # about 4 us -- runs on one thread; the split is bit-identical, so only speed changes)
+    split = want_grad and not want_alpha and N < team and max_t * (2 * max_l + 1) >= SPLIT_MIN_CELLS
     n_threads = 1 if split else min(team, N)
     scratch = _scratch(n_threads, max_t, max_l, want_grad, split, item, &per_thread)
     base = <unsigned char *>((<uintptr_t>_data(scratch) + 63) & ~(<uintptr_t>63))

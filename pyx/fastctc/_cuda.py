@@ -16,8 +16,29 @@ cuda.core, torch or CuPy, at start-up):
 
 docs/gpu.md describes the kernels, the determinism and memory guarantees and the device check.
 """
-from ._cuda_build import (NVCC_FLAGS, NVRTC_OPTIONS, CUDACompileError, cache_dir, cache_key,  # noqa: F401
-                          compile_cubin, kernels, nvrtc_version, source_path, status)
-from ._cuda_launch import (KERNEL_TYPES, LSE_ARGS, TRELLIS_ARGS, ctc_loss_device, is_cuda_array,  # noqa: F401
-                           pack_args, plan, reduce_device, run_device, torch_backward, torch_ctc,
-                           torch_forward)
+from ._cuda_build import (  # noqa: F401
+                          NVCC_FLAGS,
+                          NVRTC_OPTIONS,
+                          CUDACompileError,
+                          cache_dir,
+                          cache_key,
+                          compile_cubin,
+                          kernels,
+                          nvrtc_version,
+                          source_path,
+                          status,
+)
+from ._cuda_launch import (  # noqa: F401
+                          KERNEL_TYPES,
+                          LSE_ARGS,
+                          TRELLIS_ARGS,
+                          ctc_loss_device,
+                          is_cuda_array,
+                          pack_args,
+                          plan,
+                          reduce_device,
+                          run_device,
+                          torch_backward,
+                          torch_ctc,
+                          torch_forward,
+)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError
+from ._validate import CTCTypeError, CTCValueError
 
 # Kernel arguments of fctc_trellis_* and fctc_grad_*, in the order of FCTC_FIELDS in
 # cuda/ctc.cu.  kinds: p = pointer, i = int32, q = int64, d = double.
@@ -456,6 +456,7 @@ class _Call:
     # -- launches (cuda.core, on the backend's stream)
     def _launch(self, name, grid, block, shm, args):
         from cuda.core import Stream, launch
+
         from . import _cuda_build
         kernel = _cuda_build.kernels(self.be.ordinal)[name]
         launch(Stream.from_handle(int(self.be.stream)), _config(grid, block, shm), kernel, *args)

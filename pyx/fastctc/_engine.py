@@ -20,8 +20,15 @@ import threading
 import numpy as np
 
 from . import _core, _fast
-from ._validate import (Batch, as_float_array, check_ctc_inputs, check_flag, check_grad_out, check_num_threads,
-                        check_reduction)
+from ._validate import (
+    Batch,
+    as_float_array,
+    check_ctc_inputs,
+    check_flag,
+    check_grad_out,
+    check_num_threads,
+    check_reduction,
+)
 
 _UNIT_WEIGHTS = np.ones(256, dtype=np.float64)
 _UNIT_WEIGHTS.flags.writeable = False

@@ -74,7 +74,8 @@ def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsil
         if arr.dtype.kind not in "fiub":
             raise CTCTypeError(f"{name} must be a real array of 0.0/1.0, got dtype {arr.dtype}")
     blank = check_index(blank_id, "blank_id", K)
-    if isinstance(log_epsilon, (bool, np.bool_)) or not isinstance(log_epsilon, (numbers.Real, np.ndarray, np.generic)) \
+    if isinstance(log_epsilon, (bool, np.bool_)) or \
+            not isinstance(log_epsilon, (numbers.Real, np.ndarray, np.generic)) \
             or np.ndim(log_epsilon) != 0:
         raise CTCTypeError(f"log_epsilon must be a real scalar, got {log_epsilon!r}")
     eps = float(log_epsilon)

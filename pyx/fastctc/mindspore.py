@@ -38,8 +38,8 @@ host arrays.
 """
 from __future__ import annotations
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from ._mindspore import CTCLossV2 as _NumpyCTCLossV2

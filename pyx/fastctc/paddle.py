@@ -29,8 +29,9 @@ instead, before any kernel runs (see docs/frameworks.md): input_lengths outside 
 segfault or garbage), labels outside [0, C) inside label_length (Paddle: reads out of
 bounds).  A label equal to the blank (inside label_length) raises ValueError: warp-ctc
 gives such targets a trellis of its own (no skip into that label) that the engine does
-not run, and a silently different value would be worse.  A reduction other than 'none'/'mean'/'sum' raises ValueError (Paddle: a bare
-AssertionError).  Errors Paddle does raise keep its builtin class: ValueError for a bad
+not run, and a silently different value would be worse.  A reduction other than
+'none'/'mean'/'sum' raises ValueError (Paddle: a bare AssertionError).  Errors Paddle
+does raise keep its builtin class: ValueError for a bad
 blank, rank, batch size, label_lengths > S, and for labels that are not int32 or lengths
 that are not int64; RuntimeError for activations that are not float32/float64.  (The
 dtype errors are fastctc.CTCTypeError subclasses too, so `except TypeError` catches them.)
@@ -49,8 +50,15 @@ import paddle
 from paddle.autograd import PyLayer
 
 from . import _engine
-from ._validate import (CTCRuntimeError, CTCTypeError, CTCValueError, check_ctc_inputs, check_flag,
-                        check_index, check_num_threads)
+from ._validate import (
+    CTCRuntimeError,
+    CTCTypeError,
+    CTCValueError,
+    check_ctc_inputs,
+    check_flag,
+    check_index,
+    check_num_threads,
+)
 
 __all__ = ["ctc_loss", "CTCLoss"]
 

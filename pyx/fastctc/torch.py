@@ -45,8 +45,18 @@ import numpy as np
 import torch
 
 from . import _engine, _fast
-from ._validate import (CTCRuntimeError, CTCTypeError, CTCTypeRuntimeError, CTCValueError, CTCValueRuntimeError,
-                        as_runtime_error, check_ctc_inputs, check_flag, check_num_threads, check_reduction)
+from ._validate import (
+    CTCRuntimeError,
+    CTCTypeError,
+    CTCTypeRuntimeError,
+    CTCValueError,
+    CTCValueRuntimeError,
+    as_runtime_error,
+    check_ctc_inputs,
+    check_flag,
+    check_num_threads,
+    check_reduction,
+)
 
 __all__ = ["ctc_loss", "CTCLoss", "gpu_status"]
 

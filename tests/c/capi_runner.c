@@ -32,9 +32,17 @@ int main(int argc, char **argv) {
     if (argc != 3) return 90;
     f = fopen(argv[1], "rb");
     if (!f || !read_ints(f, h, 11)) return 91;
-    T = h[0]; N = h[1]; C = h[2];
-    o.blank = h[3]; o.from_logits = h[4]; o.zero_infinity = h[5]; o.num_threads = h[6]; o.batch_major = h[7];
-    want_grad = h[8]; use_f32 = h[9]; ws_mode = h[10];
+    T = h[0];
+    N = h[1];
+    C = h[2];
+    o.blank = h[3];
+    o.from_logits = h[4];
+    o.zero_infinity = h[5];
+    o.num_threads = h[6];
+    o.batch_major = h[7];
+    want_grad = h[8];
+    use_f32 = h[9];
+    ws_mode = h[10];
     if (T < 0 || N < 0 || C < 1) return 92;
     il = (int *)malloc((size_t)N * sizeof(int) + 1);
     ll = (int *)malloc((size_t)N * sizeof(int) + 1);
@@ -50,8 +58,8 @@ int main(int argc, char **argv) {
     fclose(f);
 
     if (ws_mode) {
-        st = fastctc_workspace_size(ll, il, T, N, C, want_grad, use_f32 ? sizeof(float) : sizeof(double), &o,
-                                    &ws_bytes);
+        st =
+            fastctc_workspace_size(ll, il, T, N, C, want_grad, use_f32 ? sizeof(float) : sizeof(double), &o, &ws_bytes);
         if (st != FASTCTC_OK) return (int)st;
         buf = malloc(ws_bytes + 1);
         ws = ws_mode == 2 ? (void *)((char *)buf + 1) : buf;

@@ -25,43 +25,37 @@
 
 static int checks = 0, failures = 0;
 
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        ++checks;                                                          \
-        if (!(cond)) {                                                     \
-            ++failures;                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, "\n");                                         \
-        }                                                                  \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        ++checks;                                                                                                      \
+        if (!(cond)) {                                                                                                 \
+            ++failures;                                                                                                \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                       \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fprintf(stderr, "\n");                                                                                     \
+        }                                                                                                              \
     } while (0)
 
 /* Graves vectors: probabilities [n][t][c], N = 2, T = 5, C = 6, blank = 5. */
 enum { GT = 5, GN = 2, GC = 6, GBLANK = 5 };
 static const double graves_probs[60] = {
-    0.633766, 0.221185, 0.0917319, 0.0129757, 0.0142857, 0.0260553,
-    0.111121, 0.588392, 0.278779, 0.0055756, 0.00569609, 0.010436,
-    0.0357786, 0.633813, 0.321418, 0.00249248, 0.00272882, 0.0037688,
-    0.0663296, 0.643849, 0.280111, 0.00283995, 0.0035545, 0.00331533,
-    0.458235, 0.396634, 0.123377, 0.00648837, 0.00903441, 0.00623107,
-    0.30176, 0.28562, 0.0831517, 0.0862751, 0.0816851, 0.161508,
-    0.24082, 0.397533, 0.0557226, 0.0546814, 0.0557528, 0.19549,
-    0.230246, 0.450868, 0.0389607, 0.038309, 0.0391602, 0.202456,
-    0.280884, 0.429522, 0.0326593, 0.0339046, 0.0326856, 0.190345,
-    0.423286, 0.315517, 0.0338439, 0.0393744, 0.0339315, 0.154046,
+    0.633766,   0.221185,   0.0917319,  0.0129757,  0.0142857, 0.0260553,  0.111121,   0.588392,   0.278779,
+    0.0055756,  0.00569609, 0.010436,   0.0357786,  0.633813,  0.321418,   0.00249248, 0.00272882, 0.0037688,
+    0.0663296,  0.643849,   0.280111,   0.00283995, 0.0035545, 0.00331533, 0.458235,   0.396634,   0.123377,
+    0.00648837, 0.00903441, 0.00623107, 0.30176,    0.28562,   0.0831517,  0.0862751,  0.0816851,  0.161508,
+    0.24082,    0.397533,   0.0557226,  0.0546814,  0.0557528, 0.19549,    0.230246,   0.450868,   0.0389607,
+    0.038309,   0.0391602,  0.202456,   0.280884,   0.429522,  0.0326593,  0.0339046,  0.0326856,  0.190345,
+    0.423286,   0.315517,   0.0338439,  0.0393744,  0.0339315, 0.154046,
 };
 /* d loss / d logits = softmax - occupancy, same [n][t][c] order. */
 static const double graves_grad_logits[60] = {
-    -0.366234, 0.221185, 0.0917319, 0.0129757, 0.0142857, 0.0260553,
-    0.111121, -0.411608, 0.278779, 0.0055756, 0.00569609, 0.010436,
-    0.0357786, 0.633813, -0.678582, 0.00249248, 0.00272882, 0.0037688,
-    0.0663296, -0.356151, 0.280111, 0.00283995, 0.0035545, 0.00331533,
-    -0.541765, 0.396634, 0.123377, 0.00648837, 0.00903441, 0.00623107,
-    -0.69824, 0.28562, 0.0831517, 0.0862751, 0.0816851, 0.161508,
-    0.24082, -0.602467, 0.0557226, 0.0546814, 0.0557528, 0.19549,
-    0.230246, 0.450868, 0.0389607, 0.038309, 0.0391602, -0.797544,
-    0.280884, -0.570478, 0.0326593, 0.0339046, 0.0326856, 0.190345,
-    -0.576714, 0.315517, 0.0338439, 0.0393744, 0.0339315, 0.154046,
+    -0.366234,  0.221185,   0.0917319,  0.0129757,  0.0142857, 0.0260553,  0.111121,   -0.411608,  0.278779,
+    0.0055756,  0.00569609, 0.010436,   0.0357786,  0.633813,  -0.678582,  0.00249248, 0.00272882, 0.0037688,
+    0.0663296,  -0.356151,  0.280111,   0.00283995, 0.0035545, 0.00331533, -0.541765,  0.396634,   0.123377,
+    0.00648837, 0.00903441, 0.00623107, -0.69824,   0.28562,   0.0831517,  0.0862751,  0.0816851,  0.161508,
+    0.24082,    -0.602467,  0.0557226,  0.0546814,  0.0557528, 0.19549,    0.230246,   0.450868,   0.0389607,
+    0.038309,   0.0391602,  -0.797544,  0.280884,   -0.570478, 0.0326593,  0.0339046,  0.0326856,  0.190345,
+    -0.576714,  0.315517,   0.0338439,  0.0393744,  0.0339315, 0.154046,
 };
 static const double graves_loss[2] = {3.34211, 5.42262};
 static const int graves_labels[9] = {0, 1, 2, 1, 0, 0, 1, 1, 0};
@@ -74,16 +68,15 @@ static size_t at(int batch_major, int T, int N, int C, int t, int n, int c) {
 }
 
 /* One call in either precision; acts/grads/costs given as double and converted. */
-static fastctc_status run(int f32, const double *acts, double *grads, const int *labels, const int *ll,
-                          const int *il, int T, int N, int C, double *costs, void *ws, size_t ws_bytes,
-                          const fastctc_options *o) {
+static fastctc_status run(int f32, const double *acts, double *grads, const int *labels, const int *ll, const int *il,
+                          int T, int N, int C, double *costs, void *ws, size_t ws_bytes, const fastctc_options *o) {
     size_t count = (size_t)(T > 0 ? T : 0) * (size_t)(N > 0 ? N : 0) * (size_t)(C > 0 ? C : 0), i;
     fastctc_status st;
     /* Invalid calls may claim sizes far beyond the buffers (which hold at most 60
      * values); the call must refuse them before reading anything. */
-    if (count > 60 || (size_t)T * (size_t)N > 60 || (size_t)N * (size_t)C > 60 || (size_t)T * (size_t)C > 60) count = 60;
-    if (!f32)
-        return fastctc_loss_f64(acts, grads, labels, ll, il, T, N, C, costs, ws, ws_bytes, o);
+    if (count > 60 || (size_t)T * (size_t)N > 60 || (size_t)N * (size_t)C > 60 || (size_t)T * (size_t)C > 60)
+        count = 60;
+    if (!f32) return fastctc_loss_f64(acts, grads, labels, ll, il, T, N, C, costs, ws, ws_bytes, o);
     {
         float *a = (float *)malloc(count * sizeof(float) + 1);
         float *g = (float *)malloc(count * sizeof(float) + 1);
@@ -174,7 +167,8 @@ static void graves_case(int f32, int batch_major, int from_logits, int threads, 
     o.batch_major = batch_major;
     for (n = 0; n < GN; ++n)
         for (t = 0; t < GT; ++t)
-            for (c = 0; c < GC; ++c) acts[at(batch_major, GT, GN, GC, t, n, c)] = log(graves_probs[(n * GT + t) * GC + c]);
+            for (c = 0; c < GC; ++c)
+                acts[at(batch_major, GT, GN, GC, t, n, c)] = log(graves_probs[(n * GT + t) * GC + c]);
     if (ws_mode) {
         CHECK(fastctc_workspace_size(graves_label_lengths, graves_input_lengths, GT, GN, GC, 1,
                                      f32 ? sizeof(float) : sizeof(double), &o, &ws_bytes) == FASTCTC_OK,
@@ -195,8 +189,9 @@ static void graves_case(int f32, int batch_major, int from_logits, int threads, 
                 /* log-prob mode: d loss / d log p = -occupancy = grad_logits - softmax. */
                 double want = graves_grad_logits[k] - (from_logits ? 0.0 : graves_probs[k]);
                 double got = grads[at(batch_major, GT, GN, GC, t, n, c)];
-                CHECK(fabs(got - want) < tol_grad, "graves f32=%d bm=%d logits=%d thr=%d ws=%d: grad[n=%d,t=%d,c=%d] = %.7g, want %.7g",
-                      f32, batch_major, from_logits, threads, ws_mode, n, t, c, got, want);
+                CHECK(fabs(got - want) < tol_grad,
+                      "graves f32=%d bm=%d logits=%d thr=%d ws=%d: grad[n=%d,t=%d,c=%d] = %.7g, want %.7g", f32,
+                      batch_major, from_logits, threads, ws_mode, n, t, c, got, want);
             }
     free(buf);
 }
@@ -230,21 +225,23 @@ static void test_infeasible(int f32) {
         memset(&o, 0, sizeof o);
         o.zero_infinity = zi;
         for (k = 0; k < T * N * C; ++k) grads[k] = 99.0;
-        CHECK(run(f32, acts, grads, labels, ll, il, T, N, C, costs, NULL, 0, &o) == FASTCTC_OK, "infeasible call failed");
+        CHECK(run(f32, acts, grads, labels, ll, il, T, N, C, costs, NULL, 0, &o) == FASTCTC_OK,
+              "infeasible call failed");
         CHECK(zi ? costs[0] == 0.0 : (isinf(costs[0]) && costs[0] > 0), "repeat without room: cost %g", costs[0]);
         CHECK(zi ? costs[1] == 0.0 : (isinf(costs[1]) && costs[1] > 0), "labels longer than input: cost %g", costs[1]);
         CHECK(costs[2] == 0.0, "empty sequence cost %g, want 0", costs[2]);
         for (t = 0; t < T; ++t)
             for (k = 0; k < N; ++k)
                 for (c = 0; c < C; ++c)
-                    CHECK(grads[at(0, T, N, C, t, k, c)] == 0.0, "grad of infeasible/empty seq %d at t=%d c=%d is %g", k,
-                          t, c, grads[at(0, T, N, C, t, k, c)]);
+                    CHECK(grads[at(0, T, N, C, t, k, c)] == 0.0, "grad of infeasible/empty seq %d at t=%d c=%d is %g",
+                          k, t, c, grads[at(0, T, N, C, t, k, c)]);
     }
     /* The same (1, 1) with 3 frames is feasible: exactly one path b? no: 1 _ 1 -> p = (1/3)^3. */
     {
         int il3[1] = {3}, ll1[1] = {2};
         double cost1[1];
-        CHECK(run(f32, acts, NULL, labels, ll1, il3, T, 1, C, cost1, NULL, 0, NULL) == FASTCTC_OK, "feasible repeat failed");
+        CHECK(run(f32, acts, NULL, labels, ll1, il3, T, 1, C, cost1, NULL, 0, NULL) == FASTCTC_OK,
+              "feasible repeat failed");
         CHECK(fabs(cost1[0] - 3.0 * log(3.0)) < 1e-5, "(1,1) over 3 frames: cost %g, want %g", cost1[0], 3 * log(3.0));
     }
 }
@@ -297,17 +294,23 @@ static void test_invalid(int f32) {
     INVALID("alphabet_size 0", acts, grads, labels, ll, il, GT, GN, 0, costs, NULL, 0, &o);
     INVALID("alphabet_size < 0", acts, grads, labels, ll, il, GT, GN, -6, costs, NULL, 0, &o);
     INVALID("sizes overflow", acts, grads, labels, ll, il, INT_MAX, INT_MAX, INT_MAX, costs, NULL, 0, &o);
-    bad = o; bad.blank = -1;
+    bad = o;
+    bad.blank = -1;
     INVALID("blank < 0", acts, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &bad);
-    bad = o; bad.blank = GC;
+    bad = o;
+    bad.blank = GC;
     INVALID("blank == alphabet_size", acts, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &bad);
-    bad = o; bad.from_logits = 2;
+    bad = o;
+    bad.from_logits = 2;
     INVALID("from_logits 2", acts, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &bad);
-    bad = o; bad.zero_infinity = -1;
+    bad = o;
+    bad.zero_infinity = -1;
     INVALID("zero_infinity -1", acts, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &bad);
-    bad = o; bad.batch_major = 3;
+    bad = o;
+    bad.batch_major = 3;
     INVALID("batch_major 3", acts, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &bad);
-    bad = o; bad.num_threads = -1;
+    bad = o;
+    bad.num_threads = -1;
     INVALID("num_threads -1", acts, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &bad);
     INVALID("acts NULL", NULL, grads, labels, ll, il, GT, GN, GC, costs, NULL, 0, &o);
     INVALID("costs NULL", acts, grads, labels, ll, il, GT, GN, GC, NULL, NULL, 0, &o);
@@ -357,7 +360,8 @@ static void test_invalid(int f32) {
           "elem_size 3 accepted");
     CHECK(fastctc_workspace_size(NULL, il, GT, GN, GC, 1, 4, &o, &size) == FASTCTC_INVALID_ARGUMENT,
           "label_lengths NULL accepted by workspace_size");
-    bad = o; bad.blank = 6;
+    bad = o;
+    bad.blank = 6;
     CHECK(fastctc_workspace_size(ll, il, GT, GN, GC, 1, 4, &bad, &size) == FASTCTC_INVALID_ARGUMENT,
           "bad blank accepted by workspace_size");
 #undef INVALID

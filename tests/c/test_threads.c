@@ -21,7 +21,10 @@ static int labels[N * MAXL], ll[N], il[N];
 static double ref_costs[N], ref_grads[T * N * C];
 static float ref_costs32[N], ref_grads32[T * N * C];
 
-static unsigned lcg(unsigned *s) { *s = *s * 1103515245u + 12345u; return (*s >> 8) & 0xffffff; }
+static unsigned lcg(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return (*s >> 8) & 0xffffff;
+}
 
 static void *worker(void *arg) {
     long id = (long)arg;
@@ -84,7 +87,10 @@ int main(void) {
     for (t = 0; t < T; ++t)
         for (n = 0; n < N; ++n) {
             double lse = 0, x[C];
-            for (c = 0; c < C; ++c) { x[c] = (double)(lcg(&seed) % 1000) / 150.0; lse += exp(x[c]); }
+            for (c = 0; c < C; ++c) {
+                x[c] = (double)(lcg(&seed) % 1000) / 150.0;
+                lse += exp(x[c]);
+            }
             for (c = 0; c < C; ++c) {
                 double v = x[c] - log(lse);
                 acts_tm[((size_t)t * N + n) * C + c] = v;

@@ -25,8 +25,8 @@
 #undef FCTC_OX_LOG1P
 #include "_xla_ffi.h"
 
-#define SAME(ours, theirs, f_ours, f_theirs)                                                   \
-    _Static_assert(offsetof(ours, f_ours) == offsetof(theirs, f_theirs), #theirs "." #f_theirs); \
+#define SAME(ours, theirs, f_ours, f_theirs)                                                                           \
+    _Static_assert(offsetof(ours, f_ours) == offsetof(theirs, f_theirs), #theirs "." #f_theirs);                       \
     _Static_assert(sizeof(((ours *)0)->f_ours) == sizeof(((theirs *)0)->f_theirs), #theirs "." #f_theirs " size")
 
 SAME(fctc_xla_ext, XLA_FFI_Extension_Base, struct_size, struct_size);
@@ -74,9 +74,13 @@ _Static_assert(FCTC_XLA_ERROR_ARGS_SIZE == XLA_FFI_Error_Create_Args_STRUCT_SIZE
 _Static_assert((int)FCTC_XLA_EXT_METADATA == (int)XLA_FFI_Extension_Metadata, "metadata extension type");
 _Static_assert((int)FCTC_XLA_ERR_INVALID_ARGUMENT == (int)XLA_FFI_Error_Code_INVALID_ARGUMENT, "error code");
 _Static_assert((int)FCTC_XLA_ERR_RESOURCE_EXHAUSTED == (int)XLA_FFI_Error_Code_RESOURCE_EXHAUSTED, "error code");
-_Static_assert((int)FCTC_XLA_S32 == (int)XLA_FFI_DataType_S32 && (int)FCTC_XLA_S64 == (int)XLA_FFI_DataType_S64, "int dtypes");
-_Static_assert((int)FCTC_XLA_F32 == (int)XLA_FFI_DataType_F32 && (int)FCTC_XLA_F64 == (int)XLA_FFI_DataType_F64, "float dtypes");
-_Static_assert((int)FCTC_XLA_BUFFER == (int)XLA_FFI_ArgType_BUFFER && (int)FCTC_XLA_BUFFER == (int)XLA_FFI_RetType_BUFFER, "buffer");
+_Static_assert((int)FCTC_XLA_S32 == (int)XLA_FFI_DataType_S32 && (int)FCTC_XLA_S64 == (int)XLA_FFI_DataType_S64,
+               "int dtypes");
+_Static_assert((int)FCTC_XLA_F32 == (int)XLA_FFI_DataType_F32 && (int)FCTC_XLA_F64 == (int)XLA_FFI_DataType_F64,
+               "float dtypes");
+_Static_assert((int)FCTC_XLA_BUFFER == (int)XLA_FFI_ArgType_BUFFER &&
+                   (int)FCTC_XLA_BUFFER == (int)XLA_FFI_RetType_BUFFER,
+               "buffer");
 _Static_assert((int)FCTC_XLA_SCALAR == (int)XLA_FFI_AttrType_SCALAR, "scalar attribute");
 _Static_assert((int)FCTC_XLA_EXECUTE == (int)XLA_FFI_ExecutionStage_EXECUTE, "execute stage");
 _Static_assert(FCTC_XLA_API_MAJOR == XLA_FFI_API_MAJOR && FCTC_XLA_API_MINOR <= XLA_FFI_API_MINOR, "API version");

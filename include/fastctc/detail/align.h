@@ -63,16 +63,16 @@ FASTCTC_DEF size_t fastctc_align_scratch_bytes(int max_time, int max_label_lengt
     size_t T = max_time > 0 ? (size_t)max_time : 1;
     if (S > (SIZE_MAX / 4) / T) return 0; /* backpointers: T * S bytes */
     size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN); /* extended labels */
-    bytes += 4 * fctc_round_up(W * elem_size, FCTC_ALIGN);            /* 2 value rows, emit, skip */
-    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN);                /* per-frame log-sum-exp */
-    bytes += fctc_round_up(T * S, FCTC_ALIGN);                        /* backpointers */
+    bytes += 4 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* 2 value rows, emit, skip */
+    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN); /* per-frame log-sum-exp */
+    bytes += fctc_round_up(T * S, FCTC_ALIGN); /* backpointers */
     return bytes;
 }
 
 /* Checks every argument of the batch call (nothing is written); 0 when all is well. */
-static int fctc_align_check(const int *flat_labels, const int *label_lengths, const int *input_lengths,
-                            int max_time, int minibatch, int alphabet_size, const fastctc_options *o,
-                            int *longest_input, int *longest_label, size_t *total_labels) {
+static int fctc_align_check(const int *flat_labels, const int *label_lengths, const int *input_lengths, int max_time,
+                            int minibatch, int alphabet_size, const fastctc_options *o, int *longest_input,
+                            int *longest_label, size_t *total_labels) {
     size_t total = 0, offset = 0;
     if (fctc_check_sizes(label_lengths, input_lengths, max_time, minibatch, alphabet_size, o, longest_input,
                          longest_label, &total))
@@ -135,8 +135,8 @@ FCTC_ALIGN_INLINE void FCTC_FN(fctc_viterbi_row_body)(const FCTC_T *FCTC_RESTRIC
     for (int s = lo; s < hi; ++s) {
         FCTC_T x0 = prev[s], x1 = prev[s - 1];
         FCTC_T x2 = skip_ok[s] > 0 ? prev[s - 2] : FCTC_NEG_INF;
-        int move = x1 > x0;                  /* s-1 beats staying */
-        int take2 = (x2 > x1) & (x2 > x0);   /* the skip beats both */
+        int move = x1 > x0; /* s-1 beats staying */
+        int take2 = (x2 > x1) & (x2 > x0); /* the skip beats both */
         FCTC_T m01 = move ? x1 : x0;
         FCTC_T best = take2 ? x2 : m01;
         bp[s] = (unsigned char)(2 * take2 + (move & (take2 ^ 1)));
@@ -151,15 +151,16 @@ static void FCTC_FN(fctc_viterbi_row_base)(const FCTC_T *FCTC_RESTRICT prev, FCT
 }
 
 #ifdef FCTC_ALIGN_AVX2
-__attribute__((target("avx2,fma"))) static void FCTC_FN(fctc_viterbi_row_avx2)(
-    const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur, const FCTC_T *FCTC_RESTRICT emit,
-    const FCTC_T *FCTC_RESTRICT skip_ok, unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
+__attribute__((target("avx2,fma"))) static void
+FCTC_FN(fctc_viterbi_row_avx2)(const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur,
+                               const FCTC_T *FCTC_RESTRICT emit, const FCTC_T *FCTC_RESTRICT skip_ok,
+                               unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
     FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip_ok, bp, lo, hi);
 }
 #endif
 
-typedef void (*FCTC_FN(fctc_viterbi_row_fn))(const FCTC_T *, FCTC_T *, const FCTC_T *, const FCTC_T *,
-                                              unsigned char *, int, int);
+typedef void (*FCTC_FN(fctc_viterbi_row_fn))(const FCTC_T *, FCTC_T *, const FCTC_T *, const FCTC_T *, unsigned char *,
+                                             int, int);
 
 static FCTC_FN(fctc_viterbi_row_fn) FCTC_FN(fctc_viterbi_row_active)(void) {
 #ifdef FCTC_ALIGN_AVX2
@@ -169,7 +170,7 @@ static FCTC_FN(fctc_viterbi_row_fn) FCTC_FN(fctc_viterbi_row_active)(void) {
     return FCTC_FN(fctc_viterbi_row_base);
 }
 
-FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_job) *job, void *scratch) {
+FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_job) * job, void *scratch) {
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
     const int blank = job->blank;
@@ -200,8 +201,9 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
     if (T > 0 && feasible) {
         if (job->from_logits) {
             const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
-            for (t = 0; t < T; ++t) frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C,
-                                                               t + 1 < T ? job->acts + (ptrdiff_t)(t + 1) * job->act_stride : NULL);
+            for (t = 0; t < T; ++t)
+                frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C,
+                                          t + 1 < T ? job->acts + (ptrdiff_t)(t + 1) * job->act_stride : NULL);
         }
         for (t = 0; t < T; ++t) {
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
@@ -253,11 +255,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
     return total;
 }
 
-FASTCTC_DEF fastctc_status FCTC_FN(fastctc_align)(const FCTC_T *acts, const int *flat_labels,
-                                                  const int *label_lengths, const int *input_lengths,
-                                                  int max_time, int minibatch, int alphabet_size, int *paths,
-                                                  FCTC_T *scores, void *workspace, size_t workspace_bytes,
-                                                  const fastctc_options *options) {
+FASTCTC_DEF fastctc_status FCTC_FN(fastctc_align)(const FCTC_T *acts, const int *flat_labels, const int *label_lengths,
+                                                  const int *input_lengths, int max_time, int minibatch,
+                                                  int alphabet_size, int *paths, FCTC_T *scores, void *workspace,
+                                                  size_t workspace_bytes, const fastctc_options *options) {
     const fastctc_options *o = options ? options : &fctc_default_options;
     int longest_input, longest_label, n;
     size_t per_thread, total_labels;
@@ -286,8 +287,8 @@ FASTCTC_DEF fastctc_status FCTC_FN(fastctc_align)(const FCTC_T *acts, const int 
 
     int threads = fctc_threads_for(o, minibatch);
     if (threads > minibatch) threads = minibatch;
-    size_t need = fctc_align_workspace_bytes(longest_input, longest_label, sizeof(FCTC_T), threads, minibatch,
-                                             &per_thread);
+    size_t need =
+        fctc_align_workspace_bytes(longest_input, longest_label, sizeof(FCTC_T), threads, minibatch, &per_thread);
     if (need == 0) return FASTCTC_INVALID_ARGUMENT;
     void *owned = NULL;
     if (workspace) {

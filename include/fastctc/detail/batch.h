@@ -5,10 +5,9 @@
  * Instantiated for float and double through template.h.
  */
 FASTCTC_DEF fastctc_status FCTC_FN(fastctc_loss)(const FCTC_T *acts, FCTC_T *grads, const int *flat_labels,
-                                                 const int *label_lengths, const int *input_lengths,
-                                                 int max_time, int minibatch, int alphabet_size,
-                                                 FCTC_T *costs, void *workspace, size_t workspace_bytes,
-                                                 const fastctc_options *options) {
+                                                 const int *label_lengths, const int *input_lengths, int max_time,
+                                                 int minibatch, int alphabet_size, FCTC_T *costs, void *workspace,
+                                                 size_t workspace_bytes, const fastctc_options *options) {
     const fastctc_options *o = options ? options : &fctc_default_options;
     int longest_input, longest_label, n, threads;
     size_t total_labels, per_thread, k, need, act_bytes, cost_bytes, label_bytes, length_bytes;
@@ -38,13 +37,12 @@ FASTCTC_DEF fastctc_status FCTC_FN(fastctc_loss)(const FCTC_T *acts, FCTC_T *gra
         fctc_overlap(grads, act_bytes, input_lengths, length_bytes) ||
         fctc_overlap(costs, cost_bytes, input_lengths, length_bytes))
         return FASTCTC_INVALID_ARGUMENT;
-    if (workspace &&
-        (fctc_overlap(workspace, workspace_bytes, acts, act_bytes) ||
-         fctc_overlap(workspace, workspace_bytes, grads, act_bytes) ||
-         fctc_overlap(workspace, workspace_bytes, costs, cost_bytes) ||
-         fctc_overlap(workspace, workspace_bytes, flat_labels, label_bytes) ||
-         fctc_overlap(workspace, workspace_bytes, label_lengths, length_bytes) ||
-         fctc_overlap(workspace, workspace_bytes, input_lengths, length_bytes)))
+    if (workspace && (fctc_overlap(workspace, workspace_bytes, acts, act_bytes) ||
+                      fctc_overlap(workspace, workspace_bytes, grads, act_bytes) ||
+                      fctc_overlap(workspace, workspace_bytes, costs, cost_bytes) ||
+                      fctc_overlap(workspace, workspace_bytes, flat_labels, label_bytes) ||
+                      fctc_overlap(workspace, workspace_bytes, label_lengths, length_bytes) ||
+                      fctc_overlap(workspace, workspace_bytes, input_lengths, length_bytes)))
         return FASTCTC_INVALID_ARGUMENT;
     if (minibatch == 0) return FASTCTC_OK;
 

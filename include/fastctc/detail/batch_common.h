@@ -34,9 +34,7 @@ static int fctc_count_repeats(const int *labels, int L) {
 }
 
 /* A sequence is feasible (has at least one alignment) iff T >= L + repeats. */
-static int fctc_feasible(int T, int L, const int *labels) {
-    return L <= T && T - L >= fctc_count_repeats(labels, L);
-}
+static int fctc_feasible(int T, int L, const int *labels) { return L <= T && T - L >= fctc_count_repeats(labels, L); }
 
 /* The label length a call's scratch must hold for a sequence: a target that cannot fit
  * its input (L > T) is infeasible and is never laid out as a trellis, so it needs no
@@ -45,9 +43,9 @@ static int fctc_scratch_label_length(int T, int L) { return L < T ? L : (T > 0 ?
 
 /* Checks sizes, lengths and options, finds the longest input and label and the number of
  * labels; 0 when all is well. */
-static int fctc_check_sizes(const int *label_lengths, const int *input_lengths, int max_time,
-                            int minibatch, int alphabet_size, const fastctc_options *o,
-                            int *longest_input, int *longest_label, size_t *total_labels) {
+static int fctc_check_sizes(const int *label_lengths, const int *input_lengths, int max_time, int minibatch,
+                            int alphabet_size, const fastctc_options *o, int *longest_input, int *longest_label,
+                            size_t *total_labels) {
     int n;
     if (max_time < 0 || minibatch < 0 || alphabet_size < 1) return 1;
     if (minibatch > 0 && (!label_lengths || !input_lengths)) return 1;
@@ -89,8 +87,8 @@ static int fctc_overlap(const void *a, size_t a_bytes, const void *b, size_t b_b
 }
 
 /* Per-thread scratch and total workspace; 0 on overflow. */
-static size_t fctc_workspace_bytes(int longest_input, int longest_label, int want_grad, size_t elem_size,
-                                   int threads, int minibatch, size_t *per_thread) {
+static size_t fctc_workspace_bytes(int longest_input, int longest_label, int want_grad, size_t elem_size, int threads,
+                                   int minibatch, size_t *per_thread) {
     size_t one = fastctc_sequence_scratch_bytes(longest_input, longest_label, want_grad, elem_size);
     size_t fixed = fctc_round_up((size_t)minibatch * sizeof(ptrdiff_t), FCTC_ALIGN) + FCTC_ALIGN;
     if (one == 0) return 0;
@@ -99,9 +97,8 @@ static size_t fctc_workspace_bytes(int longest_input, int longest_label, int wan
     return one * (size_t)threads + fixed;
 }
 
-FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, const int *input_lengths,
-                                                  int max_time, int minibatch, int alphabet_size,
-                                                  int want_grad, size_t elem_size,
+FASTCTC_DEF fastctc_status fastctc_workspace_size(const int *label_lengths, const int *input_lengths, int max_time,
+                                                  int minibatch, int alphabet_size, int want_grad, size_t elem_size,
                                                   const fastctc_options *options, size_t *size_bytes) {
     const fastctc_options *o = options ? options : &fctc_default_options;
     int longest_input, longest_label;

@@ -41,7 +41,10 @@ static void fctc_cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
 #if defined(_MSC_VER)
     int v[4];
     __cpuidex(v, (int)leaf, (int)sub);
-    r[0] = (unsigned)v[0]; r[1] = (unsigned)v[1]; r[2] = (unsigned)v[2]; r[3] = (unsigned)v[3];
+    r[0] = (unsigned)v[0];
+    r[1] = (unsigned)v[1];
+    r[2] = (unsigned)v[2];
+    r[3] = (unsigned)v[3];
 #else
     __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
 #endif
@@ -74,8 +77,7 @@ static int fctc_simd_detect(void) {
     int avx512f = (r[1] >> 16) & 1, avx512dq = (r[1] >> 17) & 1;
     int level = (avx2 && fma) ? FASTCTC_SIMD_AVX2 : FASTCTC_SIMD_SCALAR;
     /* opmask + upper ZMM + high 16 ZMM state */
-    if (level == FASTCTC_SIMD_AVX2 && avx512f && avx512dq && (xcr0 & 0xe0) == 0xe0)
-        level = FASTCTC_SIMD_AVX512;
+    if (level == FASTCTC_SIMD_AVX2 && avx512f && avx512dq && (xcr0 & 0xe0) == 0xe0) level = FASTCTC_SIMD_AVX512;
     return level;
 #elif defined(FCTC_HAVE_NEON_KERNELS)
     return FASTCTC_SIMD_NEON;
@@ -107,10 +109,14 @@ static int fctc_simd_from_env(int best) {
     const char *env = getenv("FASTCTC_SIMD");
     if (!env || !*env) return best;
     int want = -1;
-    if (!strcmp(env, "scalar")) want = FASTCTC_SIMD_SCALAR;
-    else if (!strcmp(env, "neon")) want = FASTCTC_SIMD_NEON;
-    else if (!strcmp(env, "avx2")) want = FASTCTC_SIMD_AVX2;
-    else if (!strcmp(env, "avx512")) want = FASTCTC_SIMD_AVX512;
+    if (!strcmp(env, "scalar"))
+        want = FASTCTC_SIMD_SCALAR;
+    else if (!strcmp(env, "neon"))
+        want = FASTCTC_SIMD_NEON;
+    else if (!strcmp(env, "avx2"))
+        want = FASTCTC_SIMD_AVX2;
+    else if (!strcmp(env, "avx512"))
+        want = FASTCTC_SIMD_AVX512;
     if (want < 0 || !fastctc_simd_level_supported(want)) return best; /* never raise */
     return want;
 }

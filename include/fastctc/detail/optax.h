@@ -36,32 +36,28 @@
 #include <math.h>
 #include <stddef.h>
 
-static inline FCTC_T FCTC_FN(fctc_ox_lae)(FCTC_T a, FCTC_T b)
-{
+static inline FCTC_T FCTC_FN(fctc_ox_lae)(FCTC_T a, FCTC_T b) {
     FCTC_T d = a - b;
-    if (d != d) return a + b;  /* NaN, or infinities of the same sign */
+    if (d != d) return a + b; /* NaN, or infinities of the same sign */
     FCTC_T m = a > b ? a : b;
-    return m + FCTC_OX_LOG1P(FCTC_EXP(d < 0 ? d : -d));  /* max + log1p(exp(-|d|)) */
+    return m + FCTC_OX_LOG1P(FCTC_EXP(d < 0 ? d : -d)); /* max + log1p(exp(-|d|)) */
 }
 
 /* d logaddexp(a, b) / d a = exp(a - out), with +-inf replaced by 0 first (JAX's rule). */
-static inline FCTC_T FCTC_FN(fctc_ox_dlae)(FCTC_T a, FCTC_T out)
-{
+static inline FCTC_T FCTC_FN(fctc_ox_dlae)(FCTC_T a, FCTC_T out) {
     FCTC_T ra = isinf(a) ? (FCTC_T)0 : a;
     FCTC_T ro = isinf(out) ? (FCTC_T)0 : out;
     return FCTC_EXP(ra - ro);
 }
 
-static inline ptrdiff_t FCTC_FN(fctc_optax_work_size)(ptrdiff_t T, ptrdiff_t N)
-{
+static inline ptrdiff_t FCTC_FN(fctc_optax_work_size)(ptrdiff_t T, ptrdiff_t N) {
     /* lse shift+log per frame (2T), pre-final phi row (N+1), pphi (N+1),
        adjoints: g_phi, g_emit, g_pphi, g_phi_prev, g_emit_prev (3(N+1) + 2N) */
     return 2 * T + 5 * (N + 1) + 2 * N + 2;
 }
 
 /* log_softmax pieces of frame t: max and log(sum(exp(x - max))) */
-static inline void FCTC_FN(fctc_ox_lse)(const FCTC_T *xt, int K, FCTC_T *mx, FCTC_T *lsum)
-{
+static inline void FCTC_FN(fctc_ox_lse)(const FCTC_T *xt, int K, FCTC_T *mx, FCTC_T *lsum) {
     FCTC_T m = xt[0];
     for (int k = 1; k < K; ++k) m = xt[k] > m ? xt[k] : m;
     FCTC_T s = 0;
@@ -70,20 +66,17 @@ static inline void FCTC_FN(fctc_ox_lse)(const FCTC_T *xt, int K, FCTC_T *mx, FCT
     *lsum = FCTC_LOG(s);
 }
 
-static inline FCTC_T FCTC_FN(fctc_ox_lp)(const FCTC_T *xt, int k, int K, FCTC_T mx, FCTC_T lsum)
-{
+static inline FCTC_T FCTC_FN(fctc_ox_lp)(const FCTC_T *xt, int k, int K, FCTC_T mx, FCTC_T lsum) {
     if (k < 0 || k >= K) return (FCTC_T)0;
     return (xt[k] - mx) - lsum;
 }
 
-static int FCTC_FN(fctc_optax_sequence)(
-    const FCTC_T *x, ptrdiff_t x_ts, int T, int K, const FCTC_T *pad, ptrdiff_t pad_s,
-    const int *labels, int N, int label_len, int blank, FCTC_T eps,
-    FCTC_T *phi, ptrdiff_t phi_ts, FCTC_T *emit, ptrdiff_t emit_ts,
-    FCTC_T *grad, ptrdiff_t grad_ts, FCTC_T *work, FCTC_T *loss)
-{
+static int FCTC_FN(fctc_optax_sequence)(const FCTC_T *x, ptrdiff_t x_ts, int T, int K, const FCTC_T *pad,
+                                        ptrdiff_t pad_s, const int *labels, int N, int label_len, int blank, FCTC_T eps,
+                                        FCTC_T *phi, ptrdiff_t phi_ts, FCTC_T *emit, ptrdiff_t emit_ts, FCTC_T *grad,
+                                        ptrdiff_t grad_ts, FCTC_T *work, FCTC_T *loss) {
     FCTC_T *mxs = work, *lsums = work + T;
-    FCTC_T *phi_pre = lsums + T;          /* row T-1 before the final epsilon transition */
+    FCTC_T *phi_pre = lsums + T; /* row T-1 before the final epsilon transition */
     FCTC_T *pphi = phi_pre + (N + 1);
     FCTC_T *g_phi = pphi + (N + 1);
     FCTC_T *g_pphi = g_phi + (N + 1);
@@ -93,7 +86,10 @@ static int FCTC_FN(fctc_optax_sequence)(
     const FCTC_T one = 1, zero = 0;
 #define REP(n) ((n) + 1 < N && labels[(n)] == labels[(n) + 1] ? one : zero)
 
-    if (T <= 0) { *loss = 0; return 0; }
+    if (T <= 0) {
+        *loss = 0;
+        return 0;
+    }
     for (int t = 0; t < T; ++t) {
         const FCTC_T *xt = x + (ptrdiff_t)t * x_ts;
         FCTC_T mx, lsum;
@@ -108,7 +104,8 @@ static int FCTC_FN(fctc_optax_sequence)(
         /* previous state (the initial one at t = 0) and its epsilon-updated blank scores */
         for (int n = 0; n <= N; ++n) {
             FCTC_T prev = pphi_src ? pphi_src[n] : (n == 0 ? zero : eps);
-            if (n == 0) pphi[0] = prev;
+            if (n == 0)
+                pphi[0] = prev;
             else {
                 FCTC_T pe = pemit_src ? pemit_src[n - 1] : eps;
                 pphi[n] = FCTC_FN(fctc_ox_lae)(prev, pe + eps * REP(n - 1));
@@ -152,7 +149,8 @@ static int FCTC_FN(fctc_optax_sequence)(
         if (label_len >= 0 && label_len <= N) {
             FCTC_T gl = -one;
             int n = label_len;
-            if (n == 0) g_phi[0] = gl;
+            if (n == 0)
+                g_phi[0] = gl;
             else {
                 g_phi[n] = gl * FCTC_FN(fctc_ox_dlae)(phi_pre[n], last[n]);
                 g_emit[n - 1] = gl * FCTC_FN(fctc_ox_dlae)(lemit[n - 1], last[n]);
@@ -163,7 +161,7 @@ static int FCTC_FN(fctc_optax_sequence)(
         const FCTC_T *xt = x + (ptrdiff_t)t * x_ts;
         FCTC_T *gt = grad + (ptrdiff_t)t * grad_ts;
         FCTC_T mx = mxs[t], lsum = lsums[t];
-        const FCTC_T *pphi_src = t ? phi + (ptrdiff_t)(t - 1) * phi_ts : NULL;  /* rows < T-1: unmodified */
+        const FCTC_T *pphi_src = t ? phi + (ptrdiff_t)(t - 1) * phi_ts : NULL; /* rows < T-1: unmodified */
         const FCTC_T *pemit_src = t ? emit + (ptrdiff_t)(t - 1) * emit_ts : NULL;
         FCTC_T p = pad[(ptrdiff_t)t * pad_s];
         FCTC_T lpp = FCTC_FN(fctc_ox_lp)(xt, blank, K, mx, lsum);
@@ -172,13 +170,14 @@ static int FCTC_FN(fctc_optax_sequence)(
         /* recompute this frame's epsilon-updated blank scores */
         for (int n = 0; n <= N; ++n) {
             FCTC_T prev = pphi_src ? pphi_src[n] : (n == 0 ? zero : eps);
-            if (n == 0) pphi[0] = prev;
+            if (n == 0)
+                pphi[0] = prev;
             else {
                 FCTC_T pe = pemit_src ? pemit_src[n - 1] : eps;
                 pphi[n] = FCTC_FN(fctc_ox_lae)(prev, pe + eps * REP(n - 1));
             }
             g_pphi[n] = 0;
-            g_phi_prev[n] = p * g_phi[n];           /* carried over on padded frames */
+            g_phi_prev[n] = p * g_phi[n]; /* carried over on padded frames */
         }
         for (int n = 0; n < N; ++n) g_emit_prev[n] = p * g_emit[n];
         /* blanks: nphi_raw[n] = lae(pphi[n] + lpp, emit[n-1] + lpp + eps (1 - rep)) */

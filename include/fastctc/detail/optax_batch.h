@@ -46,17 +46,25 @@
  * is the label axis of labels.  Pointers are FCTC_T of the instantiation unless noted. */
 typedef struct {
     int B, T, K, N, blank;
-    const void *x;       ptrdiff_t x_bs, x_ts;       /* logits[b*x_bs + t*x_ts + k] */
-    const void *pad;     ptrdiff_t pad_bs, pad_ts;   /* logit_paddings[b*pad_bs + t*pad_ts] */
-    const int *labels;   ptrdiff_t lab_bs;           /* labels[b*lab_bs + n] */
-    const void *lpad;    ptrdiff_t lpad_bs, lpad_ns; /* label_paddings[b*lpad_bs + n*lpad_ns] */
-    const void *eps;     ptrdiff_t eps_group;        /* log_epsilon[b / eps_group] */
-    void *loss;                                      /* out: loss[b] */
-    void *grad;          ptrdiff_t g_bs, g_ts;       /* out or NULL: d loss[b] / d logits */
-    void *phi;           ptrdiff_t phi_bs, phi_ts;   /* out or NULL: logalpha_blank[t*phi_ts + b*phi_bs + n] */
-    void *emit;          ptrdiff_t emit_bs, emit_ts; /* out (with phi): logalpha_nonblank */
-    int exact;           /* 1: every sequence through optax.h */
-    int num_threads;     /* 0: OpenMP's default */
+    const void *x;
+    ptrdiff_t x_bs, x_ts; /* logits[b*x_bs + t*x_ts + k] */
+    const void *pad;
+    ptrdiff_t pad_bs, pad_ts; /* logit_paddings[b*pad_bs + t*pad_ts] */
+    const int *labels;
+    ptrdiff_t lab_bs; /* labels[b*lab_bs + n] */
+    const void *lpad;
+    ptrdiff_t lpad_bs, lpad_ns; /* label_paddings[b*lpad_bs + n*lpad_ns] */
+    const void *eps;
+    ptrdiff_t eps_group; /* log_epsilon[b / eps_group] */
+    void *loss; /* out: loss[b] */
+    void *grad;
+    ptrdiff_t g_bs, g_ts; /* out or NULL: d loss[b] / d logits */
+    void *phi;
+    ptrdiff_t phi_bs, phi_ts; /* out or NULL: logalpha_blank[t*phi_ts + b*phi_bs + n] */
+    void *emit;
+    ptrdiff_t emit_bs, emit_ts; /* out (with phi): logalpha_nonblank */
+    int exact; /* 1: every sequence through optax.h */
+    int num_threads; /* 0: OpenMP's default */
 } fctc_optax_batch_args;
 
 enum { FCTC_OX_FAST = 0, FCTC_OX_EXACT = 1 };
@@ -86,9 +94,12 @@ static int FCTC_FN(fctc_optax_classify)(const fctc_optax_batch_args *a, int b, f
      * NaN -> 0, out-of-range sums clamped (which leaves L outside [0, N]: the loss then
      * selects no state, optax's -0.0) */
     for (n = 0; n < a->N; ++n) padded += (double)lpad[(ptrdiff_t)n * a->lpad_ns];
-    if (padded != padded) L = a->N;
-    else if (padded > -1e9 && padded < 1e9) L = a->N - (int)padded;
-    else L = -1;
+    if (padded != padded)
+        L = a->N;
+    else if (padded > -1e9 && padded < 1e9)
+        L = a->N - (int)padded;
+    else
+        L = -1;
     info->L = L;
     if (a->exact || !(eps <= FCTC_OPTAX_FAST_EPS) || L < 0 || L > a->N) return 0;
     for (t = 0; t < a->T; ++t) {
@@ -113,8 +124,8 @@ static int FCTC_FN(fctc_optax_classify)(const fctc_optax_batch_args *a, int b, f
 }
 
 /* optax's own recurrence for sequence b (optax.h). */
-static void FCTC_FN(fctc_optax_exact_one)(const fctc_optax_batch_args *a, int b, int L, FCTC_T *work,
-                                          FCTC_T *phi_tmp, FCTC_T *emit_tmp) {
+static void FCTC_FN(fctc_optax_exact_one)(const fctc_optax_batch_args *a, int b, int L, FCTC_T *work, FCTC_T *phi_tmp,
+                                          FCTC_T *emit_tmp) {
     const int T = a->T, N = a->N;
     const FCTC_T eps = ((const FCTC_T *)a->eps)[b / a->eps_group];
     FCTC_T *phi, *emit;
@@ -130,11 +141,10 @@ static void FCTC_FN(fctc_optax_exact_one)(const fctc_optax_batch_args *a, int b,
         phi_ts = N + 1;
         emit_ts = N;
     }
-    FCTC_FN(fctc_optax_sequence)((const FCTC_T *)a->x + (ptrdiff_t)b * a->x_bs, a->x_ts, T, a->K,
-                                 (const FCTC_T *)a->pad + (ptrdiff_t)b * a->pad_bs, a->pad_ts,
-                                 a->labels + (ptrdiff_t)b * a->lab_bs, N, L, a->blank, eps, phi, phi_ts, emit,
-                                 emit_ts, a->grad ? (FCTC_T *)a->grad + (ptrdiff_t)b * a->g_bs : NULL, a->g_ts,
-                                 work, (FCTC_T *)a->loss + b);
+    FCTC_FN(fctc_optax_sequence)
+    ((const FCTC_T *)a->x + (ptrdiff_t)b * a->x_bs, a->x_ts, T, a->K, (const FCTC_T *)a->pad + (ptrdiff_t)b * a->pad_bs,
+     a->pad_ts, a->labels + (ptrdiff_t)b * a->lab_bs, N, L, a->blank, eps, phi, phi_ts, emit, emit_ts,
+     a->grad ? (FCTC_T *)a->grad + (ptrdiff_t)b * a->g_bs : NULL, a->g_ts, work, (FCTC_T *)a->loss + b);
 }
 
 /* The engine on sequence b's valid frames; returns 0 when the result is not finite (the
@@ -155,7 +165,8 @@ static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, c
         job.act_stride = a->x_ts;
     } else {
         for (t = 0, j = 0; t < T; ++t)
-            if (pad[(ptrdiff_t)t * a->pad_ts] == 0) memcpy(xbuf + (ptrdiff_t)(j++) * K, x + (ptrdiff_t)t * a->x_ts, (size_t)K * sizeof(FCTC_T));
+            if (pad[(ptrdiff_t)t * a->pad_ts] == 0)
+                memcpy(xbuf + (ptrdiff_t)(j++) * K, x + (ptrdiff_t)t * a->x_ts, (size_t)K * sizeof(FCTC_T));
         job.acts = xbuf;
         job.act_stride = K;
     }
@@ -184,12 +195,15 @@ static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, c
         job.alpha_rows = info->count;
         job.alpha_cols = 2 * N + 1;
     }
-    cost = split ? FCTC_FN(fctc_sequence_threads)(&job, engine_scratch, 2) : FCTC_FN(fastctc_sequence)(&job, engine_scratch);
+    cost = split ? FCTC_FN(fctc_sequence_threads)(&job, engine_scratch, 2)
+                 : FCTC_FN(fastctc_sequence)(&job, engine_scratch);
     if (grad && !info->contiguous) {
         for (t = 0, j = 0; t < T; ++t) {
             FCTC_T *g = grad + (ptrdiff_t)t * a->g_ts;
-            if (pad[(ptrdiff_t)t * a->pad_ts] == 0) memcpy(g, gbuf + (ptrdiff_t)(j++) * K, (size_t)K * sizeof(FCTC_T));
-            else memset(g, 0, (size_t)K * sizeof(FCTC_T));
+            if (pad[(ptrdiff_t)t * a->pad_ts] == 0)
+                memcpy(g, gbuf + (ptrdiff_t)(j++) * K, (size_t)K * sizeof(FCTC_T));
+            else
+                memset(g, 0, (size_t)K * sizeof(FCTC_T));
         }
     }
     if (want_alpha) {
@@ -250,7 +264,8 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
 #ifdef _OPENMP
         /* Fewer sequences than threads, with a gradient: one sequence at a time, each split
          * over two threads (forward and backward halves at once, trellis.h), as _core does. */
-        if (want_grad && threads == B && B < fctc_team_cap(a->num_threads > 0 ? a->num_threads : omp_get_max_threads())) {
+        if (want_grad && threads == B &&
+            B < fctc_team_cap(a->num_threads > 0 ? a->num_threads : omp_get_max_threads())) {
             split = 1;
             threads = 1;
         }
@@ -302,7 +317,8 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
         FCTC_T *phi_tmp = (FCTC_T *)((unsigned char *)work + wk);
         FCTC_T *emit_tmp = (FCTC_T *)((unsigned char *)phi_tmp + tmp / 2);
         (void)K;
-        if (info[b].route == FCTC_OX_FAST && FCTC_FN(fctc_optax_fast_one)(a, b, &info[b], engine_scratch, xbuf, gbuf, abuf, split))
+        if (info[b].route == FCTC_OX_FAST &&
+            FCTC_FN(fctc_optax_fast_one)(a, b, &info[b], engine_scratch, xbuf, gbuf, abuf, split))
             continue;
         FCTC_FN(fctc_optax_exact_one)(a, b, info[b].L, work, phi_tmp, emit_tmp);
     }

@@ -26,8 +26,8 @@
  * removed offsets are summed in double by the trellis).  tmp: a scratch row (W
  * elements, same padding) the vector kernels gather the emissions into. */
 static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,
-                                             FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
-                                             FCTC_T shift, FCTC_T *tmp) {
+                                             FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi, FCTC_T shift,
+                                             FCTC_T *tmp) {
     (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
     int bad = 0;
@@ -39,8 +39,7 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
         m = m > c ? m : c;
         FCTC_T v = (m == FCTC_NEG_INF)
                        ? FCTC_NEG_INF
-                       : (e - (emit_shift + shift)) + m +
-                             FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+                       : (e - (emit_shift + shift)) + m + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
         cur[s] = v;
         best = v > best ? v : best;
     }
@@ -52,8 +51,8 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
  * shift is nb's maximum (see alpha_row).  Also writes nb_out[s] = cur[s] + emit(t, s)
  * (the next step's nb, emit as in alpha_row) and returns its maximum over [lo, hi). */
 static FCTC_T FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,
-                                            const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo,
-                                            int hi, FCTC_T shift, FCTC_T *tmp) {
+                                            const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
+                                            FCTC_T shift, FCTC_T *tmp) {
     (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
     for (int s = lo; s < hi; ++s) {
@@ -61,9 +60,8 @@ static FCTC_T FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, FCTC_
         FCTC_T m = a > b ? a : b;
         FCTC_T e = x[ext[s]];
         m = m > c ? m : c;
-        FCTC_T v = (m == FCTC_NEG_INF)
-                       ? FCTC_NEG_INF
-                       : (m - shift) + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+        FCTC_T v = (m == FCTC_NEG_INF) ? FCTC_NEG_INF
+                                       : (m - shift) + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
         cur[s] = v;
         FCTC_T o = v + (e - emit_shift);
         nb_out[s] = o;
@@ -74,8 +72,8 @@ static FCTC_T FCTC_FN(fctc_beta_row_scalar)(const FCTC_T *nb, FCTC_T *cur, FCTC_
 
 /* out[s] = exp(a[s] + b[s] + offset) for s in [lo, hi): the state occupancy, where
  * offset = (alpha and beta row offsets) - log p, formed in double by the trellis. */
-static void FCTC_FN(fctc_gamma_row_scalar)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset,
-                                           FCTC_T *out, int lo, int hi) {
+static void FCTC_FN(fctc_gamma_row_scalar)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out, int lo,
+                                           int hi) {
     for (int s = lo; s < hi; ++s) out[s] = FCTC_EXP(a[s] + b[s] + offset);
 }
 
@@ -92,8 +90,7 @@ static FCTC_T FCTC_FN(fctc_row_lse_scalar)(const FCTC_T *x, int C, const FCTC_T 
 }
 
 /* out[c] = scale * exp(x[c] - shift): the softmax part of the logits gradient. */
-static void FCTC_FN(fctc_scaled_exp_row_scalar)(const FCTC_T *x, FCTC_T shift, FCTC_T scale,
-                                                FCTC_T *out, int C) {
+static void FCTC_FN(fctc_scaled_exp_row_scalar)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C) {
     for (int c = 0; c < C; ++c) out[c] = scale * FCTC_EXP(x[c] - shift);
 }
 
@@ -116,8 +113,7 @@ static void FCTC_FN(fctc_log_array_scalar)(const FCTC_T *x, FCTC_T *out, ptrdiff
  * class (exp(x - max) is stored, summed, then rescaled while the row is still in cache),
  * where row_lse + scaled_exp_row take two.  A row whose maximum is -inf or NaN gives what
  * those two give (the log-sum-exp is that maximum, the row NaN). */
-static FCTC_T FCTC_FN(fctc_softmax_row_scalar)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out,
-                                               const FCTC_T *next) {
+static FCTC_T FCTC_FN(fctc_softmax_row_scalar)(const FCTC_T *x, int C, FCTC_T scale, FCTC_T *out, const FCTC_T *next) {
     (void)next;
     FCTC_T m = FCTC_NEG_INF, sum = 0;
     int c;

@@ -28,12 +28,12 @@
  * states (blend masks for even and odd s, from the lane parities).  Half the scalar
  * gathers of gathering every state: those loads and stores were about a sixth of the
  * alpha row's time on the char shape.  The even entries of tmp are never used. */
-#define FCTC_EMISSIONS_BEGIN()                                                            \
-    for (int q = lo | 1; q < hi; q += 2) tmp[q] = x[ext[q]];                              \
-    const VT blank_emission = V_SET1(x[ext[0]]);                                          \
-    const VM blank_lanes[2] = {V_CMP_EQ(V_LOAD(FCTC_FN(fctc_lane_parity)), FCTC_C(0.0)), \
+#define FCTC_EMISSIONS_BEGIN()                                                                                         \
+    for (int q = lo | 1; q < hi; q += 2) tmp[q] = x[ext[q]];                                                           \
+    const VT blank_emission = V_SET1(x[ext[0]]);                                                                       \
+    const VM blank_lanes[2] = {V_CMP_EQ(V_LOAD(FCTC_FN(fctc_lane_parity)), FCTC_C(0.0)),                               \
                                V_CMP_EQ(V_LOAD(FCTC_FN(fctc_lane_parity) + 1), FCTC_C(0.0))}
-#define FCTC_EMISSIONS_AT(s) V_SELECT(blank_lanes[(s) & 1], blank_emission, V_LOAD(tmp + (s)))
+#define FCTC_EMISSIONS_AT(s) V_SELECT(blank_lanes[(s)&1], blank_emission, V_LOAD(tmp + (s)))
 
 static inline FCTC_VTARGET VT FCTC_VN(fctc_vlse3)(VT a, VT b, VT c, VT *m_out) {
     VT ab_hi = V_MAX(a, b), ab_lo = V_MIN(a, b);
@@ -46,8 +46,8 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlse3)(VT a, VT b, VT c, VT *m_out) {
 }
 
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,
-                                                   FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
-                                                   FCTC_T shift, FCTC_T *tmp) {
+                                                   FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi, FCTC_T shift,
+                                                   FCTC_T *tmp) {
     if (hi - lo < VW) return FCTC_FN(fctc_alpha_row_scalar)(prev, cur, x, ext, emit_shift, skip, lo, hi, shift, tmp);
     FCTC_EMISSIONS_BEGIN();
     const VT neg_inf = FCTC_C(-HUGE_VAL);
@@ -76,8 +76,8 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *c
 }
 
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,
-                                                  const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo,
-                                                  int hi, FCTC_T shift, FCTC_T *tmp) {
+                                                  const int *ext, FCTC_T emit_shift, const FCTC_T *skip, int lo, int hi,
+                                                  FCTC_T shift, FCTC_T *tmp) {
     if (hi - lo < VW)
         return FCTC_FN(fctc_beta_row_scalar)(nb, cur, nb_out, x, ext, emit_shift, skip, lo, hi, shift, tmp);
     FCTC_EMISSIONS_BEGIN();
@@ -102,8 +102,8 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_beta_row)(const FCTC_T *nb, FCTC_T *cur,
     return V_HMAX(best);
 }
 
-static FCTC_VTARGET void FCTC_VN(fctc_gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out,
-                                                 int lo, int hi) {
+static FCTC_VTARGET void FCTC_VN(fctc_gamma_row)(const FCTC_T *a, const FCTC_T *b, FCTC_T offset, FCTC_T *out, int lo,
+                                                 int hi) {
     if (hi - lo < VW) {
         FCTC_FN(fctc_gamma_row_scalar)(a, b, offset, out, lo, hi);
         return;
@@ -145,13 +145,13 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_row_lse)(const FCTC_T *x, int C, const F
     }
     for (; c < body; c += VW) s0 = V_ADD(s0, FCTC_VN(fctc_vexp_neg)(V_SUB(V_LOAD(x + c), mv)));
     if (body < C)
-        s1 = V_ADD(s1, FCTC_VN(fctc_vexp_occ)(V_SUB(FCTC_VN(fctc_load_tail)(x + body, C - body, (FCTC_T)-HUGE_VAL), mv)));
+        s1 = V_ADD(s1,
+                   FCTC_VN(fctc_vexp_occ)(V_SUB(FCTC_VN(fctc_load_tail)(x + body, C - body, (FCTC_T)-HUGE_VAL), mv)));
     FCTC_T sum = V_HSUM(V_ADD(s0, s1));
     return m + FCTC_LOG(sum);
 }
 
-static FCTC_VTARGET void FCTC_VN(fctc_scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out,
-                                                      int C) {
+static FCTC_VTARGET void FCTC_VN(fctc_scaled_exp_row)(const FCTC_T *x, FCTC_T shift, FCTC_T scale, FCTC_T *out, int C) {
     const int body = C - C % VW;
     const VT sh = V_SET1(shift), sc = V_SET1(scale);
     int c;
@@ -260,10 +260,10 @@ static FCTC_VTARGET void FCTC_VN(fctc_log_array)(const FCTC_T *x, FCTC_T *out, p
     }
 }
 
-static const FCTC_FN(fctc_kernels) FCTC_VN(fctc_kernels) = {
-    FCTC_VN(fctc_alpha_row),      FCTC_VN(fctc_beta_row), FCTC_VN(fctc_gamma_row), FCTC_VN(fctc_row_lse),
-    FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row), FCTC_VN(fctc_softmax_row), FCTC_VN(fctc_exp_array),
-    FCTC_VN(fctc_log_array)};
+static const FCTC_FN(fctc_kernels)
+    FCTC_VN(fctc_kernels) = {FCTC_VN(fctc_alpha_row),   FCTC_VN(fctc_beta_row),       FCTC_VN(fctc_gamma_row),
+                             FCTC_VN(fctc_row_lse),     FCTC_VN(fctc_scaled_exp_row), FCTC_VN(fctc_fill_row),
+                             FCTC_VN(fctc_softmax_row), FCTC_VN(fctc_exp_array),      FCTC_VN(fctc_log_array)};
 
 #undef FCTC_EMISSIONS_BEGIN
 #undef FCTC_EMISSIONS_AT

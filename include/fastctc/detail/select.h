@@ -4,12 +4,12 @@
  * Instantiated for float and double through template.h.
  */
 static const FCTC_FN(fctc_kernels) FCTC_FN(fctc_kernels_scalar) = {
-    FCTC_FN(fctc_alpha_row_scalar), FCTC_FN(fctc_beta_row_scalar), FCTC_FN(fctc_gamma_row_scalar),
-    FCTC_FN(fctc_row_lse_scalar),   FCTC_FN(fctc_scaled_exp_row_scalar), FCTC_FN(fctc_fill_row_scalar),
-    FCTC_FN(fctc_softmax_row_scalar), FCTC_FN(fctc_exp_array_scalar), FCTC_FN(fctc_log_array_scalar)};
+    FCTC_FN(fctc_alpha_row_scalar),   FCTC_FN(fctc_beta_row_scalar),       FCTC_FN(fctc_gamma_row_scalar),
+    FCTC_FN(fctc_row_lse_scalar),     FCTC_FN(fctc_scaled_exp_row_scalar), FCTC_FN(fctc_fill_row_scalar),
+    FCTC_FN(fctc_softmax_row_scalar), FCTC_FN(fctc_exp_array_scalar),      FCTC_FN(fctc_log_array_scalar)};
 
 /* The table of one level (scalar when that level is not compiled in). */
-static const FCTC_FN(fctc_kernels) *FCTC_FN(fctc_kernels_for)(int level) {
+static const FCTC_FN(fctc_kernels) * FCTC_FN(fctc_kernels_for)(int level) {
     switch (level) {
 #ifdef FCTC_HAVE_X86_KERNELS
     case FASTCTC_SIMD_AVX512: return &FCTC_FN(fctc_kernels_avx512);
@@ -22,6 +22,6 @@ static const FCTC_FN(fctc_kernels) *FCTC_FN(fctc_kernels_for)(int level) {
     }
 }
 
-static const FCTC_FN(fctc_kernels) *FCTC_FN(fctc_kernels_active)(void) {
+static const FCTC_FN(fctc_kernels) * FCTC_FN(fctc_kernels_active)(void) {
     return FCTC_FN(fctc_kernels_for)(fastctc_simd_level());
 }

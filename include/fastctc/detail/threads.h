@@ -38,20 +38,28 @@
 #define FCTC_HAVE_PTHREAD_PROBE 1
 #include <pthread.h>
 
-static int fctc_forked_child = 0;         /* set in a child after fork() */
-static int fctc_team_verified = 1;        /* teams up to this size are known to start */
+static int fctc_forked_child = 0; /* set in a child after fork() */
+static int fctc_team_verified = 1; /* teams up to this size are known to start */
 static int fctc_team_ceiling = FCTC_MAX_THREADS; /* a probe could not create more */
 static pthread_mutex_t fctc_probe_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t fctc_fork_once = PTHREAD_ONCE_INIT;
 
-FCTC_MAYBE_UNUSED static void fctc_after_fork_in_child(void) { __atomic_store_n(&fctc_forked_child, 1, __ATOMIC_RELAXED); }
-FCTC_MAYBE_UNUSED static void fctc_install_fork_handler(void) { (void)pthread_atfork(NULL, NULL, fctc_after_fork_in_child); }
+FCTC_MAYBE_UNUSED static void fctc_after_fork_in_child(void) {
+    __atomic_store_n(&fctc_forked_child, 1, __ATOMIC_RELAXED);
+}
+FCTC_MAYBE_UNUSED static void fctc_install_fork_handler(void) {
+    (void)pthread_atfork(NULL, NULL, fctc_after_fork_in_child);
+}
 
 /* Installs the fork handler (once per process; safe to call from any thread). */
-FCTC_MAYBE_UNUSED static void fctc_fork_guard_install(void) { (void)pthread_once(&fctc_fork_once, fctc_install_fork_handler); }
+FCTC_MAYBE_UNUSED static void fctc_fork_guard_install(void) {
+    (void)pthread_once(&fctc_fork_once, fctc_install_fork_handler);
+}
 
 /* 1 in a process forked after the handler was installed. */
-FCTC_MAYBE_UNUSED static int fctc_in_forked_child(void) { return __atomic_load_n(&fctc_forked_child, __ATOMIC_RELAXED); }
+FCTC_MAYBE_UNUSED static int fctc_in_forked_child(void) {
+    return __atomic_load_n(&fctc_forked_child, __ATOMIC_RELAXED);
+}
 
 FCTC_MAYBE_UNUSED static void *fctc_probe_body(void *arg) { return arg; }
 

@@ -41,18 +41,20 @@
 /* PREFETCH (FCTC_PREFETCH or FCTC_PREFETCH_W) the lines of row[blank] (ext[0]) and of
  * row[label] for the label states of [lo, hi). */
 #ifndef FCTC_PREFETCH_LABEL_LINES
-#define FCTC_PREFETCH_LABEL_LINES(PREFETCH, row, ext, lo, hi)                               \
-    do {                                                                                    \
-        PREFETCH((row) + (ext)[0]);                                                         \
-        for (int fctc_s_ = (lo) | 1; fctc_s_ < (hi); fctc_s_ += 2) PREFETCH((row) + (ext)[fctc_s_]); \
+#define FCTC_PREFETCH_LABEL_LINES(PREFETCH, row, ext, lo, hi)                                                          \
+    do {                                                                                                               \
+        PREFETCH((row) + (ext)[0]);                                                                                    \
+        for (int fctc_s_ = (lo) | 1; fctc_s_ < (hi); fctc_s_ += 2) PREFETCH((row) + (ext)[fctc_s_]);                   \
     } while (0)
 #endif
 
 static void FCTC_FN(fctc_prefetch_emissions)(const FCTC_T *x, int C, int S, const int *ext, int lo, int hi) {
     size_t bytes = (size_t)C * sizeof(FCTC_T);
     if (bytes < 1024) return;
-    if (bytes / 64 <= 2 * (size_t)S && bytes <= 131072) FCTC_PREFETCH_LINES(x, bytes);
-    else FCTC_PREFETCH_LABEL_LINES(FCTC_PREFETCH, x, ext, lo, hi);
+    if (bytes / 64 <= 2 * (size_t)S && bytes <= 131072)
+        FCTC_PREFETCH_LINES(x, bytes);
+    else
+        FCTC_PREFETCH_LABEL_LINES(FCTC_PREFETCH, x, ext, lo, hi);
 }
 
 /* The backward pass subtracts occupancies at the label columns of gradient row g: with
@@ -68,8 +70,8 @@ static FCTC_T *FCTC_FN(fctc_carve)(unsigned char **cursor, size_t count) {
 }
 
 /* Gather one frame's emissions for states [lo, hi): emit[s] = x[l'(s)] - shift. */
-static void FCTC_FN(fctc_gather_emissions)(const FCTC_T *x, const int *ext, FCTC_T shift,
-                                           FCTC_T *emit, int lo, int hi) {
+static void FCTC_FN(fctc_gather_emissions)(const FCTC_T *x, const int *ext, FCTC_T shift, FCTC_T *emit, int lo,
+                                           int hi) {
     for (int s = lo; s < hi; ++s) emit[s] = x[ext[s]] - shift;
 }
 
@@ -84,13 +86,15 @@ static void FCTC_FN(fctc_fence)(FCTC_T *row, int lo, int hi) {
 /* Gradient row t, written once: the softmax part (logits) or zero, then minus the
  * occupancy gam[s] of every state in [lo, hi), summed per label in state order
  * (deterministic), all times the sequence's scale. */
-static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
-                                   const FCTC_T *x, FCTC_T *g, FCTC_T lse, const FCTC_T *gam, const int *ext,
-                                   int lo, int hi, int softmax_written, int stream) {
+static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const FCTC_T *x,
+                                   FCTC_T *g, FCTC_T lse, const FCTC_T *gam, const int *ext, int lo, int hi,
+                                   int softmax_written, int stream) {
     const FCTC_T scale = (FCTC_T)job->grad_scale;
     int s;
-    if (!job->from_logits) k->fill_row(g, (FCTC_T)0, job->alphabet_size, stream);
-    else if (!softmax_written) k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
+    if (!job->from_logits)
+        k->fill_row(g, (FCTC_T)0, job->alphabet_size, stream);
+    else if (!softmax_written)
+        k->scaled_exp_row(x, lse, scale, g, job->alphabet_size);
     FCTC_T blank_occupancy = 0;
     for (s = lo + (lo & 1); s < hi; s += 2) blank_occupancy += gam[s];
     g[job->blank] -= scale * blank_occupancy;
@@ -128,7 +132,7 @@ static int FCTC_FN(fctc_lse_bad)(FCTC_T lse) { return !(lse - lse == (FCTC_T)0);
 
 /* Gradient rows of a sequence whose loss is NaN (bad) or +inf: rows [0, T) NaN or 0, the
  * rest 0. */
-static void FCTC_FN(fctc_fill_grad)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job, int bad,
+static void FCTC_FN(fctc_fill_grad)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, int bad,
                                     int stream) {
     for (int t = 0; t < job->grad_rows; ++t)
         k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride,
@@ -137,14 +141,14 @@ static void FCTC_FN(fctc_fill_grad)(const FCTC_FN(fctc_kernels) *k, const FCTC_F
 
 /* An infeasible target (T < L + repeats), without forward variables: no trellis is laid
  * out (so no scratch is needed) and no cell is read: the loss is +inf, the gradient 0. */
-static FCTC_T FCTC_FN(fctc_infeasible)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job) {
+static FCTC_T FCTC_FN(fctc_infeasible)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job) {
     if (job->grad) FCTC_FN(fctc_fill_grad)(k, job, 0, 0);
     return (FCTC_T)HUGE_VAL;
 }
 
 /* Extended labels (blank, y1, blank, ..., yL, blank, then two blank pads) and the skip
  * row (0 where the s-2 -> s transition is allowed, else -inf). */
-static void FCTC_FN(fctc_extend_labels)(const FCTC_FN(fastctc_job) *job, int *ext, FCTC_T *skip) {
+static void FCTC_FN(fctc_extend_labels)(const FCTC_FN(fastctc_job) * job, int *ext, FCTC_T *skip) {
     const int S = 2 * job->label_length + 1;
     int s;
     for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : job->blank;
@@ -153,7 +157,7 @@ static void FCTC_FN(fctc_extend_labels)(const FCTC_FN(fastctc_job) *job, int *ex
         skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
 }
 
-FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, void *scratch) {
+FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, void *scratch) {
     const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
@@ -196,17 +200,20 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
     } else {
-        double offset = 0;   /* alpha(t, s) = stored(t, s) + offset, summed in double */
-        FCTC_T row_max = 0;  /* maximum of the previous stored row (0 when it is all -inf) */
+        double offset = 0; /* alpha(t, s) = stored(t, s) + offset, summed in double */
+        FCTC_T row_max = 0; /* maximum of the previous stored row (0 when it is all -inf) */
         for (t = 0; t < T; ++t) {
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
             /* the frame's log-sum-exp just before its alpha row: the row is still cached
              * when the alpha kernel gathers its labels */
-            if (!job->from_logits) frame_lse[t] = 0;
+            if (!job->from_logits)
+                frame_lse[t] = 0;
             else if (softmax_in_forward) /* the gradient's softmax part, written once, now */
-                frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale, job->grad + (ptrdiff_t)t * job->grad_stride,
-                                              t + 1 < T ? x + job->act_stride : NULL);
-            else frame_lse[t] = k->row_lse(x, C, t + 1 < T ? x + job->act_stride : NULL);
+                frame_lse[t] =
+                    k->softmax_row(x, C, (FCTC_T)job->grad_scale, job->grad + (ptrdiff_t)t * job->grad_stride,
+                                   t + 1 < T ? x + job->act_stride : NULL);
+            else
+                frame_lse[t] = k->row_lse(x, C, t + 1 < T ? x + job->act_stride : NULL);
             FCTC_T *cur = alpha_rows + (want_grad ? (size_t)t : (size_t)(t & 1)) * W + 2;
             int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
             int hi = fctc_min_int(S, 2 * t + 2);
@@ -227,9 +234,12 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
             /* The non-finite rule: the row kernel flags a NaN or +inf emission of its
              * band with a NaN maximum; the first row, and the band of a row widened for
              * forward variables, are checked here. */
-            if (job->from_logits) bad |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
-            else if (t == 0 || !prune) bad |= FCTC_FN(fctc_band_bad)(x, ext, fctc_max_int(0, S - 2 * (T - t)), hi);
-            else bad |= best != best;
+            if (job->from_logits)
+                bad |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
+            else if (t == 0 || !prune)
+                bad |= FCTC_FN(fctc_band_bad)(x, ext, fctc_max_int(0, S - 2 * (T - t)), hi);
+            else
+                bad |= best != best;
             row_offsets[t] = offset;
             row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
             if (want_alpha && t < job->alpha_rows) {
@@ -254,8 +264,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
             for (s = 0; s < job->alpha_cols; ++s) out[s] = FCTC_NEG_INF;
         }
     }
-    if (bad && feasible) log_likelihood_d = NAN;
-    else bad = 0;
+    if (bad && feasible)
+        log_likelihood_d = NAN;
+    else
+        bad = 0;
 
     const FCTC_T log_likelihood = (FCTC_T)log_likelihood_d;
     if (want_grad) {
@@ -268,11 +280,11 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
                 k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride, (FCTC_T)0, C, stream_grad);
         }
         if (!bad && log_likelihood != FCTC_NEG_INF && T > 0) {
-            FCTC_T *bcur = beta_rows + 2;          /* beta(t) - beta_offset */
-            FCTC_T *bnext = beta_rows + W + 2;     /* beta(t+1) + emit(t+1) - beta_offset */
-            FCTC_T *bspare = emit + 2;             /* receives beta(t) + emit(t) */
+            FCTC_T *bcur = beta_rows + 2; /* beta(t) - beta_offset */
+            FCTC_T *bnext = beta_rows + W + 2; /* beta(t+1) + emit(t+1) - beta_offset */
+            FCTC_T *bspare = emit + 2; /* receives beta(t) + emit(t) */
             double beta_offset = 0;
-            FCTC_T next_max = 0;                   /* maximum of bnext (0 when all -inf) */
+            FCTC_T next_max = 0; /* maximum of bnext (0 when all -inf) */
             for (t = T - 1; t >= 0; --t) {
                 const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
                 const FCTC_T *arow = alpha_rows + (size_t)t * W + 2;
@@ -346,10 +358,10 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) *job, vo
 /* Alpha rows [from, to) into arows (stored minus the running offset, as fastctc_sequence
  * stores them), carrying the offset and the previous row's maximum; *bad |= the
  * non-finite rule's verdict on the emissions of those frames (log-probabilities). */
-static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
-                                      const int *ext, const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *arows,
-                                      double *aoff, size_t W, int from, int to, double *offset_io,
-                                      FCTC_T *row_max_io, FCTC_T *tmp, int *bad) {
+static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
+                                      const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *arows, double *aoff,
+                                      size_t W, int from, int to, double *offset_io, FCTC_T *row_max_io, FCTC_T *tmp,
+                                      int *bad) {
     const int T = job->input_length, S = 2 * job->label_length + 1;
     double offset = *offset_io;
     FCTC_T row_max = *row_max_io;
@@ -365,9 +377,8 @@ static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) *k, const FCTC
             for (int s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
             *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
         } else {
-            if (t + 1 < T && !job->from_logits)
-                FCTC_FN(fctc_prefetch_emissions)(x + job->act_stride, job->alphabet_size, S, ext, lo,
-                                                 fctc_min_int(S, hi + 2));
+            if (t + 1 < T && !job->from_logits) FCTC_FN(fctc_prefetch_emissions)
+            (x + job->act_stride, job->alphabet_size, S, ext, lo, fctc_min_int(S, hi + 2));
             best = k->alpha_row(cur - W, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, tmp);
             FCTC_FN(fctc_fence)(cur, lo, hi);
             offset += (double)row_max;
@@ -392,10 +403,9 @@ typedef struct {
  * backward pass makes them; from == T - 1 starts the pass.  bad: NULL, or *bad |= the
  * non-finite rule's verdict on those frames' emissions (checked here, not by the beta
  * kernel: the one-thread pass has checked every frame in its forward pass already). */
-static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_FN(fastctc_job) *job,
-                                     const int *ext, const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *brows,
-                                     double *boff, size_t W, int from, int to, FCTC_FN(fctc_beta_state) *st,
-                                     FCTC_T *tmp, int *bad) {
+static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
+                                     const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *brows, double *boff, size_t W,
+                                     int from, int to, FCTC_FN(fctc_beta_state) * st, FCTC_T *tmp, int *bad) {
     const int T = job->input_length, S = 2 * job->label_length + 1;
     for (int t = from; t >= to; --t) {
         const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
@@ -418,9 +428,8 @@ static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_
             FCTC_FN(fctc_fence)(st->nb, lo, hi);
             if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
         } else {
-            if (t > 0)
-                FCTC_FN(fctc_prefetch_emissions)(x - job->act_stride, job->alphabet_size, S, ext,
-                                                 fctc_max_int(0, lo - 2), hi);
+            if (t > 0) FCTC_FN(fctc_prefetch_emissions)
+            (x - job->act_stride, job->alphabet_size, S, ext, fctc_max_int(0, lo - 2), hi);
             best = k->beta_row(st->nb, cur, st->spare, x, ext, frame_lse[t], skip, lo, hi, st->nb_max, tmp);
             if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi); /* (frame t's emissions are in L1 now) */
             FCTC_FN(fctc_fence)(cur, lo, hi);
@@ -435,7 +444,8 @@ static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) *k, const FCTC_
     }
 }
 
-FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) *job, void *scratch, int threads) {
+FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) * job, void *scratch,
+                                                               int threads) {
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
     int s;
@@ -489,19 +499,18 @@ FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fas
             for (t = first; t < end; ++t) {
                 const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
                 const FCTC_T *next = t + 1 < end ? x + job->act_stride : NULL;
-                if (!job->from_logits) frame_lse[t] = 0;
+                if (!job->from_logits)
+                    frame_lse[t] = 0;
                 else /* the gradient's softmax part, as the one-thread pass writes it */
                     frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale,
                                                   job->grad + (ptrdiff_t)t * job->grad_stride, next);
                 if (job->from_logits) bad[role] |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
             }
             /* (log-probabilities: the rows' kernels check the emissions of these frames) */
-            if (role == 0)
-                FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max,
-                                          tmp[0], &bad[0]);
-            else
-                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1],
-                                         &bad[1]);
+            if (role == 0) FCTC_FN(fctc_alpha_range)
+            (k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max, tmp[0], &bad[0]);
+            else FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1],
+                                          &bad[1]);
         }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -512,14 +521,13 @@ FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fas
         for (role = tid; role < 2 && !any_bad; role += nth) {
             int checked_in_phase_1 = 0; /* (these frames' emissions were checked by the other role) */
             if (role == 0) {
-                FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &a_offset, &a_max,
-                                          tmp[0], &checked_in_phase_1);
+                FCTC_FN(fctc_alpha_range)
+                (k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &a_offset, &a_max, tmp[0], &checked_in_phase_1);
                 const FCTC_T *last = arows + (size_t)(T - 1) * W + 2;
                 double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
                 log_p = tail + aoff[T - 1];
             } else {
-                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1],
-                                         NULL);
+                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1], NULL);
             }
         }
 #ifdef _OPENMP

@@ -179,9 +179,7 @@ static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_parts)(VT m, VT e, const int tri
 /* log(y) for y in [1, 3] (the log-add-exp sums): y itself or y/2 is the mantissa, so
  * the exponent split is one compare inside fctc_vlog_parts (no exponent extraction, a
  * shorter dependency chain than the general fctc_vlog); the float series is trimmed. */
-static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_1to3)(VT y) {
-    return FCTC_VN(fctc_vlog_parts)(y, FCTC_C(0.0), 1);
-}
+static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog_1to3)(VT y) { return FCTC_VN(fctc_vlog_parts)(y, FCTC_C(0.0), 1); }
 
 /* log(x) for every x (see above). */
 static inline FCTC_VTARGET VT FCTC_VN(fctc_vlog)(VT x) {

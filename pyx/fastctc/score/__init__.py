@@ -15,8 +15,16 @@ Modules, each depending only on those above it:
   run        the driver: options, local and Dask runs, progress bar, summary
   bench      the throughput benchmark (`fastctc bench score`)
 """
-from .errors import (EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, ItemError,
-                     OutputError, UsageError)
+from .errors import (
+                     EXIT_INTERRUPTED,
+                     EXIT_ITEMS_FAILED,
+                     EXIT_OK,
+                     EXIT_OUTPUT,
+                     EXIT_USAGE,
+                     ItemError,
+                     OutputError,
+                     UsageError,
+)
 from .run import ScoreOptions, run_score
 
 __all__ = ["ScoreOptions", "run_score", "UsageError", "OutputError", "ItemError", "EXIT_OK",

@@ -20,9 +20,9 @@ Order of work:
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
-import collections
 import io
 import os
 import shutil
@@ -35,8 +35,8 @@ import numpy as np
 from .emissions import EmissionLoader
 from .errors import EXIT_ITEMS_FAILED, EXIT_OK, UsageError
 from .manifest import hashes_of, items_of, member_of, parse_lines, records, scan, windows
-from .scorer import Scorer
 from .rows import columns
+from .scorer import Scorer
 from .sinks import JsonlSink, OutLock, check_out_path, make_sink, try_lock_file
 from .vocab import load_vocab
 

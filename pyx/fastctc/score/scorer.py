@@ -105,6 +105,7 @@ class Scorer:
         """Per-sequence NLL of one padded (T, N, C) batch on the chosen device."""
         if self.device == "cuda":
             import torch
+
             import fastctc.torch as ftorch
             lp = torch.from_numpy(batch).cuda()
             if self.from_logits:
@@ -112,7 +113,7 @@ class Scorer:
             out = ftorch.ctc_loss(lp, torch.from_numpy(flat).cuda(), torch.from_numpy(in_lens),
                                   torch.from_numpy(tgt_lens), blank=self.blank, reduction="none")
             return out.detach().cpu().numpy()
-        from .. import _engine          # looked up per call: the benchmark times this function
+        from .. import _engine  # looked up per call: the benchmark times this function
         return _engine.ctc_loss(batch, flat, in_lens, tgt_lens, blank=self.blank, reduction="none",
                                 from_logits=self.from_logits, num_threads=self.threads)
 
