@@ -205,7 +205,9 @@ extensions = [
         include_dirs=[os.path.join(HERE, "include")],
         # The C core is header-only: an edited header must rebuild the extension.
         depends=sorted(os.path.relpath(p, HERE).replace(os.sep, "/") for p in
-                       glob.glob(os.path.join(HERE, "include", "**", "*.*"), recursive=True)),
+                       glob.glob(os.path.join(HERE, "include", "**", "*.*"), recursive=True)
+                       # C headers next to the .pyx files (the XLA FFI handler, _xla_ffi.h)
+                       + glob.glob(os.path.join(HERE, "pyx", "fastctc", "*.h"))),
         define_macros=[
             ("FASTCTC_IMPLEMENTATION", "1"),
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),

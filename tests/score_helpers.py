@@ -68,6 +68,22 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
+def read_rows(path, align=False, decode=False):
+    """Rows of an OUT file of any format, as dicts (CSV cells decoded to numbers)."""
+    path = str(path)
+    if path.endswith(".jsonl"):
+        return read_jsonl(path)
+    if path.endswith(".csv"):
+        import csv
+        from fastctc.score.sinks import CsvSink
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f))
+        sink = CsvSink(path, header)
+        return list(sink.rows())
+    import pyarrow.parquet as pq
+    return pq.read_table(path).to_pylist()
+
+
 def by_id(rows):
     out = {}
     for r in rows:

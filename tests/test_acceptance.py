@@ -131,7 +131,7 @@ def test_numpy_api_random_parity_with_torch(simd_level, seed):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
         loss, grad = fastctc.ctc_loss_and_grad(*args, **kw)
         # same value to rounding: a gradient call on fewer sequences than threads computes
-        # log p where its forward and backward halves meet (see trellis.inl)
+        # log p where its forward and backward halves meet (see detail/trellis.h)
         np.testing.assert_allclose(loss, got, rtol=1e-13 if lp.dtype == np.float64 else 1e-6)
         assert grad.shape == lp.shape and grad.dtype == lp.dtype
         per_seq = F.ctc_loss(torch.tensor(lp), torch.tensor(tg), torch.tensor(il), torch.tensor(tl),
@@ -604,9 +604,15 @@ def test_optax_random_against_real_optax(jax_x64):
         assert phi.shape == o_phi.shape == (T, B, N + 1) and emit.shape == o_emit.shape == (T, B, N)
         tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(loss, o_loss, **tol)
-        np.testing.assert_allclose(phi, o_phi, **tol)
-        np.testing.assert_allclose(emit, o_emit, **tol)
-        np.testing.assert_array_equal(fastctc.optax_ctc_loss(x, fp, lab, lp, blank, eps), loss)
+        for ours, want in ((phi, np.asarray(o_phi)), (emit, np.asarray(o_emit))):
+            # states no alignment reaches: log_epsilon on the engine's route (log_epsilon <= -100),
+            # optax's log_epsilon plus log-probs; reached states (and every other route) agree
+            reached = want > eps / 2 if eps <= -100 else np.ones(want.shape, bool)
+            np.testing.assert_allclose(ours[reached], want[reached], **tol)
+            assert np.all(ours[~reached] <= eps / 2)
+        # the loss-only pass and the forward-probabilities pass agree within rounding
+        np.testing.assert_allclose(fastctc.optax_ctc_loss(x, fp, lab, lp, blank, eps), loss,
+                                   rtol=1e-6 if dtype == np.float32 else 1e-13)
         np.testing.assert_allclose(value, (np.asarray(o_loss) * w).sum(), **tol)
         gtol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-8, atol=1e-9)
         np.testing.assert_allclose(grad, o_grad, **gtol)

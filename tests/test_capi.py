@@ -11,7 +11,7 @@ ThreadSanitizer for the concurrency test) when the compiler can build them:
 * test_threads.c calls the API from several POSIX threads at once;
 * capi_runner.c runs one call described by a file, so random problems can be compared
   with the Python API (fastctc.ctc_loss_and_grad) and the float64 NumPy reference;
-* examples/c/score.c is built with the README's one-line command and run on .npy files.
+* examples/c/score.c is built with docs/c-api.md's one-line command and run on .npy files.
 
 Everything is skipped, with the reason, when no C compiler is installed.
 """
@@ -321,6 +321,23 @@ def test_score_example(builder, tmp_path):
     assert proc.returncode == 1 and "float32 or float64" in proc.stderr
     proc = _run(exe, str(tmp_path / "missing.npy"), "1")
     assert proc.returncode == 1 and "cannot open" in proc.stderr
+
+
+@needs_cc
+def test_score_example_as_the_readme_runs_it(builder):
+    """The C API page's example, verbatim: the shipped examples/c/logprobs.npy (the CAT
+    walkthrough's probabilities) prints the number docs/c-api.md shows."""
+    import re
+    compiler = C_COMPILERS[0]
+    flags = ["-O2"] + (["-fopenmp"] if builder.openmp(compiler) else [])
+    exe = builder.build(compiler, [os.path.join(ROOT, "examples", "c", "score.c")], flags)
+    readme = open(os.path.join(ROOT, "docs", "c-api.md"), encoding="utf-8").read()
+    match = re.search(r"\./score --blank 0 logprobs\.npy 3,1,20 +# prints: (loss [0-9.]+)", readme)
+    assert match, "the C example line of docs/c-api.md changed"
+    proc = _run(exe, "--blank", "0", os.path.join(ROOT, "examples", "c", "logprobs.npy"), "3,1,20")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == match.group(1)
+    np.testing.assert_allclose(float(proc.stdout.split()[1]), published.CAT_LOSS, rtol=1e-5)
 
 
 @needs_cc

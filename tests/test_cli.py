@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastctc import cli
-from score_helpers import by_id, make_set, read_jsonl, write_manifest
+from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PYX = os.path.join(ROOT, "pyx")
@@ -40,6 +40,15 @@ def test_version_and_info(capsys):
     info = fastctc.info()
     assert info["version"] in out and str(info["simd_level"]) in out
     assert "OpenMP" in out and "CUDA" in out
+
+
+def test_info_thread_count_grammar(capsys, monkeypatch):
+    import fastctc
+    for n, text in ((1, "1 thread by default"), (3, "3 threads by default")):
+        monkeypatch.setattr(fastctc, "info", lambda n=n: {"version": "x", "simd_level": "scalar", "openmp": True,
+                                                          "threads": n, "cuda": {}})
+        assert cli.main(["info"]) == 0
+        assert text in capsys.readouterr().out
 
 
 def test_no_command_and_unknown_option_are_usage_errors(capsys):
@@ -87,7 +96,7 @@ def test_exit_codes_and_summary(tmp_path, capsys):
 
 
 def test_progress_bar_only_on_a_terminal():
-    from fastctc._score_run import Progress
+    from fastctc.score.run import Progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -116,15 +125,16 @@ def test_python_m_fastctc_runs_as_a_subprocess(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "absent.jsonl" in r.stderr
 
 
-@pytest.mark.parametrize("ext", ["jsonl", "csv"])
-def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext):
+@pytest.mark.parametrize("ext,jobs", [("jsonl", 1), ("csv", 1), ("jsonl", 2)])
+def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext, jobs):
     manifest, vocab, items, _ = make_set(tmp_path, n=48, seed=7)
     full = tmp_path / "full.jsonl"
     assert cli.main(["score", manifest, "--vocab", vocab, "--out", full, "--quiet"]) == 0
     out = tmp_path / f"o.{ext}"
     header = 1 if ext == "csv" else 0
     # a slow run (test hook: sleep after each chunk of 4 items), killed with SIGKILL mid-way
-    proc = subprocess.Popen(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--chunk-size", 4),
+    proc = subprocess.Popen(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--chunk-size", 4,
+                                 "--jobs", jobs),
                             env=_env(FASTCTC_SCORE_TEST_DELAY="0.15"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -137,14 +147,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, ext):
     proc.wait(timeout=30)
     partial_lines = out.read_bytes().count(b"\n") - header
     assert 8 <= partial_lines < len(items)
+    # the rerun below must find OUT unlocked: the lock died with the killed run (its worker
+    # processes, which may outlive it for a moment, hold no copy of it)
     r = subprocess.run(_cmd("score", manifest, "--vocab", vocab, "--out", out), env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    if ext == "jsonl":
-        got = read_jsonl(out)
-    else:
-        from fastctc._score_io import CsvSink
-        got = CsvSink(str(out)).open()
+    got = read_rows(out)
     ids = [g["id"] for g in got]
     assert len(ids) == len(set(ids)) == len(items)
     want = by_id(read_jsonl(full))
@@ -165,12 +173,18 @@ def test_dask_local_cluster_gives_the_local_rows_and_resumes(tmp_path):
 
     # an interrupted earlier run: 5 rows already in OUT, a torn part file from a worker
     out = tmp_path / "dask.jsonl"
-    from fastctc._score_io import JsonlSink
+    from fastctc.score.rows import columns
+    from fastctc.score.sinks import JsonlSink
     ordered = read_jsonl(local)
-    JsonlSink(str(out)).append(ordered[:5])
+    sink = JsonlSink(str(out), columns())
+    sink.open()
+    sink.append(ordered[:5])
+    sink.close()
     os.makedirs(str(out) + ".parts")
-    part = JsonlSink(str(out) + ".parts/part-000001.jsonl")
+    part = JsonlSink(str(out) + ".parts/part-000001.jsonl", columns())
+    part.open()
     part.append(ordered[7:10])
+    part.close()
     with open(part.path, "ab") as f:
         f.write(b'{"id": "utt010", "nll": 1.')
     r = subprocess.run(_cmd("score", manifest, "--vocab", vocab, "--out", out, "--dask", "local:2",
@@ -182,3 +196,19 @@ def test_dask_local_cluster_gives_the_local_rows_and_resumes(tmp_path):
     assert by_id(got) == want
     assert not os.path.exists(str(out) + ".parts")
     assert f"{len(want) - 8} scored by this run" in r.stdout
+
+
+def test_bench_score_runs_on_a_small_set(tmp_path, capsys):
+    """`fastctc bench score` builds the synthetic set and runs the real command in child
+    processes; on 300 items it must print one table row per order (numbers unchecked:
+    timings belong to benchmarks/, not to tests)."""
+    assert cli.main(["bench", "score", "--items", "300", "--dir", tmp_path / "set", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| sorted") or ln.startswith("| interleaved")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0 and cells[6].endswith("%")
+    assert len(read_jsonl(tmp_path / "set" / "manifest-sorted.jsonl")) == 300
+    with open(tmp_path / "set" / "manifest-interleaved.jsonl") as f:
+        assert sorted(f) == sorted(open(tmp_path / "set" / "manifest-sorted.jsonl"))

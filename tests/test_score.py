@@ -1,4 +1,4 @@
-"""Tests for fastctc's offline scoring engine (fastctc._score, _score_io, _score_run):
+"""Tests for fastctc's offline scoring engine (the fastctc.score package):
 values equal fastctc.ctc_loss item by item, every bad-item kind becomes an error row,
 JSONL/CSV/Parquet outputs agree, and a rerun resumes from a torn or partial OUT."""
 import json
@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 import fastctc
-from fastctc._score import UsageError
-from fastctc._score_run import run_score
-from score_helpers import SYMBOLS, by_id, log_softmax, make_set, read_jsonl, write_manifest, write_vocab
+from fastctc.score import ScoreOptions, UsageError, run_score
+from score_helpers import SYMBOLS, by_id, log_softmax, make_set, read_jsonl, read_rows, write_manifest, write_vocab
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "ocr")
 
 
 def _score(manifest, vocab, out, **kw):
     kw.setdefault("quiet", True)
-    return run_score(manifest, vocab, str(out), **kw)
+    return run_score(ScoreOptions(str(manifest), str(vocab), str(out), **kw))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -155,15 +154,7 @@ def test_usage_errors(tmp_path, problem, needle):
         _score(manifest, vocab, out, **kw)
 
 
-def _rows_of(path):
-    path = str(path)
-    if path.endswith(".jsonl"):
-        return read_jsonl(path)
-    if path.endswith(".csv"):
-        from fastctc._score_io import CsvSink
-        return CsvSink(path).open()
-    import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
+_rows_of = read_rows
 
 
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
@@ -193,7 +184,7 @@ def test_resume_from_partial_and_torn_output(tmp_path, ext):
     assert _score(manifest, vocab, full) == 0
     out = tmp_path / f"o.{ext}"
     # what a run killed after 8 rows, in the middle of writing the 9th, leaves behind
-    from fastctc._score_io import make_sink
+    from fastctc.score.sinks import make_sink
     sink = make_sink(str(out))
     sink.open()
     sink.append(read_jsonl(full)[:8])
@@ -223,7 +214,7 @@ def test_csv_resume_refuses_other_columns(tmp_path):
 
 
 def test_vocab_lines_are_verbatim(tmp_path):
-    from fastctc._score import load_vocab
+    from fastctc.score.vocab import load_vocab
     p = tmp_path / "v.txt"
     p.write_bytes(b"<b>\n \nab\r\nx\n")
     assert load_vocab(str(p)) == ["<b>", " ", "ab", "x"]
@@ -267,9 +258,158 @@ def test_ocr_example_flags_the_wrong_transcripts(tmp_path):
     wrong = {t["id"] for t in truth if t["wrong"]}
     assert 0 < len(wrong) < len(truth)
     out = tmp_path / "ocr.jsonl"
-    assert run_score(os.path.join(EXAMPLES, "manifest.jsonl"), os.path.join(EXAMPLES, "vocab.txt"),
-                     str(out), quiet=True) == 0
+    assert _score(os.path.join(EXAMPLES, "manifest.jsonl"), os.path.join(EXAMPLES, "vocab.txt"), out) == 0
     rows = read_jsonl(out)
     assert len(rows) == len(truth)
     ranked = sorted(rows, key=lambda r: r["nll_per_frame"], reverse=True)
     assert {r["id"] for r in ranked[:len(wrong)]} == wrong
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
+def test_worker_processes_write_the_in_process_rows(tmp_path, ext):
+    """--jobs N (forked workers reading their own manifest windows) gives the rows of an
+    in-process run, byte for byte, bad items, token items, greedy columns and a resume
+    included."""
+    if ext == "parquet":
+        pytest.importorskip("pyarrow")
+    manifest, vocab, items, rows = make_set(tmp_path, n=60, seed=12)
+    extra = [{"id": "gone", "emissions": "gone.npy", "text": "a"},
+             {"id": "sym", "emissions": rows[0]["emissions"], "text": "abz"}]
+    write_manifest(manifest, rows[:30] + extra + rows[30:])
+    with open(manifest, "a") as f:
+        f.write("\n")                          # a blank line at the end
+    outs = {}
+    for jobs in (1, 2, 3):
+        out = tmp_path / f"o{jobs}.{ext}"
+        assert _score(manifest, vocab, out, jobs=jobs, chunk_size=7, batch_size=5, decode="greedy") == 1
+        outs[jobs] = out
+    if ext == "parquet":
+        ref = _rows_of(outs[1])
+        assert _rows_of(outs[2]) == ref and _rows_of(outs[3]) == ref
+    else:
+        ref = open(outs[1], "rb").read()
+        assert open(outs[2], "rb").read() == ref and open(outs[3], "rb").read() == ref
+    assert len(_rows_of(outs[1])) == len(items) + 2
+    # a resume in worker mode scores only what is missing
+    out = tmp_path / f"r.{ext}"
+    assert _score(manifest, vocab, out, jobs=1, chunk_size=7, decode="greedy") == 1
+    if ext == "jsonl":
+        data = open(out, "rb").read().splitlines(keepends=True)
+        open(out, "wb").write(b"".join(data[:20]))
+        assert _score(manifest, vocab, out, jobs=2, chunk_size=7, decode="greedy") == 1
+        got = read_jsonl(out)
+        assert len(got) == len({g["id"] for g in got}) == len(items) + 2
+        assert by_id(got) == by_id(read_jsonl(outs[1]))
+
+
+def test_emission_reader_matches_np_load_on_every_layout(tmp_path):
+    """fastctc.score.emissions reads .npy files and .npz members itself (not through
+    np.load); every layout np.save/np.savez can write must give np.load's array, and
+    anything it does not handle must fall back to np.load, not fail."""
+    import io
+    import zipfile
+    from fastctc.score.emissions import EmissionLoader
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(7, 6)).astype(np.float32)
+    cases = {
+        "plain.npy": a, "f64.npy": a.astype(np.float64), "fortran.npy": np.asfortranarray(a),
+        "f16.npy": a.astype(np.float16), "big.npy": a.astype(">f4"), "empty.npy": a[:0],
+    }
+    for name, arr in cases.items():
+        np.save(tmp_path / name, arr)
+    np.save(tmp_path / "v2.npy", a)
+    raw = bytearray(open(tmp_path / "v2.npy", "rb").read())   # rewrite as format version 2.0
+    hlen = raw[8] | raw[9] << 8
+    raw[6:10] = b"\x02\x00" + hlen.to_bytes(2, "little")
+    raw[10:10] = b"\x00\x00"
+    open(tmp_path / "v2.npy", "wb").write(bytes(raw))
+    np.savez(tmp_path / "s.npz", x=a, f=np.asfortranarray(a), h=a.astype(np.float16))
+    np.savez_compressed(tmp_path / "c.npz", x=a, y=a * 2)
+    np.savez(tmp_path / "one.npz", only=a)
+    buf = io.BytesIO()
+    np.save(buf, a * 3)
+    with zipfile.ZipFile(tmp_path / "bz.npz", "w", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("x.npy", buf.getvalue())                     # not stored/deflated: np.load reads it
+    specs = list(cases) + ["v2.npy", "s.npz:x", "s.npz:f", "s.npz:h", "s.npz:x.npy", "c.npz:x", "c.npz:y",
+                           "one.npz", "bz.npz:x"]
+    loader = EmissionLoader(str(tmp_path))
+    got = loader.load_many(specs)
+    for spec, arr in zip(specs, got):
+        f, _, k = spec.partition(":")
+        ref = np.load(tmp_path / f)
+        if isinstance(ref, np.ndarray):
+            want = ref
+        else:
+            want = np.asarray(ref[k] if k else ref[ref.files[0]])
+            ref.close()
+        assert isinstance(arr, np.ndarray), (spec, arr)
+        assert arr.dtype == want.dtype and arr.shape == want.shape, spec
+        np.testing.assert_array_equal(arr, want, err_msg=spec)
+    loader.close()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("crc", "CRC-32 mismatch"), ("truncated_npy", "truncated"), ("pickle", "Python objects"),
+    ("two_members", "holds 2 arrays"), ("not_zip", "not a zip archive"), ("bad_header", "bad .npy header"),
+])
+def test_damaged_emissions_are_error_rows(tmp_path, damage, needle):
+    vocab = write_vocab(tmp_path / "v.txt")
+    a = log_softmax(np.random.default_rng(1).normal(size=(9, len(SYMBOLS)))).astype(np.float32)
+    if damage == "crc":
+        np.savez(tmp_path / "e.npz", x=a)
+        data = bytearray(open(tmp_path / "e.npz", "rb").read())
+        k = data.find(a.tobytes()[:16])
+        data[k + 5] ^= 0x10                                      # one bit flipped in the data
+        open(tmp_path / "e.npz", "wb").write(bytes(data))
+        spec = "e.npz:x"
+    elif damage == "truncated_npy":
+        np.save(tmp_path / "e.npy", a)
+        data = open(tmp_path / "e.npy", "rb").read()
+        open(tmp_path / "e.npy", "wb").write(data[:-10])
+        spec = "e.npy"
+    elif damage == "pickle":
+        np.save(tmp_path / "e.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        spec = "e.npy"
+    elif damage == "two_members":
+        np.savez(tmp_path / "e.npz", x=a, y=a)
+        spec = "e.npz"
+    elif damage == "not_zip":
+        np.save(tmp_path / "e.npy", a)
+        import shutil
+        shutil.copy(tmp_path / "e.npy", tmp_path / "f.npz")
+        spec = "f.npz:x"
+    else:
+        np.save(tmp_path / "e.npy", a)
+        data = open(tmp_path / "e.npy", "rb").read().replace(b"'descr'", b"'dexcr'")
+        open(tmp_path / "e.npy", "wb").write(data)
+        spec = "e.npy"
+    write_manifest(tmp_path / "m.jsonl", [{"id": "x", "emissions": spec, "text": "ab"}])
+    out = tmp_path / "o.jsonl"
+    assert _score(tmp_path / "m.jsonl", vocab, out) == 1
+    (row,) = read_jsonl(out)
+    assert row["nll"] is None and needle in row["error"], row["error"]
+
+
+def test_directory_cache_is_bounded(tmp_path):
+    from fastctc.score.emissions import EmissionLoader
+    a = np.zeros((3, 2), np.float32)
+    for k in range(12):
+        np.savez(tmp_path / f"a{k}.npz", **{f"m{j}": a for j in range(50)})
+    loader = EmissionLoader(str(tmp_path), dir_bytes=4 * (56 * 50 + 200), max_fds=3)
+    for k in range(12):
+        got = loader.load_many([f"a{k}.npz:m{j}" for j in range(50)])
+        assert all(isinstance(g, np.ndarray) for g in got)
+        assert len(loader._dirs) <= 4 and len(loader._fds) <= 3
+    loader.close()
+
+
+def test_integer_ids_are_written_as_strings_and_resume(tmp_path):
+    manifest, vocab, items, rows = make_set(tmp_path, n=9)
+    write_manifest(manifest, [dict(r, id=k) for k, r in enumerate(rows)])
+    out = tmp_path / "o.jsonl"
+    assert _score(manifest, vocab, out, chunk_size=4) == 0
+    assert [r["id"] for r in read_jsonl(out)] == [str(k) for k in range(9)]
+    data = open(out, "rb").read()
+    open(out, "wb").write(data[:data.index(b"\n") + 1])
+    assert _score(manifest, vocab, out, chunk_size=4) == 0
+    assert sorted(r["id"] for r in read_jsonl(out)) == sorted(str(k) for k in range(9))

@@ -227,7 +227,7 @@ FASTCTC_DEF double fastctc_sequence_f64(const fastctc_job_f64 *job, void *scratc
 /* ---- Forced alignment (Viterbi best path) ---- */
 
 /* The most probable CTC path of each sequence that collapses to its labels, with
- * torchaudio.functional.forced_align's tie-breaking (see align.inl), batched.
+ * torchaudio.functional.forced_align's tie-breaking (see detail/align.h), batched.
  * acts, flat_labels, label_lengths, input_lengths and options as for fastctc_loss_*
  * (options->zero_infinity is ignored; from_logits = 1 aligns log_softmax(acts)).
  *  [out] paths   minibatch * max_time labels, paths[n * max_time + t]: the class of the
@@ -375,36 +375,36 @@ static int fctc_stream_rows(int rows, int C, size_t elem_size) {
     return row >= FCTC_STREAM_MIN_ROW_BYTES && (size_t)(rows > 0 ? rows : 0) * row >= FCTC_STREAM_MIN_BLOCK_BYTES;
 }
 
-#include "logmath.h"
-#include "dispatch.h"
-#include "threads.h"
-#include "template.h"
-#include "batch_common.h"
+#include "detail/logmath.h"
+#include "detail/dispatch.h"
+#include "detail/threads.h"
+#include "detail/template.h"
+#include "detail/batch_common.h"
 
 /* Kernel tables, the row kernels of each ISA, and the trellis, per dtype. */
 #define FCTC_USE_F32
-#include "template.h"
-#include "kernels.inl"
-#include "rows_scalar.inl"
-#include "rows_avx2.inl"
-#include "rows_avx512.inl"
-#include "rows_neon.inl"
-#include "select.inl"
-#include "trellis.inl"
-#include "batch.inl"
-#include "align.inl"
+#include "detail/template.h"
+#include "detail/kernels.h"
+#include "detail/rows_scalar.h"
+#include "detail/rows_avx2.h"
+#include "detail/rows_avx512.h"
+#include "detail/rows_neon.h"
+#include "detail/select.h"
+#include "detail/trellis.h"
+#include "detail/batch.h"
+#include "detail/align.h"
 
 #define FCTC_USE_F64
-#include "template.h"
-#include "kernels.inl"
-#include "rows_scalar.inl"
-#include "rows_avx2.inl"
-#include "rows_avx512.inl"
-#include "rows_neon.inl"
-#include "select.inl"
-#include "trellis.inl"
-#include "batch.inl"
-#include "align.inl"
+#include "detail/template.h"
+#include "detail/kernels.h"
+#include "detail/rows_scalar.h"
+#include "detail/rows_avx2.h"
+#include "detail/rows_avx512.h"
+#include "detail/rows_neon.h"
+#include "detail/select.h"
+#include "detail/trellis.h"
+#include "detail/batch.h"
+#include "detail/align.h"
 
 FASTCTC_DEF const char *fastctc_status_string(fastctc_status status) {
     switch (status) {
@@ -434,8 +434,9 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
     return bytes;
 }
 
-/* Scratch of one fctc_sequence_threads_* call (the split gradient pass); 0 on overflow. */
-FASTCTC_DEF size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size) {
+/* Scratch of one fctc_sequence_threads_* call (the split gradient pass); 0 on overflow.
+ * Internal (not part of the C API): used by the Python module's batch drivers. */
+FCTC_MAYBE_UNUSED static size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size) {
     if (max_time < 0 || max_label_length < 0 || max_label_length > (INT_MAX - 8) / 2) return 0;
     size_t S = 2 * (size_t)max_label_length + 1;
     size_t W = fctc_row_width(max_label_length);

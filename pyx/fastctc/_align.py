@@ -2,7 +2,7 @@
 
 * forced_align: torchaudio.functional.forced_align's contract (layout (B, T, C), outputs,
   tie-breaking, errors), but for any batch size, on the C core's Viterbi trellis
-  (include/fastctc/align.inl) with OpenMP over sequences.
+  (include/fastctc/detail/align.h) with OpenMP over sequences.
 * merge_tokens / TokenSpan: torchaudio's span merging of one frame-level path.
 * ctc_posteriors: the soft alignment, the per-frame class occupancy from the same
   forward-backward pass as the loss's gradient (in log-probs mode that gradient is

@@ -263,7 +263,12 @@ def main(argv=None):
     for s in shapes:
         if s not in SHAPES:
             p.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
-    threads = [int(t) for t in args.threads.split(",")]
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
+    if not threads or min(threads) < 1:
+        p.error(f"--threads: every thread count must be >= 1, got {args.threads!r}")
     bw = copy_bandwidth_gbs()
     rows = run(shapes, threads, args.repeats, with_optax=not args.no_optax, simd=args.simd)
     print(machine_line(bw))

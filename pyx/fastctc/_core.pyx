@@ -67,6 +67,22 @@ cdef extern from *:
 
 SIMD_LEVELS = ("scalar", "neon", "avx2", "avx512")
 
+def _warn_unknown_simd_env():
+    """FASTCTC_SIMD names a level to force; an unknown name is ignored by the C dispatch
+    (the best level runs), which must not happen silently."""
+    import os
+    import warnings
+    value = os.environ.get("FASTCTC_SIMD")
+    if not value:
+        return
+    if value not in SIMD_LEVELS:
+        warnings.warn(f"FASTCTC_SIMD={value!r} is not a SIMD level (one of {', '.join(SIMD_LEVELS)}); "
+                      f"ignored, using {simd_level()}", RuntimeWarning, stacklevel=2)
+    elif value not in simd_levels_supported():
+        warnings.warn(f"FASTCTC_SIMD={value!r}: this CPU/build cannot run it (supported: "
+                      f"{', '.join(simd_levels_supported())}); using {simd_level()}", RuntimeWarning, stacklevel=2)
+
+
 # A process forked after this import runs every call on one thread (threads.h): the
 # OpenMP runtime's inherited thread pool would hang its next parallel region.
 fctc_fork_guard_install()
@@ -264,7 +280,7 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
         max_l = max(max_l, label_lengths[n] if want_alpha else min(label_lengths[n], input_lengths[n]))
     # The team: capped at the usable processors, at what the OS can create, 1 in a forked
     # child (threads.h).  Results do not depend on it: with fewer sequences than threads,
-    # each is split over two threads (bit-identical to one thread, trellis.inl).
+    # each is split over two threads (bit-identical to one thread, detail/trellis.h).
     team = fctc_team_cap(max(1, num_threads))
     split = want_grad and not want_alpha and N < team
     n_threads = 1 if split else min(team, N)
@@ -283,7 +299,7 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
         alpha_ptr = <char *>_data(alpha_obj)
     if split or n_threads == 1:
         # Fewer sequences than threads: one at a time, each split over two threads (the
-        # forward and backward halves run at once; see trellis.inl), no nested regions.
+        # forward and backward halves run at once; see detail/trellis.h), no nested regions.
         # One thread: no parallel region at all (a forked child must not start one).
         with nogil:
             for n in range(N):
@@ -313,3 +329,6 @@ cdef inline void _store_cost(char *costs, Py_ssize_t n, double cost, bint is_f64
         (<double *>costs)[n] = cost
     else:
         (<float *>costs)[n] = <float>cost
+
+
+_warn_unknown_simd_env()   # (here: it reports the level chosen, defined above)

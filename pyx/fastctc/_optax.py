@@ -15,9 +15,15 @@ its docstring says (T, B, N+1) for both forward-probability arrays, but the code
 (T, B, N) for logalpha_nonblank, and so do we.  The last row of logalpha_blank includes the
 final epsilon transition, as optax's does.
 
-The recurrence lives in include/fastctc/optax.inl (see there for why it is a separate
-trellis from the PyTorch-style one).  loss_and_grad() also returns d loss / d logits; the
-JAX adapter (fastctc.jax) uses it for its custom VJP.
+Computed by include/fastctc/detail/optax_batch.h through fastctc._optax_core: the SIMD engine
+(fastctc_sequence_*) wherever optax's recurrence is ordinary CTC (log_epsilon <= -100,
+0/1 paddings, labels that fit and lie in [0, K)), optax's literal recurrence
+(include/fastctc/detail/optax.h) for every other sequence, or for all of them with exact=True.
+On the engine's route, states of the forward probabilities that no alignment reaches hold
+log_epsilon (optax: log_epsilon plus the log-probabilities of the frames so far); the
+rest agrees with optax within rounding (docs/jax.md).  Arrays are read in place through
+their strides (views such as x[:, :50] or x[:, ::-1]); only a class axis that is not
+contiguous is copied.  loss_and_grad() also returns d loss / d logits.
 """
 from __future__ import annotations
 
@@ -38,7 +44,8 @@ def _first_bad(mask):
 
 
 def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon, check_values=True):
-    """Arrays laid out for the kernel: (x, pad, labels int32, label_len int32, blank, eps)."""
+    """Arrays laid out for the driver: (x, pad, labels int32, label_paddings, blank, eps); the
+    label lengths (N - sum(label_paddings), as optax) are computed in C."""
     x = np.asarray(logits)
     if x.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise CTCTypeError(f"logits must have dtype float32 or float64, got {x.dtype}")
@@ -71,9 +78,6 @@ def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsil
             or np.ndim(log_epsilon) != 0:
         raise CTCTypeError(f"log_epsilon must be a real scalar, got {log_epsilon!r}")
     eps = float(log_epsilon)
-    # optax: label length = N - sum(label_paddings), summed in the paddings' dtype
-    lpad_f = lpad if lpad.dtype.kind == "f" else lpad.astype(np.float32)
-    label_len = (N - lpad_f.sum(axis=1).astype(np.int32)).astype(np.int32)
     if check_values:
         for name, arr in (("logit_paddings", fpad), ("label_paddings", lpad)):
             bad = (arr != 0) & (arr != 1)
@@ -93,66 +97,89 @@ def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsil
             raise CTCValueError(f"labels[{b}, {n}] = {int(lab[b, n])} is outside [0, {K}) (K = number of classes)")
         if not np.isfinite(eps):
             raise CTCValueError(f"log_epsilon must be finite, got {eps}")
-    dt = x.dtype
-    x = np.ascontiguousarray(x) if (x.size and x.strides[-1] != x.itemsize) else x
-    if x.size and (not x.dtype.isnative or not x.flags.aligned or any(s % x.itemsize for s in x.strides)):
-        x = np.ascontiguousarray(x, dtype=dt.newbyteorder("="))
-    pad = np.asarray(fpad, dtype=dt.newbyteorder("="))
-    if pad.size and (not pad.flags.aligned or any(s % pad.itemsize for s in pad.strides)):
-        pad = np.ascontiguousarray(pad)
+    dt = x.dtype.newbyteorder("=")
+    # Read in place through any strides (negative ones too); only a class axis that is not
+    # contiguous, a foreign byte order or a misaligned buffer costs a copy.
+    if x.size and (x.strides[-1] != x.itemsize or not x.dtype.isnative or not x.flags.aligned
+                   or any(s % x.itemsize for s in x.strides)):
+        x = np.ascontiguousarray(x, dtype=dt)
+    pad = _native(fpad, dt)
+    lpad_f = _native(lpad, dt)
     # labels beyond int32 are clipped: any value outside [0, K) emits with log-probability 0
     lab32 = np.ascontiguousarray(np.clip(lab, _I32.min, _I32.max) if lab.dtype.itemsize > 4 or lab.dtype == np.uint32
                                  else lab, dtype=np.int32)
-    return x, pad, lab32, np.ascontiguousarray(label_len), blank, eps
+    return x, pad, lab32, lpad_f, blank, eps
 
 
-def _run(x, pad, lab32, label_len, blank, eps, want_grad, num_threads=None):
+def _native(arr, dt):
+    """arr as dt, native-endian and aligned; strided views are kept (no copy) when they
+    already are."""
+    out = np.asarray(arr, dtype=dt)
+    if out.size and (not out.flags.aligned or any(s % out.itemsize for s in out.strides)):
+        out = np.ascontiguousarray(out)
+    return out
+
+
+def _run(x, pad, lab32, lpad, blank, eps, want_grad, want_alpha=True, num_threads=None, exact=False):
     B, T, K = x.shape
     N = lab32.shape[1]
-    dt = x.dtype.newbyteorder("=")
-    loss = np.zeros(B, dtype=dt)
-    phi = np.zeros((T, B, N + 1), dtype=dt)
-    emit = np.zeros((T, B, N), dtype=dt)
-    grad = np.zeros((B, T, K), dtype=dt) if want_grad else None
+    dt = x.dtype
+    # every element of every output is written by the driver (padded rows included)
+    loss = np.empty(B, dtype=dt)
+    phi = np.empty((T, B, N + 1), dtype=dt) if want_alpha else None
+    emit = np.empty((T, B, N), dtype=dt) if want_alpha else None
+    grad = np.empty((B, T, K), dtype=dt) if want_grad else None
     if B == 0:
         return loss, phi, emit, grad
-    work = np.empty((B, _optax_core.work_size(T, N)), dtype=dt)
+    eps_arr = np.full(1, eps, dtype=dt)
     with _engine._ThreadBudget(num_threads) as threads:
-        _optax_core.run(x, pad, lab32, label_len, blank, eps, phi, emit, grad, loss, work, threads)
+        _optax_core.run(x, pad, lab32, lpad, eps_arr, blank, loss, grad, phi, emit, bool(exact), threads)
     return loss, phi, emit, grad
 
 
 def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
-                                log_epsilon=-1e5, num_threads=None):
+                                log_epsilon=-1e5, num_threads=None, exact=False):
     """optax.ctc_loss_with_forward_probs on NumPy arrays.
 
     Returns (loss (B,), logalpha_blank (T, B, N+1), logalpha_nonblank (T, B, N)) in logits'
     dtype (float32 or float64).  Paddings must hold 0.0/1.0 and labels be right-padded;
-    unpadded labels must lie in [0, K).
+    unpadded labels must lie in [0, K).  Any strides are read in place.
+
+    States that no alignment reaches hold log_epsilon (optax: log_epsilon plus the frames'
+    log-probabilities so far); see the module docstring.  exact=True runs optax's own
+    recurrence operation for operation instead (scalar code, several times slower).
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
-    loss, phi, emit, _ = _run(*prepared, want_grad=False, num_threads=num_threads)
+    loss, phi, emit, _ = _run(*prepared, want_grad=False, num_threads=num_threads, exact=_flag(exact))
     return loss, phi, emit
 
 
 def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, log_epsilon=-1e5,
-                   *, num_threads=None):
+                   *, num_threads=None, exact=False):
     """optax.ctc_loss on NumPy arrays: the per-sequence loss (B,)."""
-    return ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, blank_id=blank_id,
-                                       log_epsilon=log_epsilon, num_threads=num_threads)[0]
+    num_threads = check_num_threads(num_threads)
+    prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
+    return _run(*prepared, want_grad=False, want_alpha=False, num_threads=num_threads, exact=_flag(exact))[0]
 
 
 def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0, log_epsilon=-1e5,
-                  num_threads=None, check_values=True):
+                  num_threads=None, check_values=True, exact=False):
     """(loss (B,), d loss[b] / d logits[b] (B, T, K)): the gradient optax's loss has under
-    jax.grad (paddings held constant), from one forward and one reverse sweep.
+    jax.grad (paddings held constant), from one forward and one backward pass.
 
-    check_values=False skips the checks that read values (used inside jax callbacks, where
-    an exception cannot be raised usefully); the kernel stays in bounds regardless.
+    check_values=False skips the checks that read values; the driver stays in bounds
+    regardless (values optax would blend or ignore take optax's literal recurrence).
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,
                         check_values=check_values)
-    loss, _, _, grad = _run(*prepared, want_grad=True, num_threads=num_threads)
+    loss, _, _, grad = _run(*prepared, want_grad=True, want_alpha=False, num_threads=num_threads,
+                            exact=_flag(exact))
     return loss, grad
+
+
+def _flag(value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise CTCTypeError(f"exact must be True or False, got {value!r}")
+    return bool(value)

@@ -1,0 +1,646 @@
+"""fastctc._cuda_launch: the GPU path's launch side (arrays, workspace, geometry, launches).
+
+Entry points (none of them synchronises with the host; all work is queued on the stream
+the inputs' framework calls current for the inputs' device, whose current device is never
+changed):
+
+    torch_forward(log_probs, targets, input_lengths, target_lengths, *, blank=0,
+                  from_logits=False, want_grad=True, max_target_length=None)
+        -> (costs, workspace)
+        log_probs: CUDA tensor (T, N, C) float32/float64/float16/bfloat16, class axis
+        contiguous (other strides are read in place).  targets: (N, S) padded or 1-D
+        concatenated; targets and lengths: CUDA tensors (values are then not checked on
+        the host: an out-of-range value makes that sequence's cost NaN) or host tensors /
+        arrays / sequences (checked, then copied through pinned memory without blocking).
+        costs: (N,) float32 (float64 for float64 input), -log p per sequence, +inf when the
+        target cannot fit, NaN for bad device values or undefined inputs (NaN/+inf scores).
+        workspace: uint8 CUDA tensor holding the forward and backward variables when
+        want_grad (pass it to torch_backward), else a small tensor.
+    torch_backward(log_probs, targets, input_lengths, target_lengths, workspace, weights,
+                   *, blank=0, from_logits=False, mean=False, max_target_length=None)
+        -> grad (T, N, C), log_probs' dtype
+        The same first four arguments as the forward call (same tensors, unchanged).
+        weights: the upstream gradient of the costs: a CUDA tensor of shape (N,) (reduction
+        'none') or () / (1,) (one weight for every sequence: 'sum', 'mean'), float32 or
+        float64; mean=True further divides sequence n's weight by max(target_length, 1) * N
+        on the device (torch's 'mean').  grad = weight_n * d cost_n / d log_probs
+        (from_logits: d cost_n / d logits = weight_n * (softmax - occupancy)); rows past
+        input_lengths[n] and infinite costs' rows are 0, undefined sequences' rows NaN.
+    torch_ctc(log_probs, targets, input_lengths, target_lengths, weights=None, *, blank=0,
+              from_logits=False, mean=False, max_target_length=None) -> (costs, grad)
+        Both in one call (weights None: 1 for every sequence).
+
+    run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logits,
+               want_grad, grad_weights=None, want_alpha=False, max_target_length=None,
+               mean_weights=False) -> (costs (N,), grad (T, N, C) or None, log_alpha or None)
+        The engine's contract for any CUDA array: torch tensors, CuPy arrays (on any
+        device: that device's current stream), or anything exposing DLPack /
+        __cuda_array_interface__ (viewed through torch, results handed back as the caller's
+        kind).  log_alpha: (N, T, 2 S + 1), -inf past each sequence's lengths.
+    ctc_loss_device(...), reduce_device(...): fastctc.ctc_loss[_and_grad] on device arrays.
+
+Graph capture: every launch goes to the current stream and no call reads a device value
+on the host, so torch_forward / torch_backward can be captured in a CUDA graph.  Pass
+targets and lengths as CUDA tensors when capturing: host values are uploaded from a pinned
+buffer at capture time and a replay would reuse that buffer.
+
+Workspace: alpha and beta rows of W >= 2 Lcap + 1 states (W a multiple of 4), with Lcap
+= min(longest target, T); for concatenated targets whose lengths live on the device the
+longest target is not known without a synchronisation, so it is bounded by
+min(total labels, T) unless max_target_length is given.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError
+
+# Kernel arguments of fctc_trellis_* and fctc_grad_*, in the order of FCTC_FIELDS in
+# cuda/ctc.cu.  kinds: p = pointer, i = int32, q = int64, d = double.
+TRELLIS_ARGS = (
+    ("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"),
+    ("targets", "p"), ("tg64", "i"), ("concat", "i"), ("tg_st_n", "q"), ("tg_st_s", "q"), ("tg_count", "q"),
+    ("Smax", "i"), ("Lcap", "i"), ("W", "i"),
+    ("in_len", "p"), ("il64", "i"), ("il_st", "q"),
+    ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"),
+    ("blank", "i"), ("from_logits", "i"), ("sel_lo", "i"), ("sel_hi", "i"),
+    ("w", "p"), ("w_kind", "i"), ("w_st", "q"), ("w_mul", "d"), ("mean", "i"), ("vec", "i"),
+    ("costs", "p"), ("grad", "p"), ("log_alpha", "p"), ("alpha_rows", "i"), ("alpha_cols", "i"),
+    ("ws_alpha", "p"), ("ws_beta", "p"), ("ws_offa", "p"), ("ws_offb", "p"), ("ws_lse", "p"),
+    ("ws_lab", "p"), ("ws_nxt", "p"), ("ws_first", "p"), ("ws_info", "p"), ("ws_ll", "p"),
+    ("end_marker", "i"),
+)
+LSE_ARGS = (("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"), ("lse", "p"))
+
+# input dtype name -> (kernel suffix, accumulator dtype name).  Workspace, costs and
+# log_alpha hold accumulator values: their sizes come from the accumulator, never from
+# the 2-byte half/bfloat16 input.
+KERNEL_TYPES = {
+    "float32": ("f32", "float32"),
+    "float64": ("f64", "float64"),
+    "float16": ("f16", "float32"),
+    "bfloat16": ("bf16", "float32"),
+}
+_ACC_SIZES = {"float32": 4, "float64": 8}
+_ALIGN = 256
+WARPS_PER_CTA = 4      # sequences per CTA in the warp kernels (launch bound 128 threads)
+GRAD_WARPS = 8         # rows per CTA in the gradient kernel (its shared array is sized for 8)
+MAX_STATES = 512 * 16  # the largest extended target a block kernel holds (L <= 4095)
+
+
+def acc_size(acc: str) -> int:
+    """Bytes of one accumulator value (the kernels' A type)."""
+    return _ACC_SIZES[acc]
+
+
+def _up(x, m):
+    return -(-x // m) * m
+
+
+def group_bytes(K: int, warp: bool, Lcap: int, acc: str) -> int:
+    """Bytes of dynamic shared memory of one group (mirrors fctc_trellis's layout)."""
+    lab_pad = _up(16 * K if warp else Lcap, 4)
+    return lab_pad * 4 + 32 * 8 + (0 if warp else (2 * 32 * 2 + 2 * 32) * acc_size(acc)) + 32
+
+
+def plan(T, N, C, Smax, *, want_grad, from_logits, acc):
+    """Workspace layout and launches of one call.
+
+    Returns dict(Lcap, W, offsets {region: byte offset or None}, total bytes, launches:
+    [(kernel tag, grid (x, y), block, shared bytes, sel_lo, sel_hi)]).  Sequences with an
+    extended target of up to 256 states go to the warp kernels, longer ones to a block
+    kernel; both launches are made when the batch's bound allows both (each kernel skips
+    the other's sequences), so nothing on the host depends on device-resident lengths."""
+    Lcap = max(0, min(int(Smax), int(T)))
+    Scap = 2 * Lcap + 1
+    if Scap > MAX_STATES:
+        raise CTCValueError(f"targets of up to {min(int(Smax), int(T))} labels (2 L + 1 = {Scap} states) exceed "
+                            f"the GPU kernels' limit of {MAX_STATES} states (L <= {(MAX_STATES - 1) // 2}); "
+                            "pass max_target_length when concatenated targets' lengths live on the device")
+    W = _up(Scap, 4)
+    a = acc_size(acc)
+    rows = N * T * W * a if want_grad else 0
+    regions = [("ws_alpha", rows), ("ws_beta", rows), ("ws_offa", N * T * 8 if want_grad else 0),
+               ("ws_offb", N * T * 8 if want_grad else 0), ("ws_lse", T * N * a if from_logits else 0),
+               ("ws_lab", N * Lcap * 4 if want_grad else 0), ("ws_nxt", N * Lcap * 4 if want_grad else 0),
+               ("ws_first", N * Lcap * 4 if want_grad else 0), ("ws_info", N * 4 * 4), ("ws_ll", N * 8)]
+    offsets, total = {}, 0
+    for name, size in regions:
+        if size == 0:
+            offsets[name] = None
+            continue
+        offsets[name] = total
+        total += _up(size, _ALIGN)
+    dirs = 2 if want_grad else 1
+    launches = []
+    Kw = 2 if Scap <= 64 else 4 if Scap <= 128 else 8
+    launches.append((f"w{Kw}", (-(-N // WARPS_PER_CTA), dirs), 32 * WARPS_PER_CTA,
+                     WARPS_PER_CTA * group_bytes(Kw, True, Lcap, acc), 0, 32 * Kw))
+    if Scap > 32 * Kw:
+        Kb = 4 if Scap <= 4096 else 16
+        threads = _up(-(-Scap // Kb), 32)
+        launches.append((f"b{Kb}", (N, dirs), threads, group_bytes(Kb, False, Lcap, acc), 32 * Kw, Scap))
+    return dict(Lcap=Lcap, W=W, offsets=offsets, total=max(total, _ALIGN), launches=launches)
+
+
+
+_DTYPES = {"i": np.int32, "q": np.int64, "d": np.float64}
+_SPECS = {}
+
+
+def pack_args(values: dict, spec=TRELLIS_ARGS):
+    """Kernel arguments as numpy scalars (pointers as Python ints), in the kernel's order.
+    Scalars of one kind are made by one array conversion (this runs on every call, and
+    the host cost per call is what a tiny batch pays)."""
+    groups = _SPECS.get(id(spec))
+    if groups is None:
+        groups = _SPECS[id(spec)] = [
+            (kind, [i for i, (_, k) in enumerate(spec) if k == kind], [n for n, k in spec if k == kind])
+            for kind in ("p", "i", "q", "d")]
+    out = [None] * len(spec)
+    for kind, idx, names in groups:
+        vals = [values[n] for n in names]
+        if kind != "p":
+            vals = list(np.array(vals, dtype=_DTYPES[kind]))
+        for i, v in zip(idx, vals):
+            out[i] = v
+    return out
+
+
+_SEL = (TRELLIS_ARGS.index(("sel_lo", "i")), TRELLIS_ARGS.index(("sel_hi", "i")))
+
+
+# ------------------------------------------------------------------ arrays
+
+def is_cuda_array(x) -> bool:
+    """True for torch CUDA tensors, CuPy/Numba arrays and DLPack producers on a CUDA device."""
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        return bool(getattr(x, "is_cuda", False))
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    dev = getattr(x, "__dlpack_device__", None)
+    if dev is not None:
+        try:
+            return int(dev()[0]) in (2, 13)  # kDLCUDA, kDLCUDAManaged
+        except Exception:
+            return False
+    return False
+
+
+_TORCH_NAMES = {"torch.float32": "float32", "torch.float64": "float64", "torch.float16": "float16",
+                "torch.bfloat16": "bfloat16", "torch.int32": "int32", "torch.int64": "int64"}
+
+
+class _Torch:
+    """Allocation and pointers through torch (its caching allocator is stream-ordered)."""
+
+    def __init__(self, device):
+        import torch
+        self.torch = torch
+        self.device = device
+        self.ordinal = device.index if device.index is not None else torch.cuda.current_device()
+        # the current stream *of that device*: no change of the current device
+        self.stream = torch.cuda.current_stream(device).cuda_stream
+
+    def dtype_name(self, x):
+        return _TORCH_NAMES.get(str(x.dtype), str(x.dtype))
+
+    def empty(self, shape, name):
+        return self.torch.empty(shape, dtype=getattr(self.torch, name), device=self.device)
+
+    @staticmethod
+    def ptr(x):
+        return x.data_ptr()
+
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def strides(x):
+        return tuple(x.stride())
+
+    def from_host(self, arr):
+        t = self.torch.from_numpy(np.ascontiguousarray(arr))
+        if t.numel():
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def contiguous(self, x):
+        return x.contiguous()
+
+
+class _CuPy:
+    """CuPy arrays on any device: the stream CuPy calls current for *that* device."""
+
+    def __init__(self, device_id):
+        import cupy
+        self.cp = cupy
+        self.device = device_id
+        self.ordinal = device_id
+        with cupy.cuda.Device(device_id):  # restores the caller's current device on exit
+            self.stream = cupy.cuda.get_current_stream().ptr
+
+    @staticmethod
+    def dtype_name(x):
+        return str(x.dtype)
+
+    def empty(self, shape, name):
+        with self.cp.cuda.Device(self.device):
+            return self.cp.empty(shape, dtype=name)
+
+    @staticmethod
+    def ptr(x):
+        return x.data.ptr
+
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def strides(x):
+        return tuple(s // x.itemsize for s in x.strides)
+
+    def from_host(self, arr):
+        with self.cp.cuda.Device(self.device):
+            return self.cp.asarray(np.ascontiguousarray(arr))
+
+    def contiguous(self, x):
+        with self.cp.cuda.Device(self.device):
+            return self.cp.ascontiguousarray(x)
+
+
+def _backend_for(acts):
+    """(backend, acts as the backend's array, converter of results to the caller's kind)."""
+    mod = type(acts).__module__.split(".")[0]
+    if mod == "torch":
+        return _Torch(acts.device), acts, lambda r: r
+    if mod == "cupy":
+        return _CuPy(acts.device.id), acts, lambda r: r
+    try:
+        import torch
+    except ImportError:
+        raise CTCTypeError(f"{type(acts).__name__} arrays reach the GPU path through torch (DLPack); "
+                           "install torch or pass a torch/CuPy array") from None
+    try:
+        view = torch.from_dlpack(acts)
+    except Exception:
+        view = torch.as_tensor(acts, device="cuda")  # __cuda_array_interface__
+    if mod in ("jax", "jaxlib"):
+        import jax.dlpack
+
+        def back(r):
+            return None if r is None else jax.dlpack.from_dlpack(r)
+    else:
+        def back(r):
+            return r
+    return _Torch(view.device), view, back
+
+
+def _int_operand(be, x, name, shape_ok):
+    """A device integer array (int32/int64) for targets or lengths: (array, is64, strides).
+    Host values are checked by the caller before this and copied without blocking."""
+    mod = type(x).__module__.split(".")[0]
+    if is_cuda_array(x) and mod in ("torch", "cupy"):
+        kind = be.dtype_name(x)
+        if kind not in ("int32", "int64"):
+            raise CTCTypeError(f"{name} on the device must be int32 or int64, got {kind}")
+        if not shape_ok(be.shape(x)):
+            raise CTCValueError(f"{name} has shape {be.shape(x)}, which does not fit the activations")
+        return x, int(kind == "int64"), be.strides(x) or (0,)
+    if is_cuda_array(x):
+        return _int_operand(be, be.torch.from_dlpack(x), name, shape_ok)
+    if mod == "torch":
+        x = x.detach().numpy()  # a CPU tensor: host values, no device involved
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise CTCTypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if not shape_ok(arr.shape):
+        raise CTCValueError(f"{name} has shape {arr.shape}, which does not fit the activations")
+    dev = be.from_host(arr.astype(np.int64))
+    return dev, 1, be.strides(dev) or (0,)
+
+
+def _host(x):
+    """Host values of x as NumPy, or None when x lives on a device."""
+    if is_cuda_array(x):
+        return None
+    if type(x).__module__.split(".")[0] == "torch":
+        return x.detach().numpy()
+    return np.asarray(x)
+
+
+def _check_host_ints(x, name, low, high):
+    arr = _host(x)
+    if arr is not None and arr.size and arr.dtype.kind in "iu":
+        bad = (arr < low) | (arr > high)
+        if bad.any():
+            i = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
+            idx = ", ".join(str(int(k)) for k in i)
+            raise CTCValueError(f"{name}[{idx}] = {int(arr[i])} is outside [{low}, {high}]")
+
+
+def _shape_of(x):
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+class _Call:
+    """One call's checked operands, workspace and kernel arguments (no launch yet)."""
+
+    def __init__(self, acts, targets, input_lengths, target_lengths, *, blank, from_logits, want_grad,
+                 want_alpha=False, max_target_length=None, workspace=None):
+        be, x, back = _backend_for(acts)
+        self.be, self.back = be, back
+        kind = be.dtype_name(x)
+        if kind not in KERNEL_TYPES:
+            raise CTCTypeError(f"acts must be float32, float64, float16 or bfloat16, got {kind}")
+        shape = be.shape(x)
+        if len(shape) != 3:
+            raise CTCValueError(f"acts must have shape (T, N, C), got {shape}")
+        T, N, C = shape
+        if C < 1:
+            raise CTCValueError("acts must have at least one class (C >= 1), got C = 0")
+        if isinstance(blank, (bool, np.bool_)) or not 0 <= int(blank) < C:
+            raise CTCValueError(f"blank must be in [0, {C}), got {blank}")
+        if be.strides(x)[2] != 1 or any(s < 0 for s in be.strides(x)):
+            x = be.contiguous(x)
+        st_t, st_n, _ = be.strides(x)
+        self.kind, (self.suffix, self.acc) = kind, KERNEL_TYPES[kind]
+        self.T, self.N, self.C, self.x = T, N, C, x
+
+        tshape = _shape_of(targets)
+        concat = len(tshape) == 1
+        if len(tshape) not in (1, 2) or (not concat and tshape[0] != N):
+            raise CTCValueError(f"targets must have shape (N, S) = ({N}, S) or (sum(target_lengths),), got {tshape}")
+        _check_host_ints(input_lengths, "input_lengths", 0, T)
+        tl_host = _host(target_lengths)
+        if concat:
+            if max_target_length is not None:
+                Smax = int(max_target_length)
+            elif tl_host is not None:
+                Smax = int(np.max(tl_host)) if N and tl_host.size else 0
+            else:
+                Smax = int(tshape[0])  # bound without a synchronisation; Lcap caps it at T
+            _check_host_ints(target_lengths, "target_lengths", 0, Smax)
+            if tl_host is not None and int(np.sum(tl_host.astype(np.int64))) != tshape[0]:
+                raise CTCValueError(f"concatenated targets must hold sum(target_lengths) values, got {tshape[0]}")
+        else:
+            Smax = int(tshape[1])
+            _check_host_ints(target_lengths, "target_lengths", 0, Smax)
+        tg_host = _host(targets)
+        if tg_host is not None and tl_host is not None and tg_host.size:
+            if concat:
+                bad = (tg_host < 0) | (tg_host >= C)
+            else:
+                bad = ((tg_host < 0) | (tg_host >= C)) & (np.arange(Smax)[None, :] < tl_host.reshape(-1, 1))
+            if bad.any():
+                i = np.unravel_index(int(np.flatnonzero(bad)[0]), tg_host.shape)
+                raise CTCValueError(f"targets[{', '.join(map(str, i))}] = {int(tg_host[i])} is outside [0, {C})")
+        self.tg, tg64, tg_st = _int_operand(be, targets, "targets", lambda s: tuple(s) == tuple(tshape))
+        self.il, il64, il_st = _int_operand(be, input_lengths, "input_lengths", lambda s: tuple(s) == (N,))
+        self.tl, tl64, tl_st = _int_operand(be, target_lengths, "target_lengths", lambda s: tuple(s) == (N,))
+
+        self.plan = plan(T, N, C, Smax, want_grad=want_grad, from_logits=from_logits, acc=self.acc)
+        total = self.plan["total"]
+        if workspace is None:
+            workspace = be.empty((total,), "uint8")
+        elif be.shape(workspace) != (total,):
+            raise CTCValueError(f"workspace has shape {be.shape(workspace)}, expected ({total},): pass the "
+                                "forward call's workspace with the same inputs")
+        self.ws = workspace
+        base = be.ptr(workspace)
+        vec = int(C % 4 == 0 and be.ptr(x) % 16 == 0 and st_t % 4 == 0 and st_n % 4 == 0)
+        self.values = dict(
+            acts=be.ptr(x), st_t=st_t, st_n=st_n, T=T, N=N, C=C,
+            targets=be.ptr(self.tg), tg64=tg64, concat=int(concat), tg_st_n=0 if concat else tg_st[0],
+            tg_st_s=tg_st[-1], tg_count=int(tshape[0]) if concat else 0, Smax=Smax, Lcap=self.plan["Lcap"],
+            W=self.plan["W"], in_len=be.ptr(self.il), il64=il64, il_st=il_st[0], tg_len=be.ptr(self.tl), tl64=tl64,
+            tl_st=tl_st[0], blank=int(blank), from_logits=int(bool(from_logits)), sel_lo=0, sel_hi=0,
+            w=0, w_kind=0, w_st=0, w_mul=1.0, mean=0, vec=vec, costs=0, grad=0, log_alpha=0, alpha_rows=T,
+            alpha_cols=2 * Smax + 1, end_marker=0)
+        for name, off in self.plan["offsets"].items():
+            self.values[name] = 0 if off is None else base + off
+        self.Smax = Smax
+        self.from_logits = bool(from_logits)
+        self._keep = []
+        self._args = None
+
+    def set_weights(self, grad_weights, mean):
+        be, N = self.be, self.N
+        self._args = None
+        if grad_weights is None:
+            self.values.update(w=0, w_kind=0, w_st=0, mean=int(bool(mean)))
+            return
+        if is_cuda_array(grad_weights):
+            w = grad_weights if type(grad_weights).__module__.split(".")[0] in ("torch", "cupy") \
+                else be.torch.from_dlpack(grad_weights)
+            wk = be.dtype_name(w)
+            if wk not in ("float32", "float64"):
+                w = w.double() if hasattr(w, "double") else w.astype("float64")
+                wk = "float64"
+            wshape = be.shape(w)
+            if wshape not in ((N,), (), (1,)):
+                raise CTCValueError(f"grad_weights must have shape (N,) = ({N},), got {wshape}")
+            kind, st = (1 if wk == "float32" else 2), (be.strides(w)[0] if wshape == (N,) else 0)
+        else:
+            host = np.asarray(grad_weights, dtype=np.float64).reshape(-1)
+            if host.shape not in ((N,), (1,)):
+                raise CTCValueError(f"grad_weights must have shape (N,) = ({N},), got {np.shape(grad_weights)}")
+            w = be.from_host(host)
+            kind, st = 2, (1 if host.shape == (N,) else 0)
+        self._keep.append(w)
+        self.values.update(w=be.ptr(w), w_kind=kind, w_st=st, mean=int(bool(mean)))
+        self._args = None
+
+    # -- launches (cuda.core, on the backend's stream)
+    def _launch(self, name, grid, block, shm, args):
+        from cuda.core import Stream, launch
+        from . import _cuda_build
+        kernel = _cuda_build.kernels(self.be.ordinal)[name]
+        launch(Stream.from_handle(int(self.be.stream)), _config(grid, block, shm), kernel, *args)
+
+    def launch_forward(self):
+        v = self.values
+        if self.N == 0:
+            return
+        todo = []
+        if self.from_logits and self.T:
+            rows = self.T * self.N
+            v["lse"] = v["ws_lse"]
+            todo.append(("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS)))
+        args = self._args = pack_args(v)
+        for tag, grid, block, shm, lo, hi in self.plan["launches"]:
+            a = list(args)
+            a[_SEL[0]], a[_SEL[1]] = np.int32(lo), np.int32(hi)
+            todo.append((f"fctc_trellis_{self.suffix}_{tag}", grid, block, shm, a))
+        with _DeviceGuard(self.be.ordinal):
+            for launch in todo:
+                self._launch(*launch)
+
+    def launch_grad(self):
+        if self.N == 0 or self.T == 0:
+            return
+        rows = self.T * self.N
+        with _DeviceGuard(self.be.ordinal):
+            # the forward's arguments when this call made them (sel_lo / sel_hi unused here)
+            args = self._args if self._args is not None else pack_args(self.values)
+            self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0, args)
+
+
+class _DeviceGuard:
+    """Makes the arrays' device current for the launches when it is not (a kernel handle is
+    launched in the current context), and puts the caller's context back afterwards: the
+    caller's current device never changes.  One driver query when it already is current."""
+
+    def __init__(self, ordinal):
+        self.ordinal = ordinal
+        self.prev = None
+
+    def __enter__(self):
+        from cuda.bindings import driver
+        err, dev = driver.cuCtxGetDevice()
+        if int(err) == 0 and int(dev) == self.ordinal:
+            return self
+        err, ctx = driver.cuCtxGetCurrent()
+        self.prev = (ctx,) if int(err) == 0 else (None,)
+        from cuda.core import Device
+        Device(self.ordinal).set_current()
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            from cuda.bindings import driver
+            ctx = self.prev[0]
+            driver.cuCtxSetCurrent(ctx if ctx is not None else driver.CUcontext(0))
+        return False
+
+
+_configs = {}
+
+
+def _config(grid, block, shm):
+    """A cuda.core LaunchConfig, made once per geometry."""
+    key = (grid, block, shm)
+    cfg = _configs.get(key)
+    if cfg is None:
+        from cuda.core import LaunchConfig
+        if len(_configs) > 4096:
+            _configs.clear()
+        cfg = _configs[key] = LaunchConfig(grid=grid, block=block, shmem_size=shm)
+    return cfg
+
+
+def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logits, want_grad,
+               grad_weights=None, want_alpha=False, max_target_length=None, mean_weights=False):
+    """The engine on the GPU (see the module docstring and fastctc._engine.run)."""
+    call = _Call(acts, targets, input_lengths, target_lengths, blank=blank, from_logits=from_logits,
+                 want_grad=want_grad, want_alpha=want_alpha, max_target_length=max_target_length)
+    be, T, N, C = call.be, call.T, call.N, call.C
+    costs = be.empty((N,), call.acc)
+    grad = be.empty((T, N, C), call.kind) if want_grad else None
+    log_alpha = be.empty((N, T, 2 * call.Smax + 1), call.acc) if want_alpha else None
+    call.values.update(costs=be.ptr(costs), grad=be.ptr(grad) if want_grad else 0,
+                       log_alpha=be.ptr(log_alpha) if want_alpha else 0)
+    if want_grad:
+        call.set_weights(grad_weights, mean_weights)
+    call.launch_forward()
+    if want_grad:
+        call.launch_grad()
+    # the workspace and uploaded operands are released here: the torch/CuPy allocators are
+    # stream-ordered, so their memory is reused only by work queued after these kernels
+    return call.back(costs), call.back(grad), call.back(log_alpha)
+
+
+# ------------------------------------------------------------------ torch entry points
+
+def torch_forward(log_probs, targets, input_lengths, target_lengths, *, blank=0, from_logits=False,
+                  want_grad=True, max_target_length=None):
+    """(costs, workspace) without a host synchronisation; see the module docstring."""
+    call = _Call(log_probs, targets, input_lengths, target_lengths, blank=blank, from_logits=from_logits,
+                 want_grad=want_grad, max_target_length=max_target_length)
+    costs = call.be.empty((call.N,), call.acc)
+    call.values["costs"] = call.be.ptr(costs)
+    call.launch_forward()
+    return costs, call.ws
+
+
+def torch_backward(log_probs, targets, input_lengths, target_lengths, workspace, weights, *, blank=0,
+                   from_logits=False, mean=False, max_target_length=None):
+    """grad (T, N, C) from torch_forward's workspace, without a host synchronisation."""
+    call = _Call(log_probs, targets, input_lengths, target_lengths, blank=blank, from_logits=from_logits,
+                 want_grad=True, max_target_length=max_target_length, workspace=workspace)
+    grad = call.be.empty((call.T, call.N, call.C), call.kind)
+    call.values["grad"] = call.be.ptr(grad)
+    call.set_weights(weights, mean)
+    call.launch_grad()
+    return grad
+
+
+def torch_ctc(log_probs, targets, input_lengths, target_lengths, weights=None, *, blank=0, from_logits=False,
+              mean=False, max_target_length=None):
+    """(costs, grad) in one call, without a host synchronisation."""
+    costs, grad, _ = run_device(log_probs, targets, input_lengths, target_lengths, blank=blank,
+                                from_logits=from_logits, want_grad=True, grad_weights=weights,
+                                max_target_length=max_target_length, mean_weights=mean)
+    return costs, grad
+
+
+# ------------------------------------------------------------------ PyTorch-style API on device
+
+def reduce_device(costs, target_lengths, reduction, zero_infinity):
+    """torch's reductions on a device costs vector (torch or CuPy), without synchronising."""
+    mod = type(costs).__module__.split(".")[0]
+    if mod == "torch":
+        import torch as xp
+    elif mod == "cupy":
+        import cupy as xp
+    else:
+        raise CTCTypeError(f"cannot reduce a {type(costs).__name__} on the device")
+    if zero_infinity:  # +inf only: an undefined (NaN) sequence stays NaN
+        costs = xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
+    if reduction == "none":
+        return costs
+    if reduction == "sum":
+        return costs.sum()
+    N = costs.shape[0]
+    if is_cuda_array(target_lengths):
+        tl = target_lengths
+        if mod == "torch" and type(tl).__module__.split(".")[0] != "torch":
+            tl = xp.from_dlpack(tl)
+        tl = tl.to(costs.dtype) if mod == "torch" else tl.astype(costs.dtype)
+    else:
+        host = np.maximum(np.asarray(_host(target_lengths), dtype=np.float64), 1.0).astype(
+            str(costs.dtype).split(".")[-1])
+        if mod == "torch":
+            tl = xp.from_numpy(np.ascontiguousarray(host))
+            if costs.device.type == "cuda":  # pinned: the upload does not block the host
+                tl = tl.pin_memory()
+            tl = tl.to(costs.device, non_blocking=True)
+        else:
+            tl = xp.asarray(host)
+    tl = tl.clamp(min=1) if mod == "torch" else xp.maximum(tl, 1)
+    return (costs / tl).sum() / N
+
+
+def ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                    from_logits, want_grad):
+    """fastctc.ctc_loss / ctc_loss_and_grad for device arrays: (loss, grad or None)."""
+    be, x, back = _backend_for(log_probs)
+    unbatched = len(be.shape(x)) == 2
+    if unbatched:
+        x = x[:, None, :]  # targets keep their form: 1-D concatenated or (1, S) padded, as in PyTorch
+        input_lengths = np.asarray(input_lengths).reshape(1) if not is_cuda_array(input_lengths) \
+            else input_lengths.reshape(1)
+        target_lengths = np.asarray(target_lengths).reshape(1) if not is_cuda_array(target_lengths) \
+            else target_lengths.reshape(1)
+    mean = reduction == "mean"
+    costs, grad, _ = run_device(x, targets, input_lengths, target_lengths, blank=blank,
+                                from_logits=from_logits, want_grad=want_grad, mean_weights=mean)
+    loss = reduce_device(costs, target_lengths, reduction, zero_infinity)
+    if unbatched:
+        if reduction == "none":
+            loss = loss.reshape(())
+        if grad is not None:
+            grad = grad[:, 0, :]
+    return back(loss), back(grad) if grad is not None else None

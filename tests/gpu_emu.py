@@ -1,0 +1,256 @@
+"""Host emulation of cuda/ctc.cu at the real launch geometry (used by tests/test_gpu_emulation.py
+and benchmarks/gpu_check.py's self-test).
+
+The kernels are compiled as host C++ with a small CUDA-builtins shim: every CUDA thread of a
+block is a host thread; a warp is 32 of them, and its shuffles and __syncwarp meet at that
+warp's own barrier (other warps run on); __syncthreads is a barrier of the whole block.  The
+blocks of a launch run one after another on the same threads, so __shared__ storage can be
+one static array.  Shuffles exchange values through relaxed atomics and their barrier uses
+relaxed atomics plus fences: ThreadSanitizer therefore sees no ordering from a shuffle (as on
+the GPU, where a shuffle is no memory fence), and a shared-memory exchange that relies on one
+instead of __syncwarp / __syncthreads is reported as a race.
+
+launch(lib, name, grid, block, shm, args) runs one kernel; run(lib, ...) is run_device's
+contract on NumPy arrays (fastctc._cuda_launch.plan decides the workspace and launches,
+exactly as on a device).
+"""
+import ctypes
+import os
+import shutil
+import subprocess
+
+import numpy as np
+
+from fastctc import _cuda_launch as L
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
+SOURCE = os.path.join(ROOT, "cuda", "ctc.cu")
+
+SHIM = r"""
+#include <atomic>
+#include <cmath>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <cstring>
+#include <thread>
+#include <vector>
+#define FCTC_EMULATION 1
+#define FCTC_DEV inline
+#define FCTC_ENTRY static
+#define __shared__ static
+#define __align__(n) alignas(n)
+#define __launch_bounds__(n)
+#define FCTC_DYN_SHARED(name) unsigned char *name = emu_shm
+struct emu_dim { unsigned x, y; };
+static thread_local emu_dim threadIdx, blockIdx;
+static emu_dim blockDim;
+static unsigned char *emu_shm;
+
+// Barrier of `size` threads: the last arrival resets the count and bumps the generation,
+// the others sleep on the generation (futex, so that a 2-core machine does not spend its
+// time spinning through hundreds of threads).  `sync` barriers order memory
+// (acquire/release: __syncwarp, __syncthreads); shuffle barriers use relaxed atomics and
+// fences, which ThreadSanitizer does not take as ordering.
+static void emu_futex_wait(std::atomic<int> *a, int v) {
+    syscall(SYS_futex, (int *)a, FUTEX_WAIT_PRIVATE, v, nullptr, nullptr, 0);
+}
+static void emu_futex_wake(std::atomic<int> *a) {
+    syscall(SYS_futex, (int *)a, FUTEX_WAKE_PRIVATE, 1 << 30, nullptr, nullptr, 0);
+}
+struct emu_barrier {
+    std::atomic<int> count{0}, gen{0};
+    int size = 1;
+    void wait(bool sync) {
+        const auto rmw = sync ? std::memory_order_acq_rel : std::memory_order_relaxed;
+        const auto ld = sync ? std::memory_order_acquire : std::memory_order_relaxed;
+        if (!sync) std::atomic_thread_fence(std::memory_order_seq_cst);
+        const int g = gen.load(ld);
+        if (count.fetch_add(1, rmw) == size - 1) {
+            count.store(0, std::memory_order_relaxed);
+            if (!sync) std::atomic_thread_fence(std::memory_order_seq_cst);
+            gen.fetch_add(1, rmw);
+            emu_futex_wake(&gen);
+        } else {
+            for (int spin = 0; gen.load(ld) == g; ++spin)
+                if (spin > 32) emu_futex_wait(&gen, g);
+        }
+        if (!sync) std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+};
+static emu_barrier emu_block_bar;
+static emu_barrier emu_warp_bar[32];
+static std::atomic<unsigned long long> emu_slot[2][1024];  // double-buffered: one barrier a shuffle
+static thread_local int emu_parity;
+
+inline void __syncthreads() { emu_block_bar.wait(true); }
+inline void __syncwarp(unsigned) { emu_warp_bar[threadIdx.x >> 5].wait(true); }
+template <class V> inline V emu_shfl(V v, int src) {
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof v);
+    const int lane = threadIdx.x & 31, base = threadIdx.x - lane;
+    // slot set `emu_parity` is written again two shuffles later, after every lane has
+    // passed the next shuffle's barrier, hence after it read this one
+    auto *slot = emu_slot[emu_parity];
+    emu_parity ^= 1;
+    slot[threadIdx.x].store(bits, std::memory_order_relaxed);
+    emu_warp_bar[threadIdx.x >> 5].wait(false);
+    unsigned long long got = slot[base + src].load(std::memory_order_relaxed);
+    V r;
+    std::memcpy(&r, &got, sizeof r);
+    return r;
+}
+template <class V> inline V __shfl_xor_sync(unsigned, V v, int m) { return emu_shfl(v, (threadIdx.x & 31) ^ m); }
+template <class V> inline V __shfl_up_sync(unsigned, V v, int d) {
+    const int lane = threadIdx.x & 31;
+    return emu_shfl(v, lane >= d ? lane - d : lane);
+}
+template <class D, class S> inline D emu_bits(S s) { D d; std::memcpy(&d, &s, sizeof d); return d; }
+inline float __int_as_float(int i) { return emu_bits<float>(i); }
+inline float __uint_as_float(unsigned i) { return emu_bits<float>(i); }
+inline unsigned __float_as_uint(float f) { return emu_bits<unsigned>(f); }
+inline double __longlong_as_double(long long i) { return emu_bits<double>(i); }
+inline float fctc_emu_half_to_float(unsigned short b) { return (float)emu_bits<_Float16>(b); }
+inline unsigned short fctc_emu_float_to_half(float f) { return emu_bits<unsigned short>((_Float16)f); }
+#include "ctc.cu"
+
+// One launch: blockDim.x host threads run every block in turn.
+template <class F> static void emu_launch(int gx, int gy, int block, int shm, F body) {
+    blockDim.x = block; blockDim.y = 1;
+    emu_block_bar.count = 0; emu_block_bar.size = block;
+    for (auto &w : emu_warp_bar) { w.count = 0; w.size = 32; }
+    // lanes of one warp shuffle in step, so they agree on the slot parity; a warp whose
+    // lanes all left (a finished sequence) never shuffles again
+    std::vector<unsigned char> shared(shm > 0 ? shm : 16, 0x5A);
+    emu_shm = shared.data();
+    std::vector<std::thread> threads;
+    for (int i = 0; i < block; ++i)
+        threads.emplace_back([=] {
+            threadIdx.x = i; threadIdx.y = 0; emu_parity = 0;
+            for (int y = 0; y < gy; ++y)
+                for (int x = 0; x < gx; ++x) {
+                    blockIdx.x = x; blockIdx.y = y;
+                    body();
+                    __syncthreads();  // the next block reuses the shared memory
+                }
+        });
+    for (auto &t : threads) t.join();
+}
+#define EMU_NAME(type, name) name,
+#define EMU_KERNEL(kname)                                                                         \
+    extern "C" void emu_##kname(int gx, int gy, int block, int shm, FCTC_FIELDS(FCTC_PARAM) int end_marker) { \
+        emu_launch(gx, gy, block, shm, [=] { kname(FCTC_FIELDS(EMU_NAME) end_marker); });          \
+    }
+#define EMU_TYPE(suffix, In, A)                                                                   \
+    extern "C" void emu_fctc_lse_##suffix(int gx, int gy, int block, int shm, const void *acts,  \
+                                          long long st_t, long long st_n, int T, int N, int C, void *lse) { \
+        emu_launch(gx, gy, block, shm, [=] { fctc_lse_##suffix((const In *)acts, st_t, st_n, T, N, C, (A *)lse); }); \
+    }                                                                                             \
+    EMU_KERNEL(fctc_grad_##suffix)                                                                \
+    EMU_KERNEL(fctc_trellis_##suffix##_w2) EMU_KERNEL(fctc_trellis_##suffix##_w4)                 \
+    EMU_KERNEL(fctc_trellis_##suffix##_w8) EMU_KERNEL(fctc_trellis_##suffix##_b4)                 \
+    EMU_KERNEL(fctc_trellis_##suffix##_b16)
+EMU_TYPE(f32, float, float)
+EMU_TYPE(f64, double, double)
+EMU_TYPE(f16, fctc_half, float)
+EMU_TYPE(bf16, fctc_bf16, float)
+"""
+
+
+def build(folder, extra_flags=()):
+    """Compiles the emulation library into `folder`; returns the ctypes handle, or raises
+    RuntimeError (with the compiler's message) / FileNotFoundError (no g++)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        raise FileNotFoundError("g++ is not installed: the host emulation of ctc.cu needs it")
+    shim = os.path.join(folder, "emu.cpp")
+    with open(shim, "w") as f:
+        f.write(SHIM)
+    lib = os.path.join(folder, "emu.so")
+    cmd = [gxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-tsan", *extra_flags, "-I",
+           os.path.dirname(SOURCE), "-o", lib, shim]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0 and "-Wno-tsan" in out.stderr:
+        cmd.remove("-Wno-tsan")
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-4000:])
+    return ctypes.CDLL(lib)
+
+
+_CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "d": ctypes.c_double}
+_HEAD = [ctypes.c_int] * 4
+
+
+def launch(lib, name, grid, block, shm, args, spec=L.TRELLIS_ARGS):
+    fn = getattr(lib, "emu_" + name)
+    fn.argtypes = _HEAD + [_CT[k] for _, k in spec]
+    gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
+    fn(gx, gy, block, shm, *args)
+
+
+def _ptr(a):
+    return 0 if a is None else a.ctypes.data
+
+
+def run(lib, acts, targets, input_lengths, target_lengths, *, blank, from_logits, want_grad, want_alpha=False,
+        grad_weights=None, mean=False, kind=None, max_target_length=None, garbage=0x5A, force_block=False):
+    """run_device's contract on host arrays, through the emulated kernels and the real plan.
+
+    kind: 'float16'/'bfloat16' when acts hold raw 16-bit storage (uint16).  force_block:
+    every sequence through the block kernel (True: the K the plan would pick, or 4 / 16;
+    geometry-independence checks)."""
+    T, N, C = acts.shape
+    kind = kind or str(acts.dtype)
+    suffix, acc = L.KERNEL_TYPES[kind]
+    targets = np.asarray(targets)
+    concat = targets.ndim == 1
+    tl = np.ascontiguousarray(target_lengths)
+    if concat:
+        Smax = int(max_target_length) if max_target_length is not None else (int(tl.max()) if N else 0)
+    else:
+        Smax = targets.shape[1]
+    p = L.plan(T, N, C, Smax, want_grad=want_grad, from_logits=from_logits, acc=acc)
+    costs = np.full(N, -7.0, dtype=acc)
+    store = np.uint16 if kind in ("float16", "bfloat16") else acts.dtype
+    grad = np.full((T, N, C), 99, dtype=store) if want_grad else None
+    la = np.full((N, T, 2 * Smax + 1), 5.0, dtype=acc) if want_alpha else None
+    ws = np.full(p["total"] + 64, garbage, dtype=np.uint8)  # garbage: nothing may rely on zeroed memory
+    base = (ws.ctypes.data + 63) // 64 * 64
+    tg = np.ascontiguousarray(targets)
+    il = np.ascontiguousarray(input_lengths)
+    w = None if grad_weights is None else np.ascontiguousarray(grad_weights, dtype=np.float64).reshape(-1)
+    isz = acts.itemsize
+    st_t, st_n = acts.strides[0] // isz, acts.strides[1] // isz
+    values = dict(acts=_ptr(acts), st_t=st_t, st_n=st_n, T=T, N=N, C=C,
+                  targets=_ptr(tg), tg64=int(tg.dtype == np.int64), concat=int(concat),
+                  tg_st_n=0 if concat else tg.strides[0] // tg.itemsize, tg_st_s=tg.strides[-1] // tg.itemsize,
+                  tg_count=tg.shape[0] if concat else 0, Smax=Smax, Lcap=p["Lcap"], W=p["W"],
+                  in_len=_ptr(il), il64=int(il.dtype == np.int64), il_st=1,
+                  tg_len=_ptr(tl), tl64=int(tl.dtype == np.int64), tl_st=1, blank=blank,
+                  from_logits=int(from_logits), sel_lo=0, sel_hi=0, w=_ptr(w), w_kind=0 if w is None else 2,
+                  w_st=0 if w is None or w.size == 1 else 1, w_mul=1.0, mean=int(mean),
+                  vec=int(C % 4 == 0 and acts.ctypes.data % 16 == 0 and st_t % 4 == 0 and st_n % 4 == 0),
+                  costs=_ptr(costs), grad=_ptr(grad), log_alpha=_ptr(la), alpha_rows=T,
+                  alpha_cols=2 * Smax + 1, end_marker=0)
+    for name, off in p["offsets"].items():
+        values[name] = 0 if off is None else base + off
+    if N == 0:
+        return costs, grad, la
+    if from_logits and T:
+        lse_vals = dict(values, lse=values["ws_lse"])
+        launch(lib, "fctc_lse_" + suffix, -(-T * N // 8), 256, 0, [lse_vals[n] for n, _ in L.LSE_ARGS], L.LSE_ARGS)
+    launches = p["launches"]
+    if force_block:
+        Scap = 2 * p["Lcap"] + 1
+        Kb = force_block if force_block in (4, 16) else 4 if Scap <= 4096 else 16
+        threads = max(64, -(-(-(-Scap // Kb)) // 32) * 32)
+        launches = [(f"b{Kb}", (N, 2 if want_grad else 1), threads,
+                     L.group_bytes(Kb, False, p["Lcap"], acc), 0, Scap)]
+    for tag, grid, block, shm, lo, hi in launches:
+        v = dict(values, sel_lo=lo, sel_hi=hi)
+        launch(lib, f"fctc_trellis_{suffix}_{tag}", grid, block, shm, [v[n] for n, _ in L.TRELLIS_ARGS])
+    if want_grad and T:
+        launch(lib, "fctc_grad_" + suffix, -(-T * N // L.GRAD_WARPS), 32 * L.GRAD_WARPS, 0,
+               [values[n] for n, _ in L.TRELLIS_ARGS])
+    return costs, grad, la
