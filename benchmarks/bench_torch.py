@@ -135,7 +135,7 @@ def main(argv=None):
     print()
     print("| shape (T, N, C, S) | row | torch ms | fastctc ms | torch / fastctc |")
     print("|---|---|---|---|---|")
-    for name in args.shapes.split(","):
+    for name in [n for n in args.shapes.split(",") if n]:  # --shapes= runs the CRNN row alone
         T, N, C, S = SHAPES[name]
         logits, targets, il, tl = problem(T, N, C, S)
         torch_step, fast_step, fast_logits_step = step_fns(logits, targets, il, tl)

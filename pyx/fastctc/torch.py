@@ -283,7 +283,8 @@ def _forward(log_probs, args, want_grad):
     if checked is None:  # the general path: any device, dtype or input form, and every error
         return _forward_general(log_probs, args, want_grad)
     batch, blank = checked
-    weights = _fast.grad_weights(batch.label_lengths, reduction) if want_grad else None
+    # unit weights (None) unless 'mean' weighs the gradient rows
+    weights = _fast.grad_weights(batch.label_lengths, reduction) if want_grad and reduction == "mean" else None
     costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights,
                                  num_threads=num_threads)
     loss = torch.from_numpy(_fast.reduce(costs, batch.label_lengths, reduction, zero_infinity))
@@ -457,8 +458,10 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     fuses the log_softmax (the gradient is then d loss / d logits; on large alphabets this
     saves the whole log_softmax backward); num_threads caps the CPU threads of this call.
     """
-    reduction, zero_infinity, from_logits, num_threads = _check_options(reduction, zero_infinity, from_logits,
-                                                                       num_threads)
+    if (type(reduction) is not str or reduction not in _REDUCTIONS or type(zero_infinity) is not bool
+            or type(from_logits) is not bool or num_threads is not None):
+        reduction, zero_infinity, from_logits, num_threads = _check_options(reduction, zero_infinity, from_logits,
+                                                                           num_threads)
     if torch.compiler.is_compiling() or (type(log_probs) is not torch.Tensor
                                          and not isinstance(log_probs, torch.nn.Parameter)):
         return _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduction,
