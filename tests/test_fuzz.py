@@ -139,6 +139,15 @@ def _as_uint8(value):
         return value
 
 
+def _as_float64(value):
+    """value as float64, when it reads as numbers (an earlier breakage may have left a
+    string or an object there); else unchanged."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return value
+
+
 def _breakage(key, value, T, N, C):
     weird = st.sampled_from([None, "x", 1.5, True, [], [[1, 2], [3]], object(), -1, 2**40,
                              np.array([np.nan]), np.zeros((2, 2, 2, 2))])
@@ -155,7 +164,7 @@ def _breakage(key, value, T, N, C):
         ints = st.lists(vals, max_size=12).map(lambda v: np.array(v, dtype=np.int64))
         shaped = st.tuples(st.integers(0, N + 1), st.integers(0, T + 3), vals).map(
             lambda a: np.full((a[0], a[1]), a[2]))
-        floats = st.just(np.asarray(value, dtype=np.float64))
+        floats = st.just(value).map(_as_float64)
         return st.one_of(ints, shaped, floats, st.just(np.array([[[1]]])), weird)
     if key in ("input_lengths", "target_lengths"):
         vals = st.integers(-5, T + 5) | st.sampled_from([2**31, -2**31 - 1, 2**63 - 1])
@@ -284,3 +293,12 @@ def test_fuzz_grad_out_aliasing_is_refused(which, shift):
     args[which] = view
     with pytest.raises(fastctc.CTCValueError, match="grad_out shares memory"):
         fastctc.ctc_loss_and_grad(**args, grad_out=grad_out)
+
+
+def test_regression_size_one_view_with_negative_stride():
+    # Found by test_python_facade_fuzz: a (1, 1, 1) view reversed along the class axis has
+    # strides (4, 4, -4) yet counts as C-contiguous, so it passed through uncopied and the
+    # compiled bridge refused it with a bare ValueError.
+    a = np.array([[[0.25]]], dtype=np.float32)[..., ::-1]
+    assert a.strides[-1] < 0
+    np.testing.assert_array_equal(fastctc.ctc_loss(a, np.zeros(0, np.int64), [1], [0], reduction="none"), [-0.25])

@@ -85,7 +85,9 @@ def _readable_in_place(arr: np.ndarray) -> bool:
 def class_contiguous(arr: np.ndarray) -> np.ndarray:
     """arr itself when the engine can read it through strides, else one native copy."""
     if arr.size and not _readable_in_place(arr):
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+        # a fresh C-order copy: ascontiguousarray keeps an array NumPy already calls
+        # contiguous, and for size-1 axes that includes strides such as (4, 4, -4)
+        arr = np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C", copy=True)
     elif not arr.dtype.isnative:  # empty, but the dtype should still be native
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr

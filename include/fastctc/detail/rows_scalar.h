@@ -19,10 +19,10 @@
 /* cur[s] = emit(s) + lse(prev[s], prev[s-1], prev[s-2] + skip[s]) - shift for s in [lo, hi),
  * with emit(s) = x[ext[s]] - emit_shift, the frame's log-probability of state s's label
  * (emit_shift is the frame's log-sum-exp in logits mode, else 0); returns max over
- * [lo, hi) of cur (-inf when the band is empty or all -inf), or NaN when an x[ext[s]] of
- * [lo, hi) is NaN or +inf (the non-finite rule's check, trellis.h: the row kernel has
- * the band's emissions in registers, so it checks them at the cost of a compare).  The caller passes the
- * previous row's maximum as shift, which keeps every stored row's maximum near 0 (the
+ * [lo, hi) of cur (-inf when the band is empty or all -inf).  A NaN or +inf emission
+ * makes its state NaN or +inf even where the state is unreachable (-inf + e), and a NaN
+ * in prev carries on to the states it feeds: the non-finite rule's signal, which the band
+ * carries to the end states (trellis.h).  The caller passes the previous row's maximum as shift, which keeps every stored row's maximum near 0 (the
  * removed offsets are summed in double by the trellis).  tmp: a scratch row (W
  * elements, same padding) the vector kernels gather the emissions into. */
 static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, const FCTC_T *x, const int *ext,
@@ -30,20 +30,19 @@ static FCTC_T FCTC_FN(fctc_alpha_row_scalar)(const FCTC_T *prev, FCTC_T *cur, co
                                              FCTC_T *tmp) {
     (void)tmp;
     FCTC_T best = FCTC_NEG_INF;
-    int bad = 0;
     for (int s = lo; s < hi; ++s) {
         FCTC_T a = prev[s], b = prev[s - 1], c = prev[s - 2] + skip[s];
         FCTC_T m = a > b ? a : b;
-        FCTC_T e = x[ext[s]];
-        bad |= !(e < (FCTC_T)HUGE_VAL);
         m = m > c ? m : c;
-        FCTC_T v = (m == FCTC_NEG_INF)
-                       ? FCTC_NEG_INF
-                       : (e - (emit_shift + shift)) + m + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+        /* e + m: -inf for an unreachable state (m = -inf) unless the emission is NaN or +inf */
+        FCTC_T em = (x[ext[s]] - (emit_shift + shift)) + m;
+        FCTC_T v = (m == FCTC_NEG_INF) ? em : em + FCTC_LOG(FCTC_EXP(a - m) + FCTC_EXP(b - m) + FCTC_EXP(c - m));
+        FCTC_T probe = a + b + c; /* NaN exactly when an input is NaN (or +inf meets -inf) */
+        if (probe != probe) v = probe;
         cur[s] = v;
         best = v > best ? v : best;
     }
-    return bad ? (FCTC_T)NAN : best;
+    return best;
 }
 
 /* cur[s] = lse(nb[s], nb[s+1], nb[s+2] + skip[s+2]) - shift for s in [lo, hi), where nb

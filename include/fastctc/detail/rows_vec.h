@@ -52,17 +52,19 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *c
     FCTC_EMISSIONS_BEGIN();
     const VT neg_inf = FCTC_C(-HUGE_VAL);
     const VT sh = V_SET1(emit_shift + shift);
-    VT best = neg_inf, bad = FCTC_C(0.0);
+    VT best = neg_inf;
     for (int s = lo;; s += VW) {
         if (s > hi - VW) s = hi - VW;
         VT a = V_LOAD(prev + s), b = V_LOAD(prev + s - 1);
         VT c = V_ADD(V_LOAD(prev + s - 2), V_LOAD(skip + s));
         VT m;
         VT l = FCTC_VN(fctc_vlse3)(a, b, c, &m);
-        VT em = FCTC_EMISSIONS_AT(s);
-        bad = V_SELECT(V_CMP_LT(em, FCTC_C(HUGE_VAL)), bad, FCTC_C(1.0)); /* NaN, +inf: the rule */
-        VT e = V_SUB(em, sh);
-        VT v = V_SELECT(V_CMP_EQ(m, neg_inf), neg_inf, V_ADD(V_ADD(e, m), l));
+        VT e = V_SUB(FCTC_EMISSIONS_AT(s), sh);
+        /* (e + m) + l, l taken as 0 where every predecessor is -inf: e + m is then -inf for
+         * any emission but NaN or +inf, which come out NaN -- the non-finite rule's signal,
+         * carried by the band to the end states (trellis.h); the operation count of the
+         * select of -inf it replaces */
+        VT v = V_ADD(V_ADD(e, m), V_SELECT(V_CMP_EQ(m, neg_inf), FCTC_C(0.0), l));
         /* x86 max/min drop a NaN first operand; the scalar kernel propagates NaN, so put
          * it back: a + b + c is NaN exactly when an input is NaN (or +inf meets -inf, which
          * the scalar kernel also turns into NaN). */
@@ -72,7 +74,7 @@ static FCTC_VTARGET FCTC_T FCTC_VN(fctc_alpha_row)(const FCTC_T *prev, FCTC_T *c
         best = V_MAX(best, v);
         if (s == hi - VW) break;
     }
-    return V_HMAX(bad) > 0 ? (FCTC_T)NAN : V_HMAX(best);
+    return V_HMAX(best);
 }
 
 static FCTC_VTARGET FCTC_T FCTC_VN(fctc_beta_row)(const FCTC_T *nb, FCTC_T *cur, FCTC_T *nb_out, const FCTC_T *x,

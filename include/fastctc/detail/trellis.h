@@ -264,6 +264,9 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, v
             for (s = 0; s < job->alpha_cols; ++s) out[s] = FCTC_NEG_INF;
         }
     }
+    /* The non-finite rule: a NaN or +inf emission in the band reaches the end states
+     * (rows_scalar.h's alpha_row), so log p comes out NaN or +inf. */
+    if (feasible && !(log_likelihood_d < HUGE_VAL)) bad = 1;
     if (bad && feasible)
         log_likelihood_d = NAN;
     else
@@ -509,8 +512,7 @@ FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fas
             /* (log-probabilities: the rows' kernels check the emissions of these frames) */
             if (role == 0) FCTC_FN(fctc_alpha_range)
             (k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max, tmp[0], &bad[0]);
-            else FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1],
-                                          &bad[1]);
+            else FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1], NULL);
         }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -534,15 +536,16 @@ FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fas
 #pragma omp barrier
 #endif
 
-        /* phase 3 */
-        const double lp = any_bad ? NAN : log_p;
-        const int dead = any_bad || (FCTC_T)lp == FCTC_NEG_INF;
+        /* phase 3 (the non-finite rule: a bad emission in the band made log p NaN or +inf) */
+        const int nonfinite = any_bad || !(log_p < HUGE_VAL);
+        const double lp = nonfinite ? NAN : log_p;
+        const int dead = nonfinite || (FCTC_T)lp == FCTC_NEG_INF;
         for (role = tid; role < 2; role += nth) {
             const int first = role == 0 ? m : 0, end = role == 0 ? job->grad_rows : m;
             for (t = first; t < end; ++t) {
                 FCTC_T *g = job->grad + (ptrdiff_t)t * job->grad_stride;
                 if (dead || t >= T) {
-                    k->fill_row(g, (any_bad && t < T) ? (FCTC_T)NAN : (FCTC_T)0, C, 0);
+                    k->fill_row(g, (nonfinite && t < T) ? (FCTC_T)NAN : (FCTC_T)0, C, 0);
                     continue;
                 }
                 const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
@@ -553,5 +556,5 @@ FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fas
             }
         }
     }
-    return (FCTC_T)(-(bad[0] | bad[1] ? NAN : log_p));
+    return (FCTC_T)(-((bad[0] | bad[1]) || !(log_p < HUGE_VAL) ? NAN : log_p));
 }
