@@ -21,7 +21,6 @@ from fastctc._engine import run
 from fastctc._validate import check_ctc_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEVELS = _core.simd_levels_supported()
 
 
 def _log_softmax(x):
@@ -48,14 +47,6 @@ def split_small_problems(monkeypatch):
     enough to repay it (_core.SPLIT_MIN_CELLS); these tests use small problems, so they
     lower the threshold to run the split pass too (it must give the same bits)."""
     monkeypatch.setattr(_core, "SPLIT_MIN_CELLS", 0)
-
-
-@pytest.fixture(params=LEVELS)
-def simd_level(request):
-    before = _core.simd_level()
-    _core.set_simd_level(request.param)
-    yield request.param
-    _core.set_simd_level(before)
 
 
 def _run_python(code, timeout=90, env_extra=None):
