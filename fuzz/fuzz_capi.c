@@ -211,7 +211,9 @@ static void check_results(const problem *p, int f32, int batch_major, const void
             if (!isnan(cost)) fail("non-finite input, cost not NaN");
         } else if (!ok) {
             if (p->opt.zero_infinity ? cost != 0.0 : !(cost == HUGE_VAL)) fail("infeasible sequence's cost");
-        } else if (isnan(cost)) {
+        } else if (isnan(cost) && p->finite) {
+            /* (absurd finite values such as log-probabilities of 1e30 may overflow inside
+             * the trellis; only moderate inputs promise a clean result) */
             fail("NaN cost without a non-finite input");
         }
         if (p->finite && p->opt.from_logits && !has_blank && cost < -1e-3 * (1.0 + Tn))
@@ -227,7 +229,7 @@ static void check_results(const problem *p, int f32, int batch_major, const void
                     continue;
                 }
                 if ((t >= Tn || !ok) && g != 0.0) fail("gradient not zero past the input length / infeasible");
-                if (isnan(g) || isinf(g)) fail("non-finite gradient entry with a clean input");
+                if (p->finite && (isnan(g) || isinf(g))) fail("non-finite gradient entry with a clean input");
                 sum += g;
                 mag += fabs(g);
             }
