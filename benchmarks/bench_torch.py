@@ -33,14 +33,11 @@ import fastctc
 import fastctc.torch as fct
 import torch
 import torch.nn.functional as F
+from fastctc._bench import SHAPES as BENCH_SHAPES
 from fastctc._bench import paired_ms
 
-SHAPES = {  # name: (T, N, C, S)
-    "char": (500, 32, 32, 100),
-    "bpe": (250, 32, 1024, 80),
-    "vocab5k": (200, 16, 5000, 60),
-    "ocr": (64, 256, 100, 25),
-    "long": (2000, 8, 64, 400),
+SHAPES = {  # name: (T, N, C, S): the CPU benchmark's shapes, and two small training steps
+    **BENCH_SHAPES,
     "small": (50, 4, 20, 10),
     "tiny": (10, 1, 5, 2),
 }

@@ -23,10 +23,10 @@ from . import _core, _fast
 from ._validate import (
     Batch,
     as_float_array,
+    check_call_options,
     check_ctc_inputs,
     check_flag,
     check_grad_out,
-    check_num_threads,
     check_reduction,
 )
 
@@ -133,14 +133,8 @@ def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_i
 
 def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
              from_logits, num_threads):
-    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
-        reduction = check_reduction(reduction)
-    if type(zero_infinity) is not bool:
-        zero_infinity = check_flag(zero_infinity, "zero_infinity")
-    if type(from_logits) is not bool:
-        from_logits = check_flag(from_logits, "from_logits")
-    if num_threads is not None:
-        num_threads = check_num_threads(num_threads)
+    reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
+                                                                            num_threads)
     # the compiled check takes the common forms; anything else (or anything wrong) goes
     # through check_ctc_inputs, which handles it or raises the documented error
     checked = _fast.prepare(log_probs, targets, input_lengths, target_lengths, blank)

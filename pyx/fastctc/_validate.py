@@ -285,3 +285,18 @@ def check_grad_out(grad_out, shape: tuple, dtype: np.dtype, acts_name: str, acts
             raise CTCValueError(f"grad_out shares memory with {name}: the engine reads {name} while it "
                                 f"writes the gradient; pass a separate buffer")
     return grad_out
+
+
+def check_call_options(reduction, zero_infinity, from_logits, num_threads):
+    """The options every loss call takes, checked (reduction, zero_infinity, from_logits,
+    num_threads); the common values pass with a type test each, anything else goes
+    through its checker, which returns it normalised or raises the documented error."""
+    if type(reduction) is not str or reduction not in ("none", "mean", "sum"):
+        reduction = check_reduction(reduction)
+    if type(zero_infinity) is not bool:
+        zero_infinity = check_flag(zero_infinity, "zero_infinity")
+    if type(from_logits) is not bool:
+        from_logits = check_flag(from_logits, "from_logits")
+    if num_threads is not None:
+        num_threads = check_num_threads(num_threads)
+    return reduction, zero_infinity, from_logits, num_threads

@@ -52,9 +52,9 @@ from ._validate import (
     CTCValueError,
     CTCValueRuntimeError,
     as_runtime_error,
+    check_call_options,
     check_ctc_inputs,
     check_flag,
-    check_num_threads,
     check_reduction,
 )
 
@@ -227,18 +227,6 @@ def _costs_and_grad(log_probs, targets, input_lengths, target_lengths, blank, fr
         if grad.dtype != log_probs.dtype:
             grad = grad.to(log_probs.dtype)
     return costs, grad, batch.label_lengths, batch.unbatched
-
-
-def _check_options(reduction, zero_infinity, from_logits, num_threads):
-    if reduction not in _REDUCTIONS or type(reduction) is not str:
-        reduction = check_reduction(reduction)
-    if type(zero_infinity) is not bool:
-        zero_infinity = check_flag(zero_infinity, "zero_infinity")
-    if type(from_logits) is not bool:
-        from_logits = check_flag(from_logits, "from_logits")
-    if num_threads is not None:
-        num_threads = check_num_threads(num_threads)
-    return reduction, zero_infinity, from_logits, num_threads
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,7 +448,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     """
     if (type(reduction) is not str or reduction not in _REDUCTIONS or type(zero_infinity) is not bool
             or type(from_logits) is not bool or num_threads is not None):
-        reduction, zero_infinity, from_logits, num_threads = _check_options(reduction, zero_infinity, from_logits,
+        reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
                                                                            num_threads)
     if torch.compiler.is_compiling() or (type(log_probs) is not torch.Tensor
                                          and not isinstance(log_probs, torch.nn.Parameter)):
