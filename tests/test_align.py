@@ -282,9 +282,9 @@ def test_errors():
         fastctc.forced_align(lp, np.array([[1, 1, 2, 2]]))
     with pytest.raises(RuntimeError, match=r"sequence 1.*input_lengths\[1\] must be >= 2"):
         fastctc.forced_align(np.concatenate([lp, lp]), np.array([[1, 2], [1, 2]]), [5, 1])
-    with pytest.raises(CTCValueError, match=r"log_probs must be 3-D"):
+    with pytest.raises(CTCValueError, match=r"log_probs must have rank 3"):
         fastctc.forced_align(lp[0], tg)
-    with pytest.raises(CTCValueError, match=r"targets must be 2-D"):
+    with pytest.raises(CTCValueError, match=r"targets must have rank 2"):
         fastctc.forced_align(lp, tg[0])
     with pytest.raises(CTCValueError, match=r"B = 1"):
         fastctc.forced_align(lp, np.array([[1, 2], [1, 2]]))
@@ -300,7 +300,7 @@ def test_errors():
         fastctc.forced_align(lp, tg, [6])
     with pytest.raises(CTCValueError, match=r"target_lengths\[0\] = 3 is outside \[0, 2\]"):
         fastctc.forced_align(lp, tg, None, [3])
-    with pytest.raises(CTCValueError, match=r"input_lengths must be 1-D"):
+    with pytest.raises(CTCValueError, match=r"input_lengths must have rank 1"):
         fastctc.forced_align(lp, tg, [[5]])
     with pytest.raises(CTCValueError, match=r"at least one class"):
         fastctc.forced_align(np.zeros((1, 5, 0)), np.zeros((1, 0), np.int64))

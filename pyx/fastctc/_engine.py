@@ -54,7 +54,7 @@ def default_threads() -> int:
     return _cores
 
 
-class _ThreadBudget:
+class ThreadBudget:
     """Context manager giving this call its share of the thread budget."""
 
     def __init__(self, requested):
@@ -99,7 +99,7 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
         grad_weights = np.ascontiguousarray(grad_weights, dtype=np.float64)
     if N == 0:
         return costs, grad, log_alpha
-    # _ThreadBudget's accounting, inline (the context manager costs microseconds per call)
+    # ThreadBudget's accounting, inline (the context manager costs microseconds per call)
     global _active_calls
     with _budget_lock:
         _active_calls += 1
@@ -145,7 +145,7 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
     return batch, blank, reduction, zero_infinity, from_logits, num_threads
 
 
-def _on_gpu(log_probs) -> bool:
+def on_gpu(log_probs) -> bool:
     """True when the activations live on a CUDA device (the GPU path takes the call)."""
     if type(log_probs) is np.ndarray:
         return False
@@ -182,7 +182,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
         max(target_length, 1), then the batch mean).  Returns NumPy arrays of log_probs'
         dtype (0-d for sum/mean).  Infeasible targets give +inf (0 with zero_infinity).
     """
-    if _on_gpu(log_probs):
+    if on_gpu(log_probs):
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, False)[0]
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
@@ -213,7 +213,7 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     each step skips the allocation, and the page faults of first touching fresh memory,
     which on large alphabets cost as much as the gradient pass itself.
     """
-    if _on_gpu(log_probs):
+    if on_gpu(log_probs):
         if grad_out is not None:
             raise NotImplementedError("grad_out is supported for CPU (NumPy) arrays only; on the GPU the "
                                       "gradient is allocated by the GPU path")
