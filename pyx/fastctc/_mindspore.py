@@ -31,9 +31,11 @@ from ._validate import (
     CTCRuntimeError,
     CTCTypeError,
     CTCValueError,
+    check_batch_size,
     check_ctc_inputs,
     check_dtype,
     check_index,
+    check_integer,
     check_range,
     check_rank,
     check_shape,
@@ -125,9 +127,7 @@ class CTCLossV2:
             raise CTCTypeError(f"reduction must be a str, got {type(reduction).__name__} {reduction!r}")
         if reduction.lower() != "none":
             raise CTCValueError(f"reduction must be 'none' (case-insensitive), got {reduction!r}")
-        if isinstance(blank, (bool, np.bool_)) or not isinstance(blank, (int, np.integer)):
-            raise CTCTypeError(f"blank must be an int, got {type(blank).__name__} {blank!r}")
-        self.blank = int(blank)
+        self.blank = check_integer(blank, "blank")
         self.reduction = "none"
         self.zero_infinity = bool(zero_infinity)
 
@@ -153,8 +153,7 @@ class CTCLossV2:
     @staticmethod
     def _check_targets_shape(shape, N):
         check_rank(shape, "targets", 2, "(N, S)")
-        if shape[0] != N:
-            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tuple(shape)}")
+        check_batch_size(shape, "targets", N, "(N, S)")
         return shape[1]
 
     # ------------------------------------------------------------------ GPU routing
