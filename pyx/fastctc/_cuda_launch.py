@@ -37,7 +37,8 @@ changed):
         device: that device's current stream), or anything exposing DLPack /
         __cuda_array_interface__ (viewed through torch, results handed back as the caller's
         kind).  log_alpha: (N, T, 2 S + 1), -inf past each sequence's lengths.
-    ctc_loss_device(...), reduce_device(...): fastctc.ctc_loss[_and_grad] on device arrays.
+    ctc_loss_device(...): fastctc.ctc_loss[_and_grad] on device arrays (reduced by
+        fastctc._reduction, on the device).
 
 Graph capture: every launch goes to the current stream and no call reads a device value
 on the host, so torch_forward / torch_backward can be captured in a CUDA graph.  Pass
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._reduction import reduce_losses
 from ._validate import (
     CTCTypeError,
     CTCValueError,
@@ -583,41 +585,6 @@ def torch_ctc(log_probs, targets, input_lengths, target_lengths, weights=None, *
 
 # ------------------------------------------------------------------ PyTorch-style API on device
 
-def reduce_device(costs, target_lengths, reduction, zero_infinity):
-    """torch's reductions on a device costs vector (torch or CuPy), without synchronising."""
-    mod = type(costs).__module__.split(".")[0]
-    if mod == "torch":
-        import torch as xp
-    elif mod == "cupy":
-        import cupy as xp
-    else:
-        raise CTCTypeError(f"cannot reduce a {type(costs).__name__} on the device")
-    if zero_infinity:  # +inf only: an undefined (NaN) sequence stays NaN
-        costs = xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
-    if reduction == "none":
-        return costs
-    if reduction == "sum":
-        return costs.sum()
-    N = costs.shape[0]
-    if is_cuda_array(target_lengths):
-        tl = target_lengths
-        if mod == "torch" and type(tl).__module__.split(".")[0] != "torch":
-            tl = xp.from_dlpack(tl)
-        tl = tl.to(costs.dtype) if mod == "torch" else tl.astype(costs.dtype)
-    else:
-        host = np.maximum(np.asarray(_host(target_lengths), dtype=np.float64), 1.0).astype(
-            str(costs.dtype).split(".")[-1])
-        if mod == "torch":
-            tl = xp.from_numpy(np.ascontiguousarray(host))
-            if costs.device.type == "cuda":  # pinned: the upload does not block the host
-                tl = tl.pin_memory()
-            tl = tl.to(costs.device, non_blocking=True)
-        else:
-            tl = xp.asarray(host)
-    tl = tl.clamp(min=1) if mod == "torch" else xp.maximum(tl, 1)
-    return (costs / tl).sum() / N
-
-
 def ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
                     from_logits, want_grad):
     """fastctc.ctc_loss / ctc_loss_and_grad for device arrays: (loss, grad or None)."""
@@ -632,7 +599,7 @@ def ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, re
     mean = reduction == "mean"
     costs, grad, _ = run_device(x, targets, input_lengths, target_lengths, blank=blank,
                                 from_logits=from_logits, want_grad=want_grad, mean_weights=mean)
-    loss = reduce_device(costs, target_lengths, reduction, zero_infinity)
+    loss = reduce_losses(costs, target_lengths, reduction, zero_infinity)
     if unbatched:
         if reduction == "none":
             loss = loss.reshape(())

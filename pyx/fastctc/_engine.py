@@ -20,6 +20,7 @@ import threading
 import numpy as np
 
 from . import _core, _fast
+from ._reduction import loss_weights, reduce_losses
 from ._validate import (
     Batch,
     as_float_array,
@@ -115,20 +116,9 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
 
 
 def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_infinity: bool):
-    """(reduced loss, per-sequence gradient weights) for torch's reductions."""
-    N = costs.shape[0]
-    if zero_infinity:
-        costs = np.where(np.isinf(costs) & (costs > 0), np.zeros((), costs.dtype), costs)
-    if reduction == "none":
-        return costs, np.ones(N)
-    if reduction == "sum":
-        return np.asarray(costs.sum(dtype=np.float64), dtype=costs.dtype), np.ones(N)
-    # mean: each loss divided by its target length (at least 1), then averaged over the batch
-    divisor = np.maximum(label_lengths.astype(np.float64), 1.0)
-    if N == 0:
-        return np.asarray(np.nan, dtype=costs.dtype), np.ones(0)
-    weights = 1.0 / (divisor * N)
-    return np.asarray((costs.astype(np.float64) * weights).sum(), dtype=costs.dtype), weights
+    """(reduced loss, per-sequence gradient weights): the pair tests/test_torch_fast.py
+    compares fastctc._fast with; both come from fastctc._reduction."""
+    return reduce_losses(costs, label_lengths, reduction, zero_infinity), loss_weights(label_lengths, reduction)
 
 
 def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
@@ -222,7 +212,6 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
-    N = batch.acts.shape[1]
     engine_grad = None
     if grad_out is not None:
         acts_name = "logits" if from_logits else "log_probs"
@@ -233,10 +222,10 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
         grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views, others)
         engine_grad = grad_out[:, None, :] if batch.unbatched else grad_out
     # Weights depend only on the reduction and the lengths, so they are known before the pass.
-    _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)
+    weights = loss_weights(batch.label_lengths, reduction)
     costs, grad, _ = run(batch, blank, from_logits, want_grad=True, grad_weights=weights,
                          num_threads=num_threads, grad=engine_grad)
-    loss, _ = _reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    loss = reduce_losses(costs, batch.label_lengths, reduction, zero_infinity)
     if grad_out is not None:
         grad = grad_out
     elif batch.unbatched:

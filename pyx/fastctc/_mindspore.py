@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _engine
+from ._reduction import zero_infinite
 from ._validate import (
     CTCRuntimeError,
     CTCTypeError,
@@ -90,22 +91,6 @@ def _check_length_values(il, tl, T, S):
         if il is not None:
             check_range(tl, "target_lengths", 0, il, "input_lengths[{i}]", cls=CTCRuntimeError)
         check_range(tl, "target_lengths", 0, S, "the padded target width S", cls=CTCRuntimeError)
-
-
-def _zero_positive_inf(costs):
-    """costs with +inf replaced by 0, as an array of the same kind, without leaving its device."""
-    mod = type(costs).__module__.split(".")[0]
-    if mod == "torch":
-        import torch as xp
-    elif mod == "cupy":
-        import cupy as xp
-    elif mod in ("jax", "jaxlib"):
-        import jax.numpy as xp
-    else:
-        out = costs.copy()
-        out[np.isinf(out) & (out > 0)] = 0
-        return out
-    return xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
 
 
 class CTCLossV2:
@@ -188,7 +173,7 @@ class CTCLossV2:
         costs, grad, log_alpha = _cuda.run_device(log_probs, tg, il, tl, blank=self.blank, from_logits=False,
                                                   want_grad=want_grad, grad_weights=None, want_alpha=True)
         if self.zero_infinity:
-            costs = _zero_positive_inf(costs)
+            costs = zero_infinite(costs)
             # infeasible sequences already have zero gradient rows in the kernel
         return costs, log_alpha, grad
 
@@ -200,8 +185,7 @@ class CTCLossV2:
         costs, grad, log_alpha = _engine.run(batch, blank, False, want_grad=want_grad,
                                              want_alpha=True, alpha_cols=2 * S + 1)
         if self.zero_infinity:
-            bad = np.isinf(costs) & (costs > 0)
-            costs[bad] = 0
+            costs = zero_infinite(costs)
             # infeasible sequences already have zero gradient rows in the engine
         return costs, log_alpha, grad
 

@@ -43,6 +43,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from ._mindspore import CTCLossV2 as _NumpyCTCLossV2
+from ._reduction import zero_infinite
 from ._validate import CTCTypeError, CTCValueError, check_dtype
 
 __all__ = ["CTCLossV2"]
@@ -84,7 +85,7 @@ def _make_kernel(blank, zero_infinity, behaviour):
         costs, log_alpha, grad = numpy_op.loss_and_grad(log_probs, targets, input_lengths, target_lengths)
         _add_exp_rows(grad, np.asarray(log_probs), np.asarray(input_lengths, np.int64), costs)
         if zero_infinity and behaviour == "documented":
-            costs[np.isposinf(costs)] = 0  # infinite losses already have zero gradient rows
+            costs = zero_infinite(costs)  # infinite losses already have zero gradient rows
         return costs, log_alpha, grad
 
     return fastctc_ctc_loss_v2
