@@ -57,6 +57,10 @@ def _astype(xp, x, dtype):
 def zero_infinite(costs):
     """costs with +inf replaced by 0 (a new array of the same kind, on the same device)."""
     xp = namespace(costs)
+    if xp is np:  # a copy keeps an ndarray subclass (np.where would not)
+        out = costs.copy()
+        out[np.isposinf(out)] = 0
+        return out
     return xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
 
 
