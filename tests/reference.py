@@ -1,5 +1,7 @@
 """Independent float64 references for the tests: a straightforward NumPy CTC
-(forward, backward, occupancy, log_alpha) and brute-force path enumeration.
+(forward, backward, occupancy, log_alpha) and brute-force path enumeration; and the
+tests' shared random inputs (random_log_probs, random_labels, random_case), so that every
+test file draws its problems the same way.
 
 Written for clarity, not speed, and sharing no code with the engine: the forward uses
 explicit per-state transitions, the brute force sums over every frame labelling.
@@ -16,6 +18,34 @@ def log_softmax(x, axis=-1):
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     return x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+
+
+def random_log_probs(rng, *shape, dtype=np.float64, scale=2.0):
+    """Log-probabilities of the given shape (normalised over the last axis): the
+    log_softmax of normal draws times scale (a larger scale: a peakier model)."""
+    return log_softmax(rng.normal(size=shape) * scale).astype(dtype)
+
+
+def random_labels(rng, shape, C, blank):
+    """Labels in [0, C) other than the blank (a drawn blank becomes blank + 1 mod C)."""
+    labels = rng.integers(0, C, size=shape)
+    return np.where(labels == blank, (blank + 1) % C, labels)
+
+
+def random_case(rng, T, N, C, S, blank=0, dtype=np.float64, repeats=False, full=False):
+    """(log_probs (T, N, C), padded targets (N, S), input_lengths, target_lengths) with
+    the extremes always present: input_lengths[0] = T and target_lengths[-1] = S (full:
+    every sequence uses T frames and S labels); repeats: every third label repeats the one
+    before it."""
+    acts = random_log_probs(rng, T, N, C, dtype=dtype, scale=3.0)
+    tg = random_labels(rng, (N, S), C, blank)
+    if repeats and S > 1:
+        tg[:, 1::3] = tg[:, 0::3][:, :tg[:, 1::3].shape[1]]
+    il = np.full(N, T) if full else rng.integers(0, T + 1, size=N)
+    il[0] = T
+    tl = np.full(N, S) if full else rng.integers(0, S + 1, size=N)
+    tl[-1] = S
+    return acts, tg, il, tl
 
 
 def _lse(values):

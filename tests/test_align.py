@@ -9,15 +9,13 @@ References written here, sharing no code with the engine:
     what torchaudio's own band keeps; both must agree with the engine;
   * brute force over every state sequence for tiny cases (maximum, posteriors).
 """
-import os
-import shutil
 import subprocess
-import sysconfig
 
 import fastctc
 import numpy as np
 import pytest
 import reference as ref
+from conftest import C_COMPILERS, needs_cc
 from fastctc import CTCRuntimeError, CTCTypeError, CTCValueError
 
 NEG_INF = -np.inf
@@ -111,11 +109,6 @@ def all_state_paths(T, ext):
     return out
 
 
-def random_lp(rng, shape, dtype=np.float64, scale=2.0):
-    x = rng.normal(size=shape) * scale
-    return ref.log_softmax(x).astype(dtype)
-
-
 def random_targets(rng, B, L, C, blank, repeat_prob=0.3):
     choices = [c for c in range(C) if c != blank]
     tg = rng.choice(choices, size=(B, L))
@@ -141,7 +134,7 @@ def test_brute_force_maximum_and_collapse(rng, simd_level):
         labels = random_targets(rng, 1, L, C, blank)[0]
         if T < L + repeats(list(labels)):
             continue
-        lp = random_lp(rng, (1, T, C))
+        lp = ref.random_log_probs(rng, 1, T, C)
         paths, scores = fastctc.forced_align(lp, labels[None, :], blank=blank)
         ext = _ext(labels, blank)
         best = max(sum(lp[0, t, ext[s]] for t, s in enumerate(p)) for p in all_state_paths(T, ext))
@@ -162,7 +155,7 @@ def test_matches_reference_paths_exactly(rng, simd_level, dtype):
         labels = labels[:max(L, 0)]
         if T < len(labels) + repeats(list(labels)):
             continue
-        lp = random_lp(rng, (1, T, C), dtype)
+        lp = ref.random_log_probs(rng, 1, T, C, dtype=dtype)
         paths, scores = fastctc.forced_align(lp, labels[None, :].astype(np.int64), blank=blank)
         assert paths.dtype == np.int64 and scores.dtype == dtype
         want_path, want_scores = viterbi_ref(lp[0], labels, blank)
@@ -222,7 +215,7 @@ def test_end_state_tie_prefers_last_label():
 def test_batched_equals_per_item_and_padding(rng, simd_level):
     B, T, C, Lmax = 7, 20, 6, 6
     for dtype in (np.float32, np.float64):
-        lp = random_lp(rng, (B, T, C), dtype)
+        lp = ref.random_log_probs(rng, B, T, C, dtype=dtype)
         tg = random_targets(rng, B, Lmax, C, 2).astype(np.int32)
         tl = rng.integers(0, Lmax + 1, size=B)
         il = np.array([int(rng.integers(tl[b] + repeats(list(tg[b, :tl[b]])), T + 1)) for b in range(B)])
@@ -339,7 +332,7 @@ def test_merge_tokens(rng):
         assert [g[:3] for g in got] == [w[:3] for w in want]
         np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], rtol=1e-12)
     # spans of a real alignment reproduce the target
-    lp = random_lp(rng, (1, 12, 5))
+    lp = ref.random_log_probs(rng, 1, 12, 5)
     paths, scores = fastctc.forced_align(lp, np.array([[1, 3, 3, 2]]))
     spans = fastctc.merge_tokens(paths[0], scores[0])
     assert [s.token for s in spans] == [1, 3, 3, 2]
@@ -361,7 +354,7 @@ def test_posteriors_brute_force_and_sum(rng, simd_level):
         labels = random_targets(rng, 1, L, C, 0)[0]
         if T < L + repeats(list(labels)):
             continue
-        lp = random_lp(rng, (T, C))
+        lp = ref.random_log_probs(rng, T, C)
         post = fastctc.ctc_posteriors(lp, labels, T, L)
         ext = _ext(labels, 0)
         want = np.zeros((T, C))
@@ -375,7 +368,7 @@ def test_posteriors_brute_force_and_sum(rng, simd_level):
 
 def test_posteriors_batch_properties_and_finite_differences(rng, simd_level):
     T, N, C = 9, 4, 5
-    lp = random_lp(rng, (T, N, C))
+    lp = ref.random_log_probs(rng, T, N, C)
     tg = random_targets(rng, N, 3, C, 0)
     il = np.array([9, 7, 2, 5])
     tl = np.array([3, 2, 3, 0])  # sequence 2 cannot fit (needs >= 3 frames)
@@ -476,15 +469,9 @@ int main(void) {
 """
 
 
-def _compiler():
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    exe = cc.split()[0]
-    return cc.split() if shutil.which(exe) else None
-
-
-@pytest.mark.skipif(_compiler() is None, reason="no C compiler on PATH")
+@needs_cc
 def test_c_api(tmp_path, rng):
-    cc = _compiler()
+    cc = C_COMPILERS[:1]
     src = tmp_path / "align_api.c"
     src.write_text(C_PROGRAM)
     exe = tmp_path / "align_api"
@@ -497,7 +484,7 @@ def test_c_api(tmp_path, rng):
                              capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     T, N, C, blank = 11, 3, 5, 1
-    lp = random_lp(rng, (N, T, C))
+    lp = ref.random_log_probs(rng, N, T, C)
     tg = random_targets(rng, N, 4, C, blank)
     il, tl = [11, 8, 6], [4, 3, 2]
     lines = [f"{T} {N} {C} {blank}"] + [f"{a} {b}" for a, b in zip(il, tl)]

@@ -13,6 +13,7 @@ optax = pytest.importorskip("optax")
 jnp = jax.numpy
 
 import fastctc.jax as fj  # noqa: E402
+from conftest import C_COMPILERS, needs_cc  # noqa: E402
 from test_optax import make_case  # noqa: E402
 
 
@@ -99,12 +100,7 @@ def test_ffi_handler_reports_bad_operands_as_errors():
                                    num_threads=np.int64(0)))
 
 
-def _c_compiler():
-    import shutil
-    return shutil.which("gcc") or shutil.which("clang") or shutil.which("cc")
-
-
-@pytest.mark.skipif(_c_compiler() is None, reason="no C compiler (gcc, clang or cc) on PATH")
+@needs_cc
 def test_hand_written_ffi_declarations_match_jaxlib_header(tmp_path):
     """pyx/fastctc/_xla_ffi.h declares XLA's FFI structs by hand (no jax needed to build);
     tests/c/xla_ffi_abi.c static-asserts every offset and size against jaxlib's c_api.h."""
@@ -114,7 +110,7 @@ def test_hand_written_ffi_declarations_match_jaxlib_header(tmp_path):
     if not os.path.exists(os.path.join(inc, "xla", "ffi", "api", "c_api.h")):
         pytest.skip(f"jaxlib ships no xla/ffi/api/c_api.h under {inc}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [_c_compiler(), "-std=c11", "-Wall", "-Werror", "-fsyntax-only", f"-I{inc}",
+    cmd = [C_COMPILERS[0], "-std=c11", "-Wall", "-Werror", "-fsyntax-only", f"-I{inc}",
            f"-I{os.path.join(root, 'include')}", f"-I{os.path.join(root, 'pyx', 'fastctc')}",
            os.path.join(root, "tests", "c", "xla_ffi_abi.c")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

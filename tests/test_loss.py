@@ -5,7 +5,7 @@ import numpy as np
 import published
 import pytest
 import reference as ref
-from conftest import random_log_probs
+from reference import random_log_probs
 
 
 def _padded(rng, N, S, C, blank, lengths, avoid_blank=True):

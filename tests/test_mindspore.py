@@ -7,7 +7,7 @@ import numpy as np
 import published
 import pytest
 import reference as ref
-from conftest import random_log_probs
+from reference import random_labels, random_log_probs
 
 
 def test_documented_example(simd_level):
@@ -25,8 +25,7 @@ def _random_case(rng, T, N, C, S, blank, dtype):
     lp = random_log_probs(rng, T, N, C, dtype=dtype)
     il = rng.integers(max(1, T // 2), T + 1, size=N)
     tl = np.array([rng.integers(0, min(S, il[n]) + 1) for n in range(N)])
-    tg = rng.integers(0, C, size=(N, S))
-    tg = np.where(tg == blank, (blank + 1) % C, tg)
+    tg = random_labels(rng, (N, S), C, blank)
     tg[0, :2] = tg[0, 0]  # a repeated label
     return lp, tg, il, tl
 
