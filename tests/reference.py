@@ -48,6 +48,62 @@ def random_case(rng, T, N, C, S, blank=0, dtype=np.float64, repeats=False, full=
     return acts, tg, il, tl
 
 
+def random_problem(rng):
+    """An awkward random ctc_loss problem (lp (T, N, C), padded targets, input_lengths,
+    target_lengths, blank): shapes down to T = 1 and C = 1, the blank at 0 / middle / C-1,
+    float32 or float64, peaky log-probs (scale up to 30), sometimes -inf entries, long runs
+    of one label, zero lengths, and garbage past each target length (never read)."""
+    T = int(rng.integers(1, 12))
+    N = int(rng.integers(1, 5))
+    C = int(rng.integers(1, 7))
+    S = int(rng.integers(0, 7))
+    blank = int(rng.choice([0, C - 1, C // 2]))
+    dtype = [np.float32, np.float64][int(rng.integers(2))]
+    lp = log_softmax(rng.normal(size=(T, N, C)) * float(rng.choice([0.5, 3.0, 30.0])))
+    if rng.random() < 0.25:  # some impossible emissions
+        lp = np.where(rng.random(lp.shape) < 0.2, -np.inf, lp)
+    lp = lp.astype(dtype)
+    if C > 1:
+        tg = rng.integers(0, C - 1, size=(N, S))
+        tg = np.where(tg >= blank, tg + 1, tg)
+    else:
+        tg = np.zeros((N, S), dtype=np.int64)
+    if S > 1 and rng.random() < 0.4:
+        tg[:, :] = tg[:, :1]  # long runs of one label: each repeat needs a blank between
+    il = rng.integers(0, T + 1, size=N)
+    tl = rng.integers(0, S + 1, size=N) if C > 1 else np.zeros(N, dtype=np.int64)
+    for n in range(N):  # garbage past each target length must be ignored
+        tg[n, tl[n]:] = rng.integers(-9, 99, size=S - tl[n])
+    return lp, tg, il, tl, blank
+
+
+def random_layout(rng, lp):
+    """lp's values in a random memory layout: as is, batch-major storage seen as (T, N, C),
+    a reversed class axis (negative stride) or Fortran order."""
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return lp
+    if kind == 1:
+        return np.ascontiguousarray(lp.transpose(1, 0, 2)).transpose(1, 0, 2)
+    if kind == 2:
+        return np.ascontiguousarray(lp[:, :, ::-1])[:, :, ::-1]
+    return np.asfortranarray(lp)
+
+
+def random_form(rng, x, kind):
+    """x (an integer array) in one of the forms torch.nn.functional.ctc_loss accepts: a
+    torch tensor, a tuple or list (kind "lengths"), or an int32/int64 array."""
+    choice = int(rng.integers(4))
+    if choice == 0:
+        import torch
+        return torch.tensor(x.astype(np.int32 if rng.random() < 0.5 else np.int64))
+    if choice == 1 and kind == "lengths":
+        return tuple(int(v) for v in x)
+    if choice == 2 and kind == "lengths":
+        return [int(v) for v in x]
+    return x.astype(np.int32 if rng.random() < 0.5 else np.int64)
+
+
 def _lse(values):
     values = [v for v in values if v != NEG_INF]
     if not values:
