@@ -222,6 +222,34 @@ def test_non_finite_rule_infeasible_targets():
                                 from_logits=from_logits) == 0
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_in_nan_out(from_logits, bad):
+    """An undefined input (NaN, +inf) gives a NaN loss, as PyTorch does, and zero_infinity
+    must not hide it by turning it into 0 (regression: it used to come out +inf -> 0)."""
+    lp = np.log(np.full((5, 2, 4), 0.25))
+    lp[2, 0, :] = bad
+    for zero_infinity in (False, True):
+        loss, grad = fastctc.ctc_loss_and_grad(lp, [[1, 2], [1, 2]], [5, 5], [2, 2], reduction="none",
+                                               zero_infinity=zero_infinity, from_logits=from_logits)
+        assert np.isnan(loss[0]) and np.isfinite(loss[1])
+        assert np.isnan(grad[:, 0]).any() and np.isfinite(grad[:, 1]).all()
+        assert np.isnan(fastctc.ctc_loss(lp, [[1, 2], [1, 2]], [5, 5], [2, 2], zero_infinity=zero_infinity,
+                                         from_logits=from_logits))
+    # past the input length the bad frame is not read
+    assert np.isfinite(fastctc.ctc_loss(lp, [[1, 2], [1, 2]], [2, 5], [2, 2], from_logits=from_logits))
+
+
+def test_logits_frame_without_finite_score_is_nan():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.zeros((4, 1, 3))
+    x[1, 0, :] = -np.inf  # log_softmax of this frame is undefined (PyTorch: NaN)
+    want = F.ctc_loss(torch.tensor(x).log_softmax(-1), torch.tensor([[1]]), [4], [1], reduction="none")
+    assert torch.isnan(want).all()
+    assert np.isnan(fastctc.ctc_loss(x, [[1]], [4], [1], reduction="none", from_logits=True)).all()
+
+
 # ---- 4. the same bits for any thread count and concurrency ----
 
 @pytest.mark.parametrize("from_logits", [False, True])
