@@ -49,3 +49,16 @@ C_COMPILERS = find_compilers(["gcc", "clang"]) or find_compilers(["cc"])
 CXX_COMPILERS = find_compilers(["g++", "clang++"]) or find_compilers(["c++"])
 needs_cc = pytest.mark.skipif(not C_COMPILERS, reason="no C compiler (gcc, clang or cc) on PATH")
 needs_cxx = pytest.mark.skipif(not CXX_COMPILERS, reason="no C++ compiler (g++, clang++ or c++) on PATH")
+
+
+@pytest.fixture(scope="module")
+def jax_x64():
+    """float64 JAX for this module, set globally: the thread-local `jax.enable_x64(True)`
+    context is not seen by the thread that may run a pure_callback, which then
+    canonicalises the float64 operands to float32 (a JAX behaviour, see the report)."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield jax
+    jax.config.update("jax_enable_x64", before)

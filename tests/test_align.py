@@ -9,6 +9,7 @@ References written here, sharing no code with the engine:
     what torchaudio's own band keeps; both must agree with the engine;
   * brute force over every state sequence for tiny cases (maximum, posteriors).
 """
+import itertools
 import subprocess
 
 import fastctc
@@ -299,6 +300,46 @@ def test_errors():
         fastctc.forced_align(np.zeros((1, 5, 0)), np.zeros((1, 0), np.int64))
     with pytest.raises(CTCValueError, match=r"num_threads"):
         fastctc.forced_align(lp, tg, num_threads=0)
+
+
+def test_batched_brute_force_with_ties_and_posteriors(rng):
+    """Random batches with lengths, many ties (rounded log-probs), infeasible targets
+    (RuntimeError): the best path against enumeration of every path, and the posteriors
+    of the same problems against the reference occupancy."""
+    checked = 0
+    for _ in range(60):
+        B, T, C, L = int(rng.integers(1, 3)), int(rng.integers(1, 6)), int(rng.integers(2, 4)), int(rng.integers(0, 3))
+        blank = int(rng.integers(0, C))
+        dtype = [np.float32, np.float64][int(rng.integers(2))]
+        lp = np.log(rng.dirichlet(np.ones(C), size=(B, T)))
+        if rng.random() < 0.3:
+            lp = np.round(lp)  # many ties
+        lp = lp.astype(dtype)
+        tg = rng.integers(0, C - 1, size=(B, L))
+        tg = np.where(tg >= blank, tg + 1, tg)
+        il, tl = rng.integers(0, T + 1, size=B), rng.integers(0, L + 1, size=B)
+        repeats = [sum(tg[b, i] == tg[b, i - 1] for i in range(1, tl[b])) for b in range(B)]
+        if any(il[b] < tl[b] + repeats[b] for b in range(B)):
+            with pytest.raises(RuntimeError, match="targets length is too long for CTC"):
+                fastctc.forced_align(lp, tg, il, tl, blank=blank)
+            continue
+        paths, scores = fastctc.forced_align(lp, tg, il, tl, blank=blank)
+        assert paths.shape == scores.shape == (B, T) and scores.dtype == dtype
+        post = fastctc.ctc_posteriors(lp.transpose(1, 0, 2), tg, il, tl, blank=blank)
+        for b in range(B):
+            n = int(il[b])
+            best = max((sum(float(lp[b, t, c]) for t, c in enumerate(p))
+                        for p in itertools.product(range(C), repeat=n)
+                        if ref.collapse(p, blank) == list(tg[b, : tl[b]])), default=-np.inf)
+            assert ref.collapse(paths[b, :n], blank) == list(tg[b, : tl[b]])
+            np.testing.assert_allclose(scores[b, :n], lp[b, np.arange(n), paths[b, :n]])
+            np.testing.assert_allclose(scores[b].astype(np.float64).sum(), best, rtol=1e-5, atol=1e-5)
+            assert (paths[b, n:] == blank).all() and not scores[b, n:].any()
+            want = np.zeros((T, C))
+            want[:n] = ref.occupancy(lp[b, :n].astype(np.float64), tg[b, : tl[b]], blank)
+            np.testing.assert_allclose(post[:, b], want, atol=1e-5)
+            checked += 1
+    assert checked > 20
 
 
 # ------------------------------------------------------------------ merge_tokens
