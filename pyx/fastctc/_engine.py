@@ -14,9 +14,6 @@ each taking all of it (no oversubscription).
 """
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 
 from . import _core, _fast
@@ -32,47 +29,24 @@ from ._validate import (
 
 _UNIT_WEIGHTS = np.ones(256, dtype=np.float64)
 _UNIT_WEIGHTS.flags.writeable = False
-_budget_lock = threading.Lock()
-_active_calls = 0
 
-
-_cores = None  # cores this process may use, read once: the system call costs more than a tiny problem
-
-
-def default_threads() -> int:
-    global _cores
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env:
-        env = env.split(",")[0].strip()
-        if env.isdigit() and int(env) > 0:
-            return int(env)
-    if _cores is None:
-        try:
-            _cores = max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not Linux
-            _cores = max(1, os.cpu_count() or 1)
-    return _cores
+# Threads a call gets by default: OMP_NUM_THREADS, else every core this process may use
+# (kept in _core, where the compiled one-call path reads it too).
+default_threads = _core.default_threads
 
 
 class _ThreadBudget:
-    """Context manager giving this call its share of the thread budget."""
+    """Context manager giving this call its share of the thread budget (_core counts the
+    calls in flight across every door)."""
 
     def __init__(self, requested):
         self.requested = requested
 
     def __enter__(self) -> int:
-        global _active_calls
-        with _budget_lock:
-            _active_calls += 1
-            active = _active_calls
-        if self.requested is not None:
-            return self.requested
-        return max(1, default_threads() // active)
+        return _core.threads_enter(self.requested)
 
     def __exit__(self, *exc):
-        global _active_calls
-        with _budget_lock:
-            _active_calls -= 1
+        _core.threads_exit()
         return False
 
 
@@ -100,17 +74,12 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
     if N == 0:
         return costs, grad, log_alpha
     # _ThreadBudget's accounting, inline (the context manager costs microseconds per call)
-    global _active_calls
-    with _budget_lock:
-        _active_calls += 1
-        active = _active_calls
+    threads = _core.threads_enter(num_threads)
     try:
-        threads = num_threads if num_threads is not None else max(1, default_threads() // active)
         _core.run_batch(acts, batch.labels, batch.offsets, batch.label_lengths, batch.input_lengths,
                         blank, bool(from_logits), grad, grad_weights, log_alpha, costs, threads)
     finally:
-        with _budget_lock:
-            _active_calls -= 1
+        _core.threads_exit()
     return costs, grad, log_alpha
 
 
@@ -185,6 +154,12 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     if _on_gpu(log_probs):
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, False)[0]
+    reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
+                                                                            num_threads)
+    done = _fast.ctc_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                          from_logits, False, num_threads)  # the plain call, compiled end to end
+    if done is not None:
+        return done[0]
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
@@ -219,6 +194,13 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
                                       "gradient is allocated by the GPU path")
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, True)
+    if grad_out is None:
+        reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity,
+                                                                                from_logits, num_threads)
+        done = _fast.ctc_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                              from_logits, True, num_threads)  # the plain call, compiled end to end
+        if done is not None:
+            return done
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)

@@ -245,43 +245,28 @@ class _NoSecondDerivative(torch.autograd.Function):
         raise RuntimeError(_NO_SECOND_DERIVATIVE)
 
 
-def _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank):
-    """(Batch, blank, acts dtype is the input's) for the common CPU call, or None: float32/
-    float64 CPU log_probs with CPU integer tensors, every value valid.  Kept to a handful
-    of attribute reads; anything else, valid or not, is left to _validate."""
-    if not log_probs.is_cpu or type(targets) is not torch.Tensor or type(input_lengths) is not torch.Tensor \
-            or type(target_lengths) is not torch.Tensor:
-        return None
-    dtype = log_probs.dtype
-    if dtype is not torch.float32 and dtype is not torch.float64:
-        return None
-    try:
-        return _fast.prepare(log_probs.detach().numpy(), targets.numpy(), input_lengths.numpy(),
-                             target_lengths.numpy(), blank)
-    except Exception:  # a device or a grad-requiring index tensor: the general path says what is wrong
-        return None
-
-
 def _forward(log_probs, args, want_grad):
     """The eager computation: (loss tensor, gradient rows already weighted by the
     reduction (like log_probs) or None).  args: (targets, input_lengths, target_lengths,
-    blank, reduction, zero_infinity, from_logits, num_threads)."""
+    blank, reduction, zero_infinity, from_logits, num_threads).
+
+    The common call (float32/float64 CPU log_probs, CPU integer tensors, every value valid)
+    is one compiled call on the tensors' NumPy views (_fast.ctc_call: check, engine,
+    reduction); anything else, valid or not, takes the general path, which says what is wrong."""
     targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
-    checked = _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank)
-    if checked is None:  # the general path: any device, dtype or input form, and every error
-        return _forward_general(log_probs, args, want_grad)
-    batch, blank = checked
-    # unit weights (None) unless 'mean' weighs the gradient rows
-    weights = _fast.grad_weights(batch.label_lengths, reduction) if want_grad and reduction == "mean" else None
-    costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights,
-                                 num_threads=num_threads)
-    loss = torch.from_numpy(_fast.reduce(costs, batch.label_lengths, reduction, zero_infinity))
-    if batch.unbatched:
-        if reduction == "none":
-            loss = loss.reshape(())
-        if grad is not None:
-            grad = grad[:, 0, :]
-    return loss, (None if grad is None else torch.from_numpy(grad))
+    if (log_probs.is_cpu and type(targets) is torch.Tensor and type(input_lengths) is torch.Tensor
+            and type(target_lengths) is torch.Tensor
+            and (log_probs.dtype is torch.float32 or log_probs.dtype is torch.float64)):
+        try:
+            views = (log_probs.detach().numpy(), targets.numpy(), input_lengths.numpy(), target_lengths.numpy())
+        except Exception:  # a device or a grad-requiring index tensor: the general path says what is wrong
+            views = None
+        if views is not None:
+            done = _fast.ctc_call(*views, blank, reduction, zero_infinity, from_logits, want_grad, num_threads)
+            if done is not None:
+                loss, grad = done
+                return torch.from_numpy(loss), (None if grad is None else torch.from_numpy(grad))
+    return _forward_general(log_probs, args, want_grad)
 
 
 def _forward_general(log_probs, args, want_grad):
