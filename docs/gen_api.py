@@ -256,7 +256,9 @@ def _constant_item(qualname, module, node) -> Item:
     # the description: the line's trailing comment, else the defining module's docstring
     line = lines[node.lineno - 1]
     comment = line.partition("#")[2].strip() if "#" in line else ""
-    if not comment:
+    if comment:  # a terse source comment, written out as a sentence
+        comment = comment[0].upper() + comment[1:] + ("" if comment.endswith(".") else ".")
+    else:
         tree, _ = parse(module)
         comment = inspect.cleandoc(ast.get_docstring(tree, clean=False) or "")
     return Item(qualname, "constant", module, signature, [], comment, lineno=node.lineno)
