@@ -284,17 +284,18 @@ def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank=0, *
     Parameters
     ----------
     log_probs : array_like, (T, N, C) or unbatched (T, C), float32 or float64
-        Log-probabilities, used as given.
+        Log-probabilities, used as given.  This argument and the next four are
+        `ctc_loss`'s, in every form it accepts.
     targets : array_like of int, (N, S) or (sum(target_lengths),)
-        Padded or concatenated targets, as for `ctc_loss`.
+        Padded or concatenated targets.
     input_lengths : array_like of int, (N,)
-        Frames of each sequence, in [0, T] (a scalar when unbatched).
+        Frames per sequence.
     target_lengths : array_like of int, (N,)
-        Labels of each target (a scalar when unbatched).
+        Labels per target.
     blank : int, default 0
-        The blank class, in [0, C).
+        The blank class.
     num_threads : int or None, default None
-        Keyword-only.  Threads of this call (default: OMP_NUM_THREADS, else every core).
+        Keyword-only.  Threads of this call, as for `forced_align`.
 
     Returns
     -------

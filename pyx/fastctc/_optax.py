@@ -220,26 +220,17 @@ def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, l
 
     Parameters
     ----------
-    logits : array_like, (B, T, K), float32 or float64
-        Unnormalised scores (the log_softmax is fused in).  Read in place through any
-        strides; only a class axis that is not contiguous is copied.
-    logit_paddings : array_like, (B, T)
-        1.0 where a frame is padding, 0.0 where it is real; padded frames may sit anywhere
-        (the forward state carries over them).
-    labels : array_like of int, (B, N)
-        Right-padded label ids; unpadded ones must lie in [0, K).
-    label_paddings : array_like, (B, N)
-        1.0 where a label is padding, 0.0 where it is real.
+    logits, logit_paddings, labels, label_paddings : array_like
+        Scores (B, T, K), frame paddings (B, T), label ids (B, N) and label paddings
+        (B, N), as for `ctc_loss_with_forward_probs`.
     blank_id : int, default 0
         The blank class, in [0, K).
     log_epsilon : float, default -1e5
-        Stands in for log(0): impossible states hold it rather than -inf, so the loss of
-        labels that cannot fit is finite (about -log_epsilon).
+        Stands in for log(0) (optax's convention).
     num_threads : int or None, default None
-        Keyword-only.  Threads of this call (default: OMP_NUM_THREADS, else every core).
+        Keyword-only.  Threads of this call.
     exact : bool, default False
-        Keyword-only.  Run optax's own recurrence operation for operation for every sequence
-        (scalar code, several times slower) instead of the SIMD engine.
+        Keyword-only.  Run optax's literal recurrence (as for `ctc_loss_with_forward_probs`).
 
     Returns
     -------
@@ -248,14 +239,8 @@ def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, l
 
     Raises
     ------
-    CTCTypeError
-        logits not float32/float64, labels not integers, paddings not real, blank_id not an
-        integer, log_epsilon not a real scalar, exact not a bool.
-    CTCValueError
-        Ranks or shapes that do not fit, T or K zero, blank_id outside [0, K), paddings
-        other than 0.0/1.0, labels not right-padded, an unpadded label outside [0, K), a
-        log_epsilon that is not finite.  The message names the argument, the index and
-        the value.
+    CTCTypeError, CTCValueError
+        As for `ctc_loss_with_forward_probs`.
 
     Examples
     --------
@@ -278,29 +263,15 @@ def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
 
     Parameters
     ----------
-    logits : array_like, (B, T, K), float32 or float64
-        Unnormalised scores (the log_softmax is fused in).  Read in place through any
-        strides; only a class axis that is not contiguous is copied.
-    logit_paddings : array_like, (B, T)
-        1.0 where a frame is padding, 0.0 where it is real; padded frames may sit anywhere
-        (the forward state carries over them).
-    labels : array_like of int, (B, N)
-        Right-padded label ids; unpadded ones must lie in [0, K).
-    label_paddings : array_like, (B, N)
-        1.0 where a label is padding, 0.0 where it is real.
-    blank_id : int, default 0
-        The blank class, in [0, K).
-    log_epsilon : float, default -1e5
-        Stands in for log(0): impossible states hold it rather than -inf, so the loss of
-        labels that cannot fit is finite (about -log_epsilon).
-    num_threads : int or None, default None
-        Keyword-only.  Threads of this call (default: OMP_NUM_THREADS, else every core).
+    logits, logit_paddings, labels, label_paddings : array_like
+        The arrays `optax_ctc_loss` takes, with the same shapes and checks.
+    blank_id, log_epsilon, num_threads : optional
+        Keyword-only.  As for `optax_ctc_loss`.
     check_values : bool, default True
         Keyword-only.  False skips the checks that read values; the driver stays in bounds
         regardless (values optax would blend or ignore take optax's literal recurrence).
     exact : bool, default False
-        Keyword-only.  Run optax's own recurrence operation for operation for every sequence
-        (scalar code, several times slower) instead of the SIMD engine.
+        Keyword-only.  Run optax's literal recurrence (as for `ctc_loss_with_forward_probs`).
 
     Returns
     -------
@@ -311,14 +282,8 @@ def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
 
     Raises
     ------
-    CTCTypeError
-        logits not float32/float64, labels not integers, paddings not real, blank_id not an
-        integer, log_epsilon not a real scalar, exact not a bool.
-    CTCValueError
-        Ranks or shapes that do not fit, T or K zero, blank_id outside [0, K), paddings
-        other than 0.0/1.0, labels not right-padded, an unpadded label outside [0, K), a
-        log_epsilon that is not finite.  The message names the argument, the index and
-        the value.
+    CTCTypeError, CTCValueError
+        As for `ctc_loss_with_forward_probs`.
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,

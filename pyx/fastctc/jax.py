@@ -86,17 +86,18 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, log_eps
 
     Parameters
     ----------
-    logits : array_like, (B, T, K), floating point
+    logits : jax.Array or array_like, (B, T, K), floating point
         Unnormalised scores (the log_softmax is fused in).  float32 and float64 (under
         jax_enable_x64) are computed as given; float16/bfloat16 in float32, cast back.
-    logit_paddings : array_like, (B, T)
-        1.0 where a frame is padding.
-    labels : array_like of int, (B, N)
-        Right-padded label ids.
-    label_paddings : array_like, (B, N)
-        1.0 where a label is padding.
+    logit_paddings : jax.Array or array_like, (B, T)
+        1.0 for padded frames, 0.0 for real ones (values are not checked: others are read
+        as blend weights, as optax reads them).
+    labels : jax.Array or array_like of int, (B, N)
+        Label ids, right-padded; int64 labels are clipped to int32, not wrapped.
+    label_paddings : jax.Array or array_like, (B, N)
+        1.0 for padded labels, 0.0 for real ones.
     blank_id : int, default 0
-        The blank class, in [0, K).
+        The blank class, in [0, K); a concrete integer, not a traced value.
     log_epsilon : float, default -1e5
         Stands in for log(0), so labels that cannot fit give a finite loss of about
         -log_epsilon.  A scalar (it may be mapped under vmap).
