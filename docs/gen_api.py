@@ -265,11 +265,11 @@ def _constant_item(qualname, module, node) -> Item:
 
 
 def collect() -> list:
-    """[(public module, its docstring's opening paragraph, [Item])] for every public module."""
+    """[(public module, its docstring, [Item])] for every public module."""
     out = []
     for public, _ in MODULES:
         tree, _ = parse(public)
-        opening = inspect.cleandoc(ast.get_docstring(tree, clean=False) or "").split("\n\n")[0]
+        opening = inspect.cleandoc(ast.get_docstring(tree, clean=False) or "")
         items = []
         for name in public_names(public):
             module, node = find_definition(public, name)
@@ -472,7 +472,13 @@ def render(groups=None) -> str:
     for public, opening, items in groups:
         blocks.append(f'<a id="{anchor(public)}"></a>')
         blocks.append(f"## `{public}`")
-        blocks.extend(_paragraphs(opening.splitlines()))
+        # the docstring's opening says what the module is for; the rest (conventions,
+        # semantics kept from the peer framework) is plain text, shown as written
+        first, _, rest = opening.partition("\n\n")
+        blocks.extend(_paragraphs(first.splitlines()))
+        if rest.strip():
+            blocks.append(f"<details><summary>The module's notes ({public} docstring)</summary>\n\n"
+                          f"```text\n{rest.strip(chr(10)).rstrip()}\n```\n\n</details>")
         for item in items:
             blocks.extend(render_item(item, 3))
     return "\n\n".join(blocks) + "\n"
