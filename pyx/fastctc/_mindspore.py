@@ -88,15 +88,45 @@ def _zero_positive_inf(costs):
 
 
 class CTCLossV2:
-    """CTC loss with mindspore.ops.CTCLossV2's interface and errors.
+    """CTC loss with mindspore.ops.CTCLossV2's interface and errors, on NumPy-readable arrays.
 
-    blank: the blank class index, in [0, C) (checked at call time, when C is known).
-    reduction: only 'none' (case-insensitive) is supported, as in MindSpore.
-    zero_infinity: infinite losses (targets that cannot fit) become 0, and so do their
-        gradients (see loss_and_grad).
+    Calling it returns the per-sequence negative log-likelihood and the forward variables
+    of the blank-interleaved ("extended") target (see `__call__`).
 
-    Calling it returns (neg_log_likelihood (N,), log_alpha (N, T, 2S+1)) as NumPy arrays of
-    log_probs' dtype; for a CUDA log_probs, as arrays of its kind on its device (GPU path).
+    Parameters
+    ----------
+    blank : int, default 0
+        The blank class index, in [0, C) (checked at call time, when C is known).
+    reduction : str, default 'none'
+        Only 'none' (case-insensitive) is supported, as in MindSpore.
+    zero_infinity : bool, default False
+        Infinite losses (targets that cannot fit) become 0, and so do their gradients
+        (see `loss_and_grad`).
+
+    Raises
+    ------
+    CTCTypeError
+        blank not an int, reduction not a str, zero_infinity not a bool.
+    CTCValueError
+        A reduction other than 'none'.
+
+    Notes
+    -----
+    MindSpore's documentation lists log_probs as (T, C, N) in its Inputs section, but its
+    own example (and its kernels) use (T, N, C); so does this class.  For a CUDA log_probs
+    (torch, CuPy, JAX) the call runs on the GPU and returns arrays of log_probs' kind on its
+    device; there, out-of-range values of device-resident targets or lengths give a NaN
+    loss instead of an exception.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastctc
+    >>> loss_fn = fastctc.CTCLossV2(blank=0)
+    >>> log_probs = np.log(np.full((2, 1, 2), 0.5))         # (T, N, C)
+    >>> nll, log_alpha = loss_fn(log_probs, np.array([[1]]), np.array([2]), np.array([1]))
+    >>> print(np.round(nll, 4), log_alpha.shape)
+    [0.2877] (1, 2, 3)
     """
 
     def __init__(self, blank=0, reduction="none", zero_infinity=False):
@@ -235,11 +265,74 @@ class CTCLossV2:
         return costs, log_alpha, grad
 
     def __call__(self, log_probs, targets, input_lengths, target_lengths):
+        """The per-sequence negative log-likelihood and the forward variables.
+
+        Parameters
+        ----------
+        log_probs : array_like, (T, N, C), float32 or float64
+            Used exactly as given (MindSpore's documented example feeds unnormalised
+            numbers).  NumPy arrays, MindSpore tensors (``.asnumpy()``), CPU torch tensors,
+            or CUDA arrays (GPU path).
+        targets : array_like, (N, S), int32 or int64
+            Padded targets; labels inside each target's length must lie in [0, C).
+        input_lengths : array_like, (N,), int32 or int64
+            Frames of each sequence, in [0, T].  Arrays must have targets' dtype; tuples and
+            lists of ints adopt it.
+        target_lengths : array_like, (N,), int32 or int64
+            Labels of each target, in [0, min(input_lengths[n], S)]; same forms as
+            input_lengths.
+
+        Returns
+        -------
+        neg_log_likelihood : numpy.ndarray, (N,)
+            A NumPy array of log_probs' dtype; for a CUDA log_probs, an array of its kind
+            on its device (GPU path).  So is log_alpha.
+        log_alpha : numpy.ndarray, (N, T, 2S+1)
+            log_alpha[n, t, s] is -inf for t >= input_lengths[n] and for
+            s >= 2 * target_lengths[n] + 1.
+
+        Raises
+        ------
+        CTCTypeError
+            A dtype of log_probs or targets not accepted, lengths of another dtype than
+            targets, a non-int element of a length tuple.
+        CTCValueError
+            Ranks or shapes that do not fit, the blank outside [0, C), a label outside
+            [0, C).
+        CTCRuntimeError
+            input_lengths outside [0, T], target_lengths outside [0, input_lengths] or
+            above S (MindSpore documents these as RuntimeError).
+        """
         costs, log_alpha, _ = self._run(False, log_probs, targets, input_lengths, target_lengths)
         return costs, log_alpha
 
     def loss_and_grad(self, log_probs, targets, input_lengths, target_lengths):
-        """(neg_log_likelihood (N,), log_alpha (N, T, 2S+1), grad (T, N, C)): grad is
-        d sum(neg_log_likelihood) / d log_probs, the true partial derivative (no
-        normalisation assumed); rows of infinite losses are 0."""
+        """The call's two outputs and the gradient of the summed loss.
+
+        Parameters
+        ----------
+        log_probs : array_like, (T, N, C), float32 or float64
+            As for `__call__`.
+        targets : array_like, (N, S), int32 or int64
+            As for `__call__`.
+        input_lengths : array_like, (N,), int32 or int64
+            As for `__call__`.
+        target_lengths : array_like, (N,), int32 or int64
+            As for `__call__`.
+
+        Returns
+        -------
+        neg_log_likelihood : numpy.ndarray, (N,)
+            As `__call__` returns it.
+        log_alpha : numpy.ndarray, (N, T, 2S+1)
+            As `__call__` returns it.
+        grad : numpy.ndarray, (T, N, C)
+            d sum(neg_log_likelihood) / d log_probs, the true partial derivative (no
+            normalisation assumed); rows of infinite losses are 0.
+
+        Raises
+        ------
+        CTCTypeError, CTCValueError, CTCRuntimeError
+            As for `__call__`.
+        """
         return self._run(True, log_probs, targets, input_lengths, target_lengths)
