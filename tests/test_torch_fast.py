@@ -136,3 +136,72 @@ def test_reduce_matches_engine_bit_for_bit(reduction, dtype, N):
     if reduction != "none" or N:
         _, weights = _engine._reduce(costs, tl, reduction, False)
         np.testing.assert_array_equal(_fast.grad_weights(tl, reduction), weights)
+
+
+def _general_path(args, reduction, zero_infinity, from_logits, want_grad):
+    """What the Python path computes for a call: check_ctc_inputs, _engine.run, _engine._reduce."""
+    batch, blank = check_ctc_inputs(*args)
+    N = batch.acts.shape[1]
+    _, weights = _engine._reduce(np.zeros(N, batch.acts.dtype), batch.label_lengths, reduction, False)
+    costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights)
+    loss, _ = _engine._reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    if batch.unbatched:
+        if reduction == "none":
+            loss = loss.reshape(())
+        if grad is not None:
+            grad = grad[:, 0, :]
+    return loss, grad
+
+
+def test_ctc_call_is_the_general_path_bit_for_bit():
+    """The compiled one-call path (_fast.ctc_call, behind fastctc.torch and fastctc.ctc_loss)
+    gives the same bits as the general path on every plain input, and declines the rest."""
+    rng = np.random.default_rng(2)
+    accepted = 0
+    for i in range(300):
+        args = _random_call(rng)
+        reduction = ("none", "sum", "mean")[i % 3]
+        zero_infinity, from_logits, want_grad = bool(i % 2), bool(i % 5 == 0), bool(i % 4 != 3)
+        got = _fast.ctc_call(*args, reduction, zero_infinity, from_logits, want_grad, None)
+        if got is None:
+            continue
+        accepted += 1
+        want = _general_path(args, reduction, zero_infinity, from_logits, want_grad)
+        for g, w in zip(got, want):
+            if w is None:
+                assert g is None
+                continue
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+    assert accepted > 200
+    assert _core_calls_in_flight() == 0  # the thread budget's counter is released every time
+
+
+def test_ctc_call_declines_what_prepare_declines():
+    rng = np.random.default_rng(3)
+    declined = 0
+    for _ in range(300):
+        bad = _corrupt(rng, _random_call(rng))
+        if bad is None:
+            continue
+        if _fast.prepare(*bad) is None:
+            declined += 1
+            assert _fast.ctc_call(*bad, "mean", False, False, True, None) is None
+    assert declined > 150
+
+
+def test_ctc_call_thread_counts_give_the_same_bits():
+    rng = np.random.default_rng(4)
+    acts = rng.standard_normal((60, 5, 7)).astype(np.float32)
+    tg = rng.integers(1, 7, (5, 12)).astype(np.int64)
+    il, tl = np.full(5, 60), rng.integers(1, 13, 5)
+    base = _fast.ctc_call(acts, tg, il, tl, 0, "none", False, False, True, 1)
+    for threads in (2, 3, None):
+        got = _fast.ctc_call(acts, tg, il, tl, 0, "none", False, False, True, threads)
+        np.testing.assert_array_equal(got[0], base[0])
+        np.testing.assert_array_equal(got[1], base[1])
+
+
+def _core_calls_in_flight():
+    from fastctc import _core
+    return _core.calls_in_flight()

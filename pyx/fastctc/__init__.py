@@ -43,7 +43,26 @@ def __dir__():
 
 
 def get_include():
-    """The folder holding fastctc/fastctc.h (pass it to the compiler with -I)."""
+    """The folder holding fastctc/fastctc.h (pass it to the compiler with ``-I``).
+
+    Returns
+    -------
+    str
+        The ``include`` folder inside an installed wheel; in an editable install (or with
+        ``PYTHONPATH=pyx``) the source tree's ``include/``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the C headers are in neither place.
+
+    Examples
+    --------
+    >>> import os
+    >>> import fastctc
+    >>> os.path.isfile(os.path.join(fastctc.get_include(), "fastctc", "fastctc.h"))
+    True
+    """
     here = _os.path.dirname(_os.path.abspath(__file__))
     packaged = _os.path.join(here, "include")
     if _os.path.isfile(_os.path.join(packaged, "fastctc", "fastctc.h")):
@@ -55,8 +74,26 @@ def get_include():
 
 
 def info():
-    """A dict describing this build and machine: version, SIMD level in use and levels
-    available, OpenMP status and default threads, CUDA status."""
+    """A dict describing this build and machine (what ``fastctc info`` prints).
+
+    Returns
+    -------
+    dict
+        ``version`` (str); ``simd_level`` (str, the level in use: ``"scalar"``, ``"avx2"``,
+        ``"avx512"`` or ``"neon"``); ``simd_levels_available`` (list of str, the levels this
+        CPU and build support); ``openmp`` (bool, whether the engine was built with
+        OpenMP); ``threads`` (int, the default thread count of a call: ``OMP_NUM_THREADS``,
+        else every core this process may use; 1 without OpenMP); ``cuda`` (dict, the GPU
+        path's status: ``available`` (bool) and ``reason`` (str) at least).
+
+    Examples
+    --------
+    >>> import fastctc
+    >>> sorted(fastctc.info())
+    ['cuda', 'openmp', 'simd_level', 'simd_levels_available', 'threads', 'version']
+    >>> fastctc.info()["version"] == fastctc.__version__
+    True
+    """
     from . import _core
     from ._engine import default_threads
     return {

@@ -81,26 +81,68 @@ def _check_align_arrays(log_probs, targets, input_lengths, target_lengths, blank
 
 def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, blank=0, *,
                  num_threads=None):
-    """The most probable CTC alignment of each target, torchaudio's forced_align, batched.
+    """The most probable CTC alignment of each target: torchaudio's forced_align, batched.
 
-    log_probs: (B, T, C) float32/float64 log-probabilities (used as given, no
-        normalisation check).  targets: (B, L) int32/int64 (lists are read as int64),
-        padded past each target length.  input_lengths, target_lengths: (B,) integers or
-        None (every sequence uses all T frames / all L labels).  blank: the blank class.
+    torchaudio.functional.forced_align's contract (layout, outputs, tie-breaking, errors)
+    for any batch size, on the C core's Viterbi trellis with OpenMP over sequences.
 
-    Returns (paths, scores), both (B, T): paths[b, t] is the class the best path emits at
-    frame t (targets' dtype), scores[b, t] = log_probs[b, t, paths[b, t]] (log_probs'
-    dtype); past input_lengths[b]: path = blank, score = 0.  The sum of a row of scores is
-    the best path's log-probability.  Ties are broken as torchaudio breaks them.
+    Parameters
+    ----------
+    log_probs : array_like, (B, T, C), float32 or float64
+        Log-probabilities, used as given (no normalisation check).
+    targets : array_like, (B, L), int32 or int64
+        Targets, padded past each target length (lists are read as int64).  No label may
+        equal the blank.
+    input_lengths : array_like of int, (B,), or None, default None
+        Frames of each sequence, in [0, T]; None: every sequence uses all T frames.
+    target_lengths : array_like of int, (B,), or None, default None
+        Labels of each target, in [0, L]; None: every target uses all L labels.
+    blank : int, default 0
+        The blank class, in [0, C).
+    num_threads : int or None, default None
+        Keyword-only.  Threads of this call (default: OMP_NUM_THREADS, else every core).
 
-    Errors, with the classes torchaudio raises for the same case (torchaudio checks
-    shapes, dtypes, the blank and the lengths in C++, as RuntimeError, and the target
-    values in Python, as ValueError):
-      - dtypes of log_probs or targets: CTCTypeRuntimeError (a TypeError and a RuntimeError);
-      - ranks and shapes, the blank outside [0, C), lengths outside [0, T] / [0, L]:
-        CTCValueRuntimeError (a ValueError and a RuntimeError);
-      - a target that cannot fit its input length: CTCRuntimeError (a RuntimeError);
-      - a target equal to the blank or outside [0, C): CTCValueError (a ValueError).
+    Returns
+    -------
+    paths : numpy.ndarray, (B, T), targets' dtype
+        paths[b, t] is the class the best path emits at frame t; past input_lengths[b] it
+        is the blank.
+    scores : numpy.ndarray, (B, T), log_probs' dtype
+        scores[b, t] = log_probs[b, t, paths[b, t]]; 0 past input_lengths[b].  The sum of a
+        row is the best path's log-probability.
+
+    Raises
+    ------
+    CTCTypeRuntimeError
+        A dtype of log_probs or targets that is not accepted (a TypeError and a
+        RuntimeError).
+    CTCValueRuntimeError
+        Ranks and shapes, the blank outside [0, C), lengths outside [0, T] / [0, L] (a
+        ValueError and a RuntimeError).
+    CTCRuntimeError
+        A target that cannot fit its input length (its labels plus one blank between each
+        pair of repeated labels).
+    CTCValueError
+        A target equal to the blank or outside [0, C).
+
+    Notes
+    -----
+    The error classes are those torchaudio raises for the same case: it checks shapes,
+    dtypes, the blank and the lengths in C++ (RuntimeError) and the target values in
+    Python (ValueError).  Ties are broken as torchaudio breaks them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastctc
+    >>> probs = np.array([[[0.8, 0.1, 0.1],      # frame 0: mostly blank
+    ...                    [0.1, 0.8, 0.1],      # frame 1: mostly class 1
+    ...                    [0.1, 0.1, 0.8]]])    # frame 2: mostly class 2
+    >>> paths, scores = fastctc.forced_align(np.log(probs), np.array([[1, 2]]))
+    >>> paths
+    array([[0, 1, 2]])
+    >>> print(np.round(np.exp(scores), 2))
+    [[0.8 0.8 0.8]]
     """
     num_threads = check_num_threads(num_threads)
     try:
@@ -140,7 +182,21 @@ def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, bl
 
 @dataclass
 class TokenSpan:
-    """One token of an alignment: frames [start, end) and the mean of their scores."""
+    """One token of an alignment: frames [start, end) and the mean of their scores.
+
+    What `merge_tokens` returns, one per token; ``len(span)`` is its frame count.
+
+    Parameters
+    ----------
+    token : int
+        The class id.
+    start : int
+        First frame (inclusive).
+    end : int
+        Last frame + 1 (exclusive).
+    score : float
+        Mean of the frames' scores.
+    """
 
     token: int
     start: int  # first frame (inclusive)
@@ -154,11 +210,39 @@ class TokenSpan:
 def merge_tokens(tokens, scores, blank=0) -> list:
     """Token spans of one frame-level path, as torchaudio.functional.merge_tokens.
 
-    tokens: 1-D integer path (e.g. forced_align's paths[b][:input_lengths[b]]);
-    scores: 1-D per-frame scores of the same length.  Each maximal run of equal tokens
-    is one span, runs of the blank are dropped; so a token repeated across a blank gives
-    two spans, and adjacent equal frames give one.  A span's score is the mean of its
-    frames' scores (computed in float64).  Returns a list of TokenSpan.
+    Each maximal run of equal tokens is one span and runs of the blank are dropped, so a
+    token repeated across a blank gives two spans, and adjacent equal frames give one.
+
+    Parameters
+    ----------
+    tokens : array_like of int, 1-D
+        A frame-level path, e.g. forced_align's ``paths[b][:input_lengths[b]]``.
+    scores : array_like of real, 1-D
+        Per-frame scores, as many as tokens.
+    blank : int, default 0
+        The blank class (its runs are dropped).
+
+    Returns
+    -------
+    list of TokenSpan
+        The spans in frame order.  A span's score is the mean of its frames' scores
+        (computed in float64).
+
+    Raises
+    ------
+    CTCValueError
+        tokens or scores not 1-D, or of different lengths.
+    CTCTypeError
+        Non-integer tokens or blank, or scores that are not real numbers.
+
+    Examples
+    --------
+    >>> import fastctc
+    >>> for span in fastctc.merge_tokens([0, 1, 1, 0, 1, 2], [0.0, -1.0, -3.0, 0.0, -0.5, -0.25]):
+    ...     print(span, len(span))
+    TokenSpan(token=1, start=1, end=3, score=-2.0) 2
+    TokenSpan(token=1, start=4, end=5, score=-0.5) 1
+    TokenSpan(token=2, start=5, end=6, score=-0.25) 1
     """
     tok = as_int_array(tokens, "tokens")
     sc = np.asarray(scores)
@@ -184,15 +268,51 @@ def merge_tokens(tokens, scores, blank=0) -> list:
 
 
 def ctc_posteriors(log_probs, targets, input_lengths, target_lengths, blank=0, *, num_threads=None):
-    """Per-frame class occupancy (the soft alignment), ctc_loss's arguments and layout.
+    """Per-frame class occupancy (the soft alignment), with ctc_loss's arguments and layout.
 
-    Returns an array of log_probs' shape ((T, N, C), or (T, C) unbatched) and dtype:
-    out[t, n, c] = sum over the extended-target states s labelled c of
-    exp(log_alpha(t, s) + log_beta(t, s) - log_probs[t, n, c] - log p(target_n)), the
-    posterior probability that the path emits c at frame t.  Each valid frame sums to
-    1; frames past input_lengths[n] and every frame of an infeasible target are 0.
-    Equal to minus d(loss)/d(log_probs) for reduction='sum', from one forward-backward
-    pass.
+    Parameters
+    ----------
+    log_probs : array_like, (T, N, C) or unbatched (T, C), float32 or float64
+        Log-probabilities, used as given.  This argument and the next four are
+        `ctc_loss`'s, in every form it accepts.
+    targets : array_like of int, (N, S) or (sum(target_lengths),)
+        Padded or concatenated targets.
+    input_lengths : array_like of int, (N,)
+        Frames per sequence.
+    target_lengths : array_like of int, (N,)
+        Labels per target.
+    blank : int, default 0
+        The blank class.
+    num_threads : int or None, default None
+        Keyword-only.  Threads of this call, as for `forced_align`.
+
+    Returns
+    -------
+    numpy.ndarray
+        log_probs' shape and dtype.  out[t, n, c] is the posterior probability that the
+        path emits c at frame t: the sum over the extended-target states s labelled c of
+        exp(log_alpha(t, s) + log_beta(t, s) - log_probs[t, n, c] - log p(target_n)).
+        Each valid frame sums to 1; frames past input_lengths[n] and every frame of an
+        infeasible target are 0.
+
+    Raises
+    ------
+    CTCTypeError, CTCValueError
+        As for `ctc_loss`.
+
+    Notes
+    -----
+    Equal to minus d(loss)/d(log_probs) for reduction='sum', from the same single
+    forward-backward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastctc
+    >>> log_probs = np.log(np.full((2, 1, 2), 0.5))
+    >>> print(np.round(fastctc.ctc_posteriors(log_probs, np.array([[1]]), [2], [1])[:, 0], 4))
+    [[0.3333 0.6667]
+     [0.3333 0.6667]]
     """
     num_threads = check_num_threads(num_threads)
     batch, blank = check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank)

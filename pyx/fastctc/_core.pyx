@@ -17,10 +17,13 @@ running without the GIL; each thread gets its own slice of one scratch buffer al
 before the loop, so nothing is allocated, and no Python object touched, inside it.
 Nothing here checks values: every check happens in _validate.py, before this is called.
 """
+import os
+
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uintptr_t
+from libc.stdlib cimport free, malloc
 
 cnp.import_array()
 
@@ -92,6 +95,85 @@ def _warn_unknown_simd_env():
 # A process forked after this import runs every call on one thread (threads.h): the
 # OpenMP runtime's inherited thread pool would hang its next parallel region.
 fctc_fork_guard_install()
+
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    /* Calls in flight on the engine (all doors), so that concurrent calls share the
+     * thread budget instead of each taking all of it. */
+    static int fctc_calls_in_flight = 0;
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    static int fctc_calls_add(int d) { return _InterlockedExchangeAdd((long volatile *)&fctc_calls_in_flight, d) + d; }
+    #else
+    static int fctc_calls_add(int d) { return __atomic_add_fetch(&fctc_calls_in_flight, d, __ATOMIC_SEQ_CST); }
+    #endif
+    /* OMP_NUM_THREADS's first entry when it is a positive integer, else 0.  Read on every
+     * call (os.environ changes reach the C environment through putenv). */
+    static int fctc_env_threads(void) {
+        const char *s = getenv("OMP_NUM_THREADS");
+        long long v = 0;
+        int digits = 0;
+        if (s == NULL) return 0;
+        while (*s == 32 || (*s >= 9 && *s <= 13)) s++; /* C isspace, locale-free */
+        for (; *s >= '0' && *s <= '9'; s++, digits++)
+            if (v < 1000000000) v = v * 10 + (*s - '0');
+        while (*s == 32 || (*s >= 9 && *s <= 13)) s++; /* C isspace, locale-free */
+        if (!digits || (*s != 0 && *s != 44 /* ',' */) || v <= 0) return 0;
+        return v > 1000000000 ? 1000000000 : (int)v;
+    }
+    """
+    int fctc_calls_add(int d) nogil
+    int fctc_env_threads() nogil
+
+
+def _usable_cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+cdef int _cores = _usable_cores()  # read once: the system call costs more than a tiny problem
+
+
+def default_threads():
+    """Threads a call gets by default: OMP_NUM_THREADS (its first entry), else every core
+    this process may use."""
+    cdef int env = fctc_env_threads()
+    return env if env > 0 else _cores
+
+
+cdef int budget_threads(object num_threads) except -1:
+    # Enters a call into the budget; returns its thread count: num_threads when given, else
+    # its share of the default (budget_release() must follow, also on error).
+    cdef int requested = 0 if num_threads is None else num_threads  # (converted before entering)
+    cdef int active = fctc_calls_add(1)
+    cdef int env
+    if num_threads is not None:
+        return requested
+    env = fctc_env_threads()
+    return max(1, (env if env > 0 else _cores) // active)
+
+
+cdef void budget_release() noexcept nogil:
+    fctc_calls_add(-1)
+
+
+def threads_enter(num_threads=None):
+    """Python face of the thread budget: enter a call, get its thread count (num_threads,
+    or its share of default_threads() among the calls in flight).  Pair with threads_exit()."""
+    return budget_threads(num_threads)
+
+
+def threads_exit():
+    budget_release()
+
+
+def calls_in_flight():
+    """Engine calls running now (test hook for the budget)."""
+    return fctc_calls_add(0)
 
 
 def team_size(int wanted):
@@ -219,16 +301,6 @@ cdef extern from *:
                         int alpha_rows, int alpha_cols, void *scratch, int threads) nogil
 
 
-cdef object _scratch(int n_threads, int max_t, int max_l, bint want_grad, bint split, size_t elem,
-                     size_t *per_thread):
-    cdef size_t one = (fctc_split_scratch_bytes(max_t, max_l, elem) if split
-                       else fastctc_sequence_scratch_bytes(max_t, max_l, want_grad, elem))
-    if one == 0:
-        raise MemoryError(f"scratch for T={max_t}, L={max_l} overflows the address space")
-    per_thread[0] = one
-    return np.empty(one * n_threads + 64, dtype=np.uint8)
-
-
 cdef inline void *_data(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray>arr)
 
@@ -246,89 +318,124 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
           const int[::1] label_lengths, const int[::1] input_lengths, int blank, bint from_logits,
           object grad_obj, const double[::1] grad_scale, object alpha_obj, object costs_obj,
           int num_threads):
-    # Both dtypes: the arrays are addressed as bytes + element strides, and the engine's
-    # f32/f64 entry point is chosen per sequence by fctc_run_one.
+    # Checks the arrays' forms (a caller bug must not become a bad read), then describes
+    # them to engine_run.
     cdef bint is_f64 = acts_obj.dtype == np.float64
     cdef Py_ssize_t item = 8 if is_f64 else 4
+    cdef EngineCall call
+    cdef int status
     _require(acts_obj, "acts", acts_obj.dtype if acts_obj.dtype in (np.float32, np.float64) else np.float32, 3)
     _require(costs_obj, "out_costs", acts_obj.dtype, 1)
-    if costs_obj.shape[0] != acts_obj.shape[1]:
+    cdef Py_ssize_t N = acts_obj.shape[1]
+    if costs_obj.shape[0] != N:
         raise ValueError("run_batch: out_costs must have one entry per sequence")
+    if (label_lengths.shape[0] != N or input_lengths.shape[0] != N or offsets.shape[0] != N
+            or grad_scale.shape[0] != N):
+        raise ValueError("run_batch: offsets, lengths and grad_scale must have one entry per sequence")
     if grad_obj is not None:
         _require(grad_obj, "grad", acts_obj.dtype, 3)
         if grad_obj.shape != acts_obj.shape:
             raise ValueError("run_batch: grad must have acts' shape")
     if alpha_obj is not None:
         _require(alpha_obj, "log_alpha", acts_obj.dtype, 3)
-    cdef Py_ssize_t T = acts_obj.shape[0], N = acts_obj.shape[1], C = acts_obj.shape[2]
-    cdef Py_ssize_t n
-    cdef bint want_grad = grad_obj is not None
-    cdef bint want_alpha = alpha_obj is not None
-    cdef Py_ssize_t t_stride = _elem_stride(acts_obj.strides[0], item)
-    cdef Py_ssize_t n_stride = _elem_stride(acts_obj.strides[1], item)
-    cdef Py_ssize_t gt_stride = 0, gn_stride = 0, an_stride = 0, at_stride = 0
-    cdef int alpha_rows = 0, alpha_cols = 0
-    cdef const char *acts_ptr
-    cdef char *grad_ptr = NULL
-    cdef char *alpha_ptr = NULL
-    cdef char *costs_ptr = <char *>_data(costs_obj)
-    cdef double cost
-    cdef int max_t = 0, max_l = 0, team, n_threads
-    cdef bint split
-    cdef size_t per_thread = 0
-    cdef unsigned char *base
     if N == 0:
         return
+    call.is_f64 = is_f64
+    call.T = acts_obj.shape[0]
+    call.N = N
+    call.C = acts_obj.shape[2]
+    call.acts = <const char *>_data(acts_obj) if call.T > 0 and call.C > 0 else NULL
+    call.t_stride = _elem_stride(acts_obj.strides[0], item)
+    call.n_stride = _elem_stride(acts_obj.strides[1], item)
+    call.labels = &labels[0] if labels.shape[0] > 0 else NULL
+    call.offsets = &offsets[0]
+    call.label_lengths = &label_lengths[0]
+    call.input_lengths = &input_lengths[0]
+    call.blank = blank
+    call.from_logits = from_logits
+    call.grad = NULL
+    call.gt_stride = call.gn_stride = 0
+    if grad_obj is not None:
+        call.grad = <char *>_data(grad_obj)
+        call.gt_stride = _elem_stride(grad_obj.strides[0], item)
+        call.gn_stride = _elem_stride(grad_obj.strides[1], item)
+    call.grad_scale = &grad_scale[0]
+    call.log_alpha = NULL
+    call.an_stride = call.at_stride = 0
+    call.alpha_rows = call.alpha_cols = 0
+    if alpha_obj is not None:
+        call.log_alpha = <char *>_data(alpha_obj)
+        call.an_stride = _elem_stride(alpha_obj.strides[0], item)
+        call.at_stride = _elem_stride(alpha_obj.strides[1], item)
+        call.alpha_rows = <int>alpha_obj.shape[1]
+        call.alpha_cols = <int>alpha_obj.shape[2]
+    call.costs = <char *>_data(costs_obj)
+    call.num_threads = num_threads
+    call.split_min_cells = SPLIT_MIN_CELLS
+    with nogil:
+        status = engine_run(&call)
+    if status != 0:
+        raise MemoryError("run_batch: the engine's scratch for this batch could not be allocated "
+                          "(its size overflows or memory is exhausted)")
+
+
+cdef int engine_run(const EngineCall *c) noexcept nogil:
+    """Runs a described batch; 0 on success, -1 when the scratch cannot be allocated.
+    The scratch is allocated here, before any parallel region, and freed on return."""
+    cdef Py_ssize_t n, item = 8 if c.is_f64 else 4
+    cdef int max_t = 0, max_l = 0, team, n_threads
+    cdef bint want_grad = c.grad != NULL, want_alpha = c.log_alpha != NULL, split
+    cdef size_t per_thread
+    cdef void *block
+    cdef unsigned char *base
+    cdef double cost
+    if c.N == 0:
+        return 0
     # Scratch for the longest input and label; a label longer than its input is infeasible
     # and laid out as no trellis (fctc_scratch_label_length), except with log_alpha.
-    for n in range(N):
-        max_t = max(max_t, input_lengths[n])
-        max_l = max(max_l, label_lengths[n] if want_alpha else min(label_lengths[n], input_lengths[n]))
+    for n in range(c.N):
+        max_t = max(max_t, c.input_lengths[n])
+        max_l = max(max_l, c.label_lengths[n] if want_alpha else min(c.label_lengths[n], c.input_lengths[n]))
     # The team: capped at the usable processors, at what the OS can create, 1 in a forked
     # child (threads.h).  Results do not depend on it: with fewer sequences than threads,
     # each is split over two threads (bit-identical to one thread, detail/trellis.h).
-    team = fctc_team_cap(max(1, num_threads))
+    team = fctc_team_cap(max(1, c.num_threads))
     # (a problem too small to repay a parallel region -- two thread wake-ups, two barriers,
     # about 4 us -- runs on one thread; the split is bit-identical, so only speed changes)
-    split = want_grad and not want_alpha and N < team and max_t * (2 * max_l + 1) >= SPLIT_MIN_CELLS
-    n_threads = 1 if split else min(team, N)
-    scratch = _scratch(n_threads, max_t, max_l, want_grad, split, item, &per_thread)
-    base = <unsigned char *>((<uintptr_t>_data(scratch) + 63) & ~(<uintptr_t>63))
-    acts_ptr = <const char *>_data(acts_obj) if T > 0 and C > 0 else NULL
-    if want_grad:
-        gt_stride = _elem_stride(grad_obj.strides[0], item)
-        gn_stride = _elem_stride(grad_obj.strides[1], item)
-        grad_ptr = <char *>_data(grad_obj)
-    if want_alpha:
-        an_stride = _elem_stride(alpha_obj.strides[0], item)
-        at_stride = _elem_stride(alpha_obj.strides[1], item)
-        alpha_rows = <int>alpha_obj.shape[1]
-        alpha_cols = <int>alpha_obj.shape[2]
-        alpha_ptr = <char *>_data(alpha_obj)
+    split = want_grad and not want_alpha and c.N < team and max_t * (2 * max_l + 1) >= c.split_min_cells
+    n_threads = 1 if split else min(team, c.N)
+    per_thread = (fctc_split_scratch_bytes(max_t, max_l, item) if split
+                  else fastctc_sequence_scratch_bytes(max_t, max_l, want_grad, item))
+    if per_thread == 0 or per_thread > (<size_t>-1 - 64) // <size_t>n_threads:
+        return -1
+    block = malloc(per_thread * n_threads + 64)
+    if block == NULL:
+        return -1
+    base = <unsigned char *>((<uintptr_t>block + 63) & ~(<uintptr_t>63))
     if split or n_threads == 1:
         # Fewer sequences than threads: one at a time, each split over two threads (the
         # forward and backward halves run at once; see detail/trellis.h), no nested regions.
         # One thread: no parallel region at all (a forked child must not start one).
-        with nogil:
-            for n in range(N):
-                cost = fctc_run_one(
-                    is_f64, acts_ptr + n * n_stride * item if acts_ptr != NULL else NULL, t_stride,
-                    &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
-                    label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-                    grad_ptr + n * gn_stride * item if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
-                    alpha_ptr + n * an_stride * item if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
-                    base, 2 if split else 1)
-                _store_cost(costs_ptr, n, cost, is_f64)
-        return
-    for n in prange(N, nogil=True, schedule="dynamic", chunksize=1, num_threads=n_threads):
-        cost = fctc_run_one(
-            is_f64, acts_ptr + n * n_stride * item if acts_ptr != NULL else NULL, t_stride,
-            &labels[0] + offsets[n] if labels.shape[0] > 0 else NULL,
-            label_lengths[n], input_lengths[n], <int>C, blank, from_logits,
-            grad_ptr + n * gn_stride * item if want_grad else NULL, gt_stride, <int>T, grad_scale[n],
-            alpha_ptr + n * an_stride * item if want_alpha else NULL, at_stride, alpha_rows, alpha_cols,
-            base + per_thread * threadid(), 1)
-        _store_cost(costs_ptr, n, cost, is_f64)
+        for n in range(c.N):
+            cost = _run_one(c, n, base, 2 if split else 1)
+            _store_cost(c.costs, n, cost, c.is_f64)
+    else:
+        for n in prange(c.N, schedule="dynamic", chunksize=1, num_threads=n_threads):
+            cost = _run_one(c, n, base + per_thread * threadid(), 1)
+            _store_cost(c.costs, n, cost, c.is_f64)
+    free(block)
+    return 0
+
+
+cdef inline double _run_one(const EngineCall *c, Py_ssize_t n, unsigned char *scratch, int threads) noexcept nogil:
+    cdef Py_ssize_t item = 8 if c.is_f64 else 4
+    return fctc_run_one(
+        c.is_f64, c.acts + n * c.n_stride * item if c.acts != NULL else NULL, c.t_stride,
+        c.labels + c.offsets[n] if c.labels != NULL else NULL,
+        c.label_lengths[n], c.input_lengths[n], <int>c.C, c.blank, c.from_logits,
+        c.grad + n * c.gn_stride * item if c.grad != NULL else NULL, c.gt_stride, <int>c.T, c.grad_scale[n],
+        c.log_alpha + n * c.an_stride * item if c.log_alpha != NULL else NULL, c.at_stride,
+        c.alpha_rows, c.alpha_cols, scratch, threads)
 
 
 cdef inline void _store_cost(char *costs, Py_ssize_t n, double cost, bint is_f64) noexcept nogil:

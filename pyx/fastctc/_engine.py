@@ -14,9 +14,6 @@ each taking all of it (no oversubscription).
 """
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 
 from . import _core, _fast
@@ -33,47 +30,24 @@ from ._validate import (
 
 _UNIT_WEIGHTS = np.ones(256, dtype=np.float64)
 _UNIT_WEIGHTS.flags.writeable = False
-_budget_lock = threading.Lock()
-_active_calls = 0
 
-
-_cores = None  # cores this process may use, read once: the system call costs more than a tiny problem
-
-
-def default_threads() -> int:
-    global _cores
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env:
-        env = env.split(",")[0].strip()
-        if env.isdigit() and int(env) > 0:
-            return int(env)
-    if _cores is None:
-        try:
-            _cores = max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not Linux
-            _cores = max(1, os.cpu_count() or 1)
-    return _cores
+# Threads a call gets by default: OMP_NUM_THREADS, else every core this process may use
+# (kept in _core, where the compiled one-call path reads it too).
+default_threads = _core.default_threads
 
 
 class ThreadBudget:
-    """Context manager giving this call its share of the thread budget."""
+    """Context manager giving this call its share of the thread budget (_core counts the
+    calls in flight across every door)."""
 
     def __init__(self, requested):
         self.requested = requested
 
     def __enter__(self) -> int:
-        global _active_calls
-        with _budget_lock:
-            _active_calls += 1
-            active = _active_calls
-        if self.requested is not None:
-            return self.requested
-        return max(1, default_threads() // active)
+        return _core.threads_enter(self.requested)
 
     def __exit__(self, *exc):
-        global _active_calls
-        with _budget_lock:
-            _active_calls -= 1
+        _core.threads_exit()
         return False
 
 
@@ -101,17 +75,12 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
     if N == 0:
         return costs, grad, log_alpha
     # ThreadBudget's accounting, inline (the context manager costs microseconds per call)
-    global _active_calls
-    with _budget_lock:
-        _active_calls += 1
-        active = _active_calls
+    threads = _core.threads_enter(num_threads)
     try:
-        threads = num_threads if num_threads is not None else max(1, default_threads() // active)
         _core.run_batch(acts, batch.labels, batch.offsets, batch.label_lengths, batch.input_lengths,
                         blank, bool(from_logits), grad, grad_weights, log_alpha, costs, threads)
     finally:
-        with _budget_lock:
-            _active_calls -= 1
+        _core.threads_exit()
     return costs, grad, log_alpha
 
 
@@ -162,19 +131,76 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
              zero_infinity=False, *, from_logits=False, num_threads=None):
     """CTC loss with torch.nn.functional.ctc_loss's semantics, on NumPy arrays.
 
-    log_probs: (T, N, C) or unbatched (T, C), float32/float64 log-probabilities (or
-        unnormalised scores with from_logits=True: log_softmax is fused in).
-    targets: (N, S) padded or 1-D concatenated (sum(target_lengths),).  Unbatched input is a
-        batch of one, as in PyTorch: 1-D targets hold exactly target_length labels, (1, S) are padded.
-    input_lengths, target_lengths: N integers (sequences or arrays, read by element count as
-        PyTorch does); a scalar (or one value) when unbatched.
-    reduction: 'none' -> (N,) (or () unbatched); 'sum'; 'mean' (each loss divided by
-        max(target_length, 1), then the batch mean).  Returns NumPy arrays of log_probs'
-        dtype (0-d for sum/mean).  Infeasible targets give +inf (0 with zero_infinity).
+    Parameters
+    ----------
+    log_probs : array_like, (T, N, C) or unbatched (T, C), float32 or float64
+        Log-probabilities, used exactly as given (no normalisation check); or unnormalised
+        scores with ``from_logits=True``.  Read in place through its strides when the class
+        axis is contiguous.
+    targets : array_like of int, (N, S) or (sum(target_lengths),)
+        Padded (N, S) or 1-D concatenated targets.  Unbatched input is a batch of one, as in
+        PyTorch: 1-D targets hold exactly target_length labels, (1, S) targets are padded.
+    input_lengths : array_like of int, (N,)
+        Frames of each sequence, in [0, T].  Sequences or arrays, read by element count as
+        PyTorch does (an (N, 1) array works); a scalar (or one value) when unbatched.
+    target_lengths : array_like of int, (N,)
+        Labels of each target; same forms as input_lengths.
+    blank : int, default 0
+        The blank class, in [0, C).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'none' returns the (N,) per-sequence losses (a 0-d array unbatched); 'sum' their
+        sum; 'mean' divides each loss by max(target_length, 1), then averages over the batch.
+    zero_infinity : bool, default False
+        Turn the +inf loss of an infeasible target into 0.
+    from_logits : bool, default False
+        Keyword-only.  Read the first argument as unnormalised scores and fuse the
+        log_softmax over the classes into the same pass.
+    num_threads : int or None, default None
+        Keyword-only.  Threads of this call; None: OMP_NUM_THREADS, else every core this
+        process may use (calls made at once share that budget).
+
+    Returns
+    -------
+    numpy.ndarray
+        The loss in log_probs' dtype: (N,) for reduction='none' (0-d unbatched), 0-d for
+        'sum' and 'mean'.  An infeasible target gives +inf (0 with zero_infinity).
+
+    Raises
+    ------
+    CTCTypeError
+        A dtype other than float32/float64 for log_probs, non-integer targets or lengths,
+        or an option of the wrong type.
+    CTCValueError
+        A rank or shape that does not fit, the blank outside [0, C), a length outside its
+        bound, a label outside [0, C), or an unknown reduction.  The message names the
+        argument, the index, the value and the bound.
+
+    Notes
+    -----
+    A NaN or +inf in a cell a sequence reads gives a NaN loss for that sequence;
+    -inf is a legal log-probability.  Every input is validated before any kernel runs.
+
+    Examples
+    --------
+    Two frames of a uniform two-class distribution; the target [1] is emitted by the paths
+    (1, 1), (blank, 1) and (1, blank), so the loss is -log(3/4):
+
+    >>> import numpy as np
+    >>> import fastctc
+    >>> log_probs = np.log(np.full((2, 1, 2), 0.5))        # (T, N, C)
+    >>> loss = fastctc.ctc_loss(log_probs, np.array([[1]]), [2], [1], reduction="none")
+    >>> print(np.round(loss, 4))
+    [0.2877]
     """
     if on_gpu(log_probs):
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, False)[0]
+    reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
+                                                                            num_threads)
+    done = _fast.ctc_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                          from_logits, False, num_threads)  # the plain call, compiled end to end
+    if done is not None:
+        return done[0]
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
@@ -187,21 +213,79 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
 
 def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
                       zero_infinity=False, *, from_logits=False, num_threads=None, grad_out=None):
-    """(loss, grad): ctc_loss's value and the gradient of the reduced loss (for
-    reduction='none', of the sum of the losses) with respect to the first argument, with
-    its shape and dtype, from one forward-backward pass.
+    """CTC loss and its gradient with respect to the first argument, in one pass.
 
-    from_logits=False: grad = d loss / d log_probs, the true partial derivative (no
-    normalisation assumed).  PyTorch's CTC backward returns this plus exp(log_probs)
-    times each sequence's weight; after a log_softmax both give the same gradient upstream.
-    from_logits=True: grad = d loss / d logits = weight * (softmax - occupancy).
-    Infeasible sequences: loss +inf (0 with zero_infinity), gradient rows 0.
+    Takes ctc_loss's arguments (see `ctc_loss`) and returns its value together with the
+    gradient of the reduced loss (for reduction='none', of the sum of the losses), from one
+    forward-backward pass.
 
-    grad_out: None, or a NumPy array of the first argument's shape and dtype (contiguous
-    class axis, sharing no memory with it) that receives the gradient, every element
-    overwritten, and is returned as `grad`.  A training loop that passes the same buffer
-    each step skips the allocation, and the page faults of first touching fresh memory,
-    which on large alphabets cost as much as the gradient pass itself.
+    Parameters
+    ----------
+    log_probs : array_like, (T, N, C) or unbatched (T, C), float32 or float64
+        Log-probabilities (unnormalised scores with ``from_logits=True``).
+    targets : array_like of int, (N, S) or (sum(target_lengths),)
+        Padded or concatenated targets, as for `ctc_loss`.
+    input_lengths : array_like of int, (N,)
+        Frames of each sequence, in [0, T] (a scalar when unbatched).
+    target_lengths : array_like of int, (N,)
+        Labels of each target (a scalar when unbatched).
+    blank : int, default 0
+        The blank class, in [0, C).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As for `ctc_loss`; the gradient is that of the reduced loss.
+    zero_infinity : bool, default False
+        Turn the +inf loss of an infeasible target into 0 (its gradient rows are 0 anyway).
+    from_logits : bool, default False
+        Keyword-only.  Read the first argument as unnormalised scores; the log_softmax is
+        fused in and the gradient is taken with respect to those scores.
+    num_threads : int or None, default None
+        Keyword-only.  Threads of this call (default: OMP_NUM_THREADS, else every core).
+    grad_out : numpy.ndarray or None, default None
+        Keyword-only.  An array of the first argument's shape and dtype (contiguous class
+        axis, sharing no memory with it, nor with targets or the lengths) that receives
+        the gradient, every element overwritten, and is returned as ``grad``.  A training
+        loop that passes the same buffer each step skips the allocation, and the page
+        faults of first touching fresh memory, which on large alphabets cost as much as the
+        gradient pass itself.
+
+    Returns
+    -------
+    loss : numpy.ndarray
+        As `ctc_loss` returns it.
+    grad : numpy.ndarray
+        The gradient, with the first argument's shape and dtype (grad_out itself when given).
+        With from_logits=False, d loss / d log_probs, the true partial derivative (no
+        normalisation assumed); with from_logits=True, d loss / d logits = weight *
+        (softmax - occupancy).  Rows of infeasible sequences are 0.
+
+    Raises
+    ------
+    CTCTypeError
+        As for `ctc_loss`; also a grad_out that is not a NumPy array or has another dtype.
+    CTCValueError
+        As for `ctc_loss`; also a grad_out of another shape, read-only, not contiguous
+        along its class axis, or sharing memory with an input.
+    NotImplementedError
+        grad_out with CUDA arrays (the GPU path allocates its gradient).
+
+    Notes
+    -----
+    PyTorch's CTC backward returns d loss / d log_probs plus exp(log_probs) times each
+    sequence's weight (it assumes normalised inputs); after a log_softmax both give the
+    same gradient upstream.
+
+    Examples
+    --------
+    In the example of `ctc_loss`, frame by frame the blank is emitted by one path in three
+    and the label by two: the gradient is minus that occupancy.
+
+    >>> import numpy as np
+    >>> import fastctc
+    >>> log_probs = np.log(np.full((2, 1, 2), 0.5))
+    >>> loss, grad = fastctc.ctc_loss_and_grad(log_probs, np.array([[1]]), [2], [1])
+    >>> print(np.round(grad[:, 0], 4))
+    [[-0.3333 -0.6667]
+     [-0.3333 -0.6667]]
     """
     if on_gpu(log_probs):
         if grad_out is not None:
@@ -209,6 +293,13 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
                                       "gradient is allocated by the GPU path")
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, True)
+    if grad_out is None:
+        reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity,
+                                                                                from_logits, num_threads)
+        done = _fast.ctc_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                              from_logits, True, num_threads)  # the plain call, compiled end to end
+        if done is not None:
+            return done
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)

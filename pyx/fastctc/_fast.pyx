@@ -17,8 +17,13 @@ No kernel lives here (the engine, with its SIMD level and thread budget, stays i
 """
 import numpy as np
 cimport numpy as cnp
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy, memset
 
+from fastctc._core cimport EngineCall, budget_release, budget_threads, engine_run
+
+from . import _core as _core_module
 from ._validate import Batch
 
 cnp.import_array()
@@ -67,7 +72,7 @@ cdef inline int64_t _at(const char *base, Py_ssize_t byte_off, int kind) noexcep
     return (<const int32_t *>(base + byte_off))[0]
 
 
-cdef bint _lengths(object x, Py_ssize_t n, Py_ssize_t low, Py_ssize_t high, int32_t[::1] out):
+cdef bint _lengths(object x, Py_ssize_t n, Py_ssize_t low, Py_ssize_t high, int32_t *out):
     # one value per sequence, read by element count (any rank, as PyTorch reads lengths),
     # each in [low, high]; False when the form or a value is not plain
     cdef int kind = _int_kind(x)
@@ -97,78 +102,133 @@ cdef bint _lengths(object x, Py_ssize_t n, Py_ssize_t low, Py_ssize_t high, int3
     return True
 
 
-def prepare(acts, targets, input_lengths, target_lengths, blank):
-    """(Batch, blank) for a plain, valid call, as check_ctc_inputs returns them; or None
-    (then run check_ctc_inputs, which handles the form or raises the documented error)."""
+cdef struct Plain:
+    # A plain, valid call's batch, as check_ctc_inputs would describe it.  The four arrays
+    # live in one block (`block`, PyMem_Malloc'd; the caller frees it).
+    Py_ssize_t T, N, C, total
+    bint unbatched
+    int32_t *input_lengths
+    int32_t *label_lengths
+    int32_t *labels
+    Py_ssize_t *offsets
+    void *block
+
+
+cdef bint _plain(object acts, object targets, object input_lengths, object target_lengths, object blank,
+                 Plain *out) except -1:
+    # True (out filled, out.block to free) when the call is plain and valid; False otherwise
+    # (nothing to free).  Raises only MemoryError.
     cdef cnp.ndarray a, tg
-    cdef Py_ssize_t T, N, C, S = 0, n, s, k, total, pos
-    cdef int tkind, nd
-    cdef bint unbatched
+    cdef Py_ssize_t T, N, C, S = 0, n, s, total, pos
+    cdef int tkind, nd, tnd
     cdef const char *tbase
     cdef Py_ssize_t tst0 = 0, tst1 = 0
     cdef int64_t v
-    cdef int32_t[::1] il_v, tl_v, lab_v
-    cdef Py_ssize_t[::1] off_v
+    cdef long b
+    cdef char *mem
     if type(acts) is not np.ndarray or type(blank) is not int:
-        return None
+        return False
     a = <cnp.ndarray>acts
     nd = cnp.PyArray_NDIM(a)
     if (nd != 2 and nd != 3) or cnp.PyArray_SIZE(a) == 0 or not _float_ok(a):
-        return None
-    unbatched = nd == 2
+        return False
     T = cnp.PyArray_DIM(a, 0)
-    N = 1 if unbatched else cnp.PyArray_DIM(a, 1)
+    N = 1 if nd == 2 else cnp.PyArray_DIM(a, 1)
     C = cnp.PyArray_DIM(a, nd - 1)
     if T > INT32_MAX or N > INT32_MAX or C > INT32_MAX:
-        return None
+        return False
     if blank < 0 or blank >= C:
-        return None
+        return False
     tkind = _int_kind(targets)
     if tkind == 0:
-        return None
+        return False
     tg = <cnp.ndarray>targets
-    if cnp.PyArray_NDIM(tg) == 2:
+    tnd = cnp.PyArray_NDIM(tg)
+    if tnd == 2:
         if cnp.PyArray_DIM(tg, 0) != N:
-            return None
+            return False
         S = cnp.PyArray_DIM(tg, 1)
         tst0 = cnp.PyArray_STRIDE(tg, 0)
         tst1 = cnp.PyArray_STRIDE(tg, 1)
-    elif cnp.PyArray_NDIM(tg) == 1:
+    elif tnd == 1:
         S = CONCAT_MAX
         tst1 = cnp.PyArray_STRIDE(tg, 0)
     else:
-        return None
-    il = np.empty(N, dtype=np.int32)
-    tl = np.empty(N, dtype=np.int32)
-    il_v = il
-    tl_v = tl
-    if not _lengths(input_lengths, N, 0, T, il_v) or not _lengths(target_lengths, N, 0, S, tl_v):
-        return None
+        return False
+    # lengths first (2N int32), then offsets; labels are sized once the lengths are known
+    mem = <char *>PyMem_Malloc(N * (2 * sizeof(int32_t) + sizeof(Py_ssize_t)) + 16)
+    if mem == NULL:
+        raise MemoryError()
+    out.offsets = <Py_ssize_t *>mem
+    out.input_lengths = <int32_t *>(mem + N * sizeof(Py_ssize_t))
+    out.label_lengths = out.input_lengths + N
+    if (not _lengths(input_lengths, N, 0, T, out.input_lengths)
+            or not _lengths(target_lengths, N, 0, S, out.label_lengths)):
+        PyMem_Free(mem)
+        return False
     total = 0
     for n in range(N):
-        total += tl_v[n]
-    if cnp.PyArray_NDIM(tg) == 1 and total != cnp.PyArray_DIM(tg, 0):
-        return None
-    labels = np.empty(total, dtype=np.int32)
-    offsets = np.empty(N, dtype=np.intp)
-    lab_v = labels
-    off_v = offsets
+        total += out.label_lengths[n]
+    if tnd == 1 and total != cnp.PyArray_DIM(tg, 0):
+        PyMem_Free(mem)
+        return False
+    out.labels = <int32_t *>PyMem_Malloc(total * sizeof(int32_t) + 4)
+    if out.labels == NULL:
+        PyMem_Free(mem)
+        raise MemoryError()
     tbase = <const char *>cnp.PyArray_DATA(tg)
     pos = 0
     for n in range(N):
-        off_v[n] = pos
-        for s in range(tl_v[n]):
-            if cnp.PyArray_NDIM(tg) == 2:
+        out.offsets[n] = pos
+        for s in range(out.label_lengths[n]):
+            if tnd == 2:
                 v = _at(tbase, n * tst0 + s * tst1, tkind)
             else:
                 v = _at(tbase, pos * tst1, tkind)
             if v < 0 or v >= C:
-                return None
-            lab_v[pos] = <int32_t>v
+                PyMem_Free(out.labels)
+                PyMem_Free(mem)
+                return False
+            out.labels[pos] = <int32_t>v
             pos += 1
-    view = a[:, None, :] if unbatched else a
-    return Batch(acts=view, labels=labels, offsets=offsets, label_lengths=tl, input_lengths=il,
-                 unbatched=unbatched, original_shape=acts.shape), blank
+    out.T = T
+    out.N = N
+    out.C = C
+    out.total = total
+    out.unbatched = nd == 2
+    out.block = mem
+    return True
+
+
+cdef void _plain_free(Plain *p) noexcept:
+    PyMem_Free(p.labels)
+    PyMem_Free(p.block)
+
+
+cdef object _copy_i32(const int32_t *src, Py_ssize_t n):
+    arr = np.empty(n, dtype=np.int32)
+    if n:
+        memcpy(cnp.PyArray_DATA(<cnp.ndarray>arr), src, n * sizeof(int32_t))
+    return arr
+
+
+def prepare(acts, targets, input_lengths, target_lengths, blank):
+    """(Batch, blank) for a plain, valid call, as check_ctc_inputs returns them; or None
+    (then run check_ctc_inputs, which handles the form or raises the documented error)."""
+    cdef Plain p
+    memset(&p, 0, sizeof(Plain))
+    if not _plain(acts, targets, input_lengths, target_lengths, blank, &p):
+        return None
+    try:
+        offsets = np.empty(p.N, dtype=np.intp)
+        memcpy(cnp.PyArray_DATA(<cnp.ndarray>offsets), p.offsets, p.N * sizeof(Py_ssize_t))
+        batch = Batch(acts=acts[:, None, :] if p.unbatched else acts, labels=_copy_i32(p.labels, p.total),
+                      offsets=offsets, label_lengths=_copy_i32(p.label_lengths, p.N),
+                      input_lengths=_copy_i32(p.input_lengths, p.N), unbatched=p.unbatched,
+                      original_shape=acts.shape)
+    finally:
+        _plain_free(&p)
+    return batch, blank
 
 
 def grad_weights(label_lengths, str reduction):
@@ -188,18 +248,14 @@ def grad_weights(label_lengths, str reduction):
     return w
 
 
-def reduce(costs, label_lengths, str reduction, bint zero_infinity):
-    """_engine._reduce's loss, without its NumPy calls on small batches: costs (N,)
-    float32/float64 (modified in place when zero_infinity), label_lengths int32 (N,).
-    Returns costs for 'none', else a 0-d array of costs' dtype.  The sums run in float64
-    in index order, which is NumPy's order below 8 elements; larger batches use NumPy."""
-    cdef cnp.ndarray c = <cnp.ndarray>costs
-    cdef Py_ssize_t n, N = cnp.PyArray_SIZE(c)
+cdef object _reduce(cnp.ndarray c, const int32_t *tl, Py_ssize_t N, str reduction, bint zero_infinity):
+    # reduce()'s body, reading the target lengths through a pointer
     cdef bint f32 = cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT32
     cdef float *cf = <float *>cnp.PyArray_DATA(c)
     cdef double *cd = <double *>cnp.PyArray_DATA(c)
-    cdef double x, acc = 0.0
+    cdef double x, d, acc = 0.0
     cdef double inf = float("inf")
+    cdef Py_ssize_t n
     if zero_infinity:
         for n in range(N):
             if f32 and cf[n] == inf:
@@ -207,20 +263,99 @@ def reduce(costs, label_lengths, str reduction, bint zero_infinity):
             elif not f32 and cd[n] == inf:
                 cd[n] = 0
     if reduction == "none":
-        return costs
+        return c
     if N >= 8 or N == 0:
         if reduction == "sum":
-            return np.asarray(costs.sum(dtype=np.float64), dtype=costs.dtype)
+            return np.asarray(c.sum(dtype=np.float64), dtype=c.dtype)
         if N == 0:
-            return np.asarray(np.nan, dtype=costs.dtype)
-        w = grad_weights(label_lengths, "mean")
-        return np.asarray((costs.astype(np.float64) * w).sum(), dtype=costs.dtype)
-    cdef const int32_t[::1] tl = label_lengths
-    cdef double d
+            return np.asarray(np.nan, dtype=c.dtype)
+        w = grad_weights(_copy_i32(tl, N), "mean")
+        return np.asarray((c.astype(np.float64) * w).sum(), dtype=c.dtype)
     for n in range(N):
         x = cf[n] if f32 else cd[n]
         if reduction == "mean":
             d = tl[n] if tl[n] > 1 else 1.0
             x = x * (1.0 / (d * N))
         acc += x
-    return np.asarray(acc, dtype=costs.dtype)
+    return np.asarray(acc, dtype=c.dtype)
+
+
+def reduce(costs, label_lengths, str reduction, bint zero_infinity):
+    """_engine._reduce's loss, without its NumPy calls on small batches: costs (N,)
+    float32/float64 (modified in place when zero_infinity), label_lengths int32 (N,).
+    Returns costs for 'none', else a 0-d array of costs' dtype.  The sums run in float64
+    in index order, which is NumPy's order below 8 elements; larger batches use NumPy."""
+    cdef const int32_t[::1] tl = label_lengths
+    cdef cnp.ndarray c = <cnp.ndarray>costs
+    return _reduce(c, &tl[0] if tl.shape[0] else NULL, cnp.PyArray_SIZE(c), reduction, zero_infinity)
+
+
+def ctc_call(acts, targets, input_lengths, target_lengths, blank, str reduction, bint zero_infinity,
+             bint from_logits, bint want_grad, num_threads):
+    """A whole plain loss call, compiled: (loss, grad) as fastctc.ctc_loss_and_grad returns
+    them (grad None unless want_grad; loss reshaped to () for an unbatched 'none'), or None
+    when the call is not plain (then the general path handles it or raises).
+
+    The same steps as the general path (check, engine with its thread budget, reduction),
+    with no Python in between: a tiny training step is dominated by fixed costs.
+    reduction, zero_infinity, from_logits, num_threads: already checked by the caller."""
+    cdef Plain p
+    cdef EngineCall call
+    cdef cnp.ndarray a, costs, grad_arr
+    cdef int status, threads
+    cdef Py_ssize_t n, item
+    cdef double *weights
+    cdef double d
+    memset(&p, 0, sizeof(Plain))
+    if not _plain(acts, targets, input_lengths, target_lengths, blank, &p):
+        return None
+    a = <cnp.ndarray>acts
+    try:
+        item = cnp.PyArray_ITEMSIZE(a)
+        costs = cnp.PyArray_EMPTY(1, <cnp.npy_intp *>&p.N, cnp.PyArray_TYPE(a), 0)
+        grad = None
+        weights = <double *>PyMem_Malloc(p.N * sizeof(double) + 8)
+        if weights == NULL:
+            raise MemoryError()
+        try:
+            for n in range(p.N):  # grad_weights(): 'mean' weighs the gradient rows
+                d = p.label_lengths[n] if p.label_lengths[n] > 1 else 1.0
+                weights[n] = 1.0 / (d * p.N) if reduction == "mean" else 1.0
+            memset(&call, 0, sizeof(EngineCall))
+            call.is_f64 = item == 8
+            call.acts = <const char *>cnp.PyArray_DATA(a)
+            call.T = p.T
+            call.N = p.N
+            call.C = p.C
+            call.t_stride = cnp.PyArray_STRIDE(a, 0) // item
+            call.n_stride = 0 if p.unbatched else cnp.PyArray_STRIDE(a, 1) // item
+            call.labels = <const int *>p.labels
+            call.offsets = p.offsets
+            call.label_lengths = <const int *>p.label_lengths
+            call.input_lengths = <const int *>p.input_lengths
+            call.blank = blank
+            call.from_logits = from_logits
+            if want_grad:
+                grad_arr = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
+                grad = grad_arr
+                call.grad = <char *>cnp.PyArray_DATA(grad_arr)
+                call.gt_stride = p.N * p.C
+                call.gn_stride = p.C
+            call.grad_scale = weights
+            call.costs = <char *>cnp.PyArray_DATA(costs)
+            call.split_min_cells = _core_module.SPLIT_MIN_CELLS
+            threads = budget_threads(num_threads)
+            call.num_threads = threads
+            with nogil:
+                status = engine_run(&call)
+            budget_release()
+        finally:
+            PyMem_Free(weights)
+        if status != 0:
+            raise MemoryError("the engine's scratch for this batch could not be allocated")
+        loss = _reduce(costs, p.label_lengths, p.N, reduction, zero_infinity)
+        if p.unbatched and reduction == "none":
+            loss = loss.reshape(())
+    finally:
+        _plain_free(&p)
+    return loss, grad

@@ -93,16 +93,71 @@ def _check_length_values(il, tl, T, S):
         check_range(tl, "target_lengths", 0, S, "the padded target width S", cls=CTCRuntimeError)
 
 
+def check_inputs(blank, log_probs, targets, input_lengths, target_lengths):
+    """Every documented error of a call with host operands (fastctc.mindspore's Cell checks
+    its arguments with it too); returns (Batch, blank, S)."""
+    lp = _to_numpy(log_probs, "log_probs")
+    check_dtype(lp, "log_probs", _FLOATS)
+    T, N, C = check_rank(lp.shape, "log_probs", 3, "(T, N, C)")
+    tg = _to_numpy(targets, "targets")
+    tg_kind = check_dtype(tg, "targets", _INTS)
+    S = _targets_width(tg.shape, N)
+    il = _lengths(input_lengths, "input_lengths", N, tg_kind)
+    tl = _lengths(target_lengths, "target_lengths", N, tg_kind)
+    check_index(blank, "blank", C)
+    _check_length_values(il, tl, T, S)
+    # label values in [0, C) are checked (CTCValueError) by the shared validator
+    batch, blank = check_ctc_inputs(lp, tg, il, tl, blank, allow_unbatched=False)
+    return batch, blank, S
+
+
+def _targets_width(shape, N):
+    """S of padded (N, S) targets."""
+    check_rank(shape, "targets", 2, "(N, S)")
+    check_batch_size(shape, "targets", N, "(N, S)")
+    return shape[1]
+
+
 class CTCLossV2:
-    """CTC loss with mindspore.ops.CTCLossV2's interface and errors.
+    """CTC loss with mindspore.ops.CTCLossV2's interface and errors, on NumPy-readable arrays.
 
-    blank: the blank class index, in [0, C) (checked at call time, when C is known).
-    reduction: only 'none' (case-insensitive) is supported, as in MindSpore.
-    zero_infinity: infinite losses (targets that cannot fit) become 0, and so do their
-        gradients (see loss_and_grad).
+    Calling it returns the per-sequence negative log-likelihood and the forward variables
+    of the blank-interleaved ("extended") target (see `__call__`).
 
-    Calling it returns (neg_log_likelihood (N,), log_alpha (N, T, 2S+1)) as NumPy arrays of
-    log_probs' dtype; for a CUDA log_probs, as arrays of its kind on its device (GPU path).
+    Parameters
+    ----------
+    blank : int, default 0
+        The blank class index, in [0, C) (checked at call time, when C is known).
+    reduction : str, default 'none'
+        Only 'none' (case-insensitive) is supported, as in MindSpore.
+    zero_infinity : bool, default False
+        Infinite losses (targets that cannot fit) become 0, and so do their gradients
+        (see `loss_and_grad`).
+
+    Raises
+    ------
+    CTCTypeError
+        blank not an int, reduction not a str, zero_infinity not a bool.
+    CTCValueError
+        A reduction other than 'none'.
+
+    Notes
+    -----
+    MindSpore's documentation lists log_probs as (T, C, N) in its Inputs section, but its
+    own example (and its kernels) use (T, N, C); so does this class.  For a CUDA log_probs
+    (torch, CuPy, JAX) the call runs on the GPU and returns arrays of log_probs' kind on its
+    device; there, out-of-range values of device-resident targets or lengths give a NaN
+    loss instead of an exception.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastctc
+    >>> loss_fn = fastctc.CTCLossV2(blank=0)
+    >>> log_probs = np.log(np.full((2, 1, 2), 0.5))         # (T, N, C)
+    >>> nll, log_alpha = loss_fn(log_probs, np.array([[1]]), np.array([2]), np.array([1]))
+    >>> print(np.round(nll, 4), log_alpha.shape)
+    [0.2877] (1, 2, 3)
     """
 
     def __init__(self, blank=0, reduction="none", zero_infinity=False):
@@ -119,38 +174,16 @@ class CTCLossV2:
     def __repr__(self):
         return f"CTCLossV2(blank={self.blank}, reduction='none', zero_infinity={self.zero_infinity})"
 
-    def check(self, log_probs, targets, input_lengths, target_lengths):
-        """Every documented error for host operands; returns (Batch, blank, S)."""
-        lp = _to_numpy(log_probs, "log_probs")
-        check_dtype(lp, "log_probs", _FLOATS)
-        T, N, C = check_rank(lp.shape, "log_probs", 3, "(T, N, C)")
-        tg = _to_numpy(targets, "targets")
-        tg_kind = check_dtype(tg, "targets", _INTS)
-        S = self._check_targets_shape(tg.shape, N)
-        il = _lengths(input_lengths, "input_lengths", N, tg_kind)
-        tl = _lengths(target_lengths, "target_lengths", N, tg_kind)
-        check_index(self.blank, "blank", C)
-        _check_length_values(il, tl, T, S)
-        # label values in [0, C) are checked (CTCValueError) by the shared validator
-        batch, blank = check_ctc_inputs(lp, tg, il, tl, self.blank, allow_unbatched=False)
-        return batch, blank, S
-
-    @staticmethod
-    def _check_targets_shape(shape, N):
-        check_rank(shape, "targets", 2, "(N, S)")
-        check_batch_size(shape, "targets", N, "(N, S)")
-        return shape[1]
-
     # ------------------------------------------------------------------ GPU routing
     def _check_device(self, log_probs, targets, input_lengths, target_lengths):
-        """check() for a CUDA log_probs: shapes and dtypes everywhere, values of host operands.
+        """check_inputs() for a CUDA log_probs: shapes and dtypes everywhere, values of host operands.
         Returns (targets, input_lengths, target_lengths) ready for run_device."""
         check_dtype(log_probs, "log_probs", _FLOATS)
         T, N, C = check_rank(log_probs.shape, "log_probs", 3, "(T, N, C)")
         tg_dev = _engine.on_gpu(targets)
         tg = targets if tg_dev else _to_numpy(targets, "targets")
         tg_kind = check_dtype(tg, "targets", _INTS)
-        S = self._check_targets_shape(tuple(tg.shape), N)
+        S = _targets_width(tuple(tg.shape), N)
         lengths = []
         for x, name in ((input_lengths, "input_lengths"), (target_lengths, "target_lengths")):
             if _engine.on_gpu(x):
@@ -181,7 +214,7 @@ class CTCLossV2:
     def _run(self, want_grad, log_probs, targets, input_lengths, target_lengths):
         if _engine.on_gpu(log_probs):
             return self._run_gpu(want_grad, log_probs, targets, input_lengths, target_lengths)
-        batch, blank, S = self.check(log_probs, targets, input_lengths, target_lengths)
+        batch, blank, S = check_inputs(self.blank, log_probs, targets, input_lengths, target_lengths)
         costs, grad, log_alpha = _engine.run(batch, blank, False, want_grad=want_grad,
                                              want_alpha=True, alpha_cols=2 * S + 1)
         if self.zero_infinity:
@@ -190,11 +223,74 @@ class CTCLossV2:
         return costs, log_alpha, grad
 
     def __call__(self, log_probs, targets, input_lengths, target_lengths):
+        """The per-sequence negative log-likelihood and the forward variables.
+
+        Parameters
+        ----------
+        log_probs : array_like, (T, N, C), float32 or float64
+            Used exactly as given (MindSpore's documented example feeds unnormalised
+            numbers).  NumPy arrays, MindSpore tensors (``.asnumpy()``), CPU torch tensors,
+            or CUDA arrays (GPU path).
+        targets : array_like, (N, S), int32 or int64
+            Padded targets; labels inside each target's length must lie in [0, C).
+        input_lengths : array_like, (N,), int32 or int64
+            Frames of each sequence, in [0, T].  Arrays must have targets' dtype; tuples and
+            lists of ints adopt it.
+        target_lengths : array_like, (N,), int32 or int64
+            Labels of each target, in [0, min(input_lengths[n], S)]; same forms as
+            input_lengths.
+
+        Returns
+        -------
+        neg_log_likelihood : numpy.ndarray, (N,)
+            A NumPy array of log_probs' dtype; for a CUDA log_probs, an array of its kind
+            on its device (GPU path).  So is log_alpha.
+        log_alpha : numpy.ndarray, (N, T, 2S+1)
+            log_alpha[n, t, s] is -inf for t >= input_lengths[n] and for
+            s >= 2 * target_lengths[n] + 1.
+
+        Raises
+        ------
+        CTCTypeError
+            A dtype of log_probs or targets not accepted, lengths of another dtype than
+            targets, a non-int element of a length tuple.
+        CTCValueError
+            Ranks or shapes that do not fit, the blank outside [0, C), a label outside
+            [0, C).
+        CTCRuntimeError
+            input_lengths outside [0, T], target_lengths outside [0, input_lengths] or
+            above S (MindSpore documents these as RuntimeError).
+        """
         costs, log_alpha, _ = self._run(False, log_probs, targets, input_lengths, target_lengths)
         return costs, log_alpha
 
     def loss_and_grad(self, log_probs, targets, input_lengths, target_lengths):
-        """(neg_log_likelihood (N,), log_alpha (N, T, 2S+1), grad (T, N, C)): grad is
-        d sum(neg_log_likelihood) / d log_probs, the true partial derivative (no
-        normalisation assumed); rows of infinite losses are 0."""
+        """The call's two outputs and the gradient of the summed loss.
+
+        Parameters
+        ----------
+        log_probs : array_like, (T, N, C), float32 or float64
+            As for `__call__`.
+        targets : array_like, (N, S), int32 or int64
+            As for `__call__`.
+        input_lengths : array_like, (N,), int32 or int64
+            As for `__call__`.
+        target_lengths : array_like, (N,), int32 or int64
+            As for `__call__`.
+
+        Returns
+        -------
+        neg_log_likelihood : numpy.ndarray, (N,)
+            As `__call__` returns it.
+        log_alpha : numpy.ndarray, (N, T, 2S+1)
+            As `__call__` returns it.
+        grad : numpy.ndarray, (T, N, C)
+            d sum(neg_log_likelihood) / d log_probs, the true partial derivative (no
+            normalisation assumed); rows of infinite losses are 0.
+
+        Raises
+        ------
+        CTCTypeError, CTCValueError, CTCRuntimeError
+            As for `__call__`.
+        """
         return self._run(True, log_probs, targets, input_lengths, target_lengths)

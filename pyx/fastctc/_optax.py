@@ -136,15 +136,71 @@ def _run(x, pad, lab32, lpad, blank, eps, want_grad, want_alpha=True, num_thread
 
 def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
                                 log_epsilon=-1e5, num_threads=None, exact=False):
-    """optax.ctc_loss_with_forward_probs on NumPy arrays.
+    """optax.ctc_loss_with_forward_probs on NumPy arrays, computed by fastctc's engine.
 
-    Returns (loss (B,), logalpha_blank (T, B, N+1), logalpha_nonblank (T, B, N)) in logits'
-    dtype (float32 or float64).  Paddings must hold 0.0/1.0 and labels be right-padded;
-    unpadded labels must lie in [0, K).  Any strides are read in place.
+    Parameters
+    ----------
+    logits : array_like, (B, T, K), float32 or float64
+        Unnormalised scores (the log_softmax is fused in).  Read in place through any
+        strides; only a class axis that is not contiguous is copied.
+    logit_paddings : array_like, (B, T)
+        1.0 where a frame is padding, 0.0 where it is real; padded frames may sit anywhere
+        (the forward state carries over them).
+    labels : array_like of int, (B, N)
+        Right-padded label ids; unpadded ones must lie in [0, K).
+    label_paddings : array_like, (B, N)
+        1.0 where a label is padding, 0.0 where it is real.
+    blank_id : int, default 0
+        The blank class, in [0, K).
+    log_epsilon : float, default -1e5
+        Stands in for log(0): impossible states hold it rather than -inf, so the loss of
+        labels that cannot fit is finite (about -log_epsilon).
+    num_threads : int or None, default None
+        Keyword-only.  Threads of this call (default: OMP_NUM_THREADS, else every core).
+    exact : bool, default False
+        Keyword-only.  Run optax's own recurrence operation for operation for every sequence
+        (scalar code, several times slower) instead of the SIMD engine.
 
-    States that no alignment reaches hold log_epsilon (optax: log_epsilon plus the frames'
-    log-probabilities so far); see the module docstring.  exact=True runs optax's own
-    recurrence operation for operation instead (scalar code, several times slower).
+    Returns
+    -------
+    loss : numpy.ndarray, (B,)
+        Per-sequence loss, in logits' dtype (so are the other two).
+    logalpha_blank : numpy.ndarray, (T, B, N+1)
+        Forward log-probabilities of the blank states; the last row includes the final
+        epsilon transition, as optax's does.
+    logalpha_nonblank : numpy.ndarray, (T, B, N)
+        Forward log-probabilities of the label states ((T, B, N), as optax 0.2.8's code
+        returns it, although its docstring says (T, B, N+1)).
+
+    Raises
+    ------
+    CTCTypeError
+        logits not float32/float64, labels not integers, paddings not real, blank_id not an
+        integer, log_epsilon not a real scalar, exact not a bool.
+    CTCValueError
+        Ranks or shapes that do not fit, T or K zero, blank_id outside [0, K), paddings
+        other than 0.0/1.0, labels not right-padded, an unpadded label outside [0, K), a
+        log_epsilon that is not finite.  The message names the argument, the index and
+        the value.
+
+    Notes
+    -----
+    Semantics are optax 0.2.8's.  States that no alignment reaches hold log_epsilon
+    (optax: log_epsilon plus the frames' log-probabilities so far); the rest agrees with
+    optax within rounding (docs/jax.md).  Sequences whose recurrence is not ordinary CTC
+    (log_epsilon above -100, paddings other than 0/1, labels that cannot fit) take optax's
+    literal recurrence; see the module docstring.
+
+    Examples
+    --------
+    Uniform scores over two classes, two frames, the label [1]: the loss is -log(3/4).
+
+    >>> import numpy as np
+    >>> import fastctc
+    >>> loss, blank, nonblank = fastctc.ctc_loss_with_forward_probs(
+    ...     np.zeros((1, 2, 2)), np.zeros((1, 2)), np.array([[1]]), np.zeros((1, 1)))
+    >>> print(np.round(loss, 4), blank.shape, nonblank.shape)
+    [0.2877] (2, 1, 2) (2, 1, 1)
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
@@ -154,7 +210,42 @@ def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, 
 
 def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, log_epsilon=-1e5,
                    *, num_threads=None, exact=False):
-    """optax.ctc_loss on NumPy arrays: the per-sequence loss (B,)."""
+    """optax.ctc_loss on NumPy arrays: the per-sequence loss (B,).
+
+    The loss of `ctc_loss_with_forward_probs`, without the forward probabilities.
+
+    Parameters
+    ----------
+    logits, logit_paddings, labels, label_paddings : array_like
+        Scores (B, T, K), frame paddings (B, T), label ids (B, N) and label paddings
+        (B, N), as for `ctc_loss_with_forward_probs`.
+    blank_id : int, default 0
+        The blank class, in [0, K).
+    log_epsilon : float, default -1e5
+        Stands in for log(0) (optax's convention).
+    num_threads : int or None, default None
+        Keyword-only.  Threads of this call.
+    exact : bool, default False
+        Keyword-only.  Run optax's literal recurrence (as for `ctc_loss_with_forward_probs`).
+
+    Returns
+    -------
+    numpy.ndarray, (B,)
+        Per-sequence loss, in logits' dtype.
+
+    Raises
+    ------
+    CTCTypeError, CTCValueError
+        As for `ctc_loss_with_forward_probs`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastctc
+    >>> loss = fastctc.optax_ctc_loss(np.zeros((1, 2, 2)), np.zeros((1, 2)), np.array([[1]]), np.zeros((1, 1)))
+    >>> print(np.round(loss, 4))
+    [0.2877]
+    """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
     exact = check_flag(exact, "exact")
@@ -163,11 +254,33 @@ def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, l
 
 def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0, log_epsilon=-1e5,
                   num_threads=None, check_values=True, exact=False):
-    """(loss (B,), d loss[b] / d logits[b] (B, T, K)): the gradient optax's loss has under
-    jax.grad (paddings held constant), from one forward and one backward pass.
+    """The loss and the gradient optax's loss has under jax.grad, in one call.
 
-    check_values=False skips the checks that read values; the driver stays in bounds
-    regardless (values optax would blend or ignore take optax's literal recurrence).
+    One forward and one backward pass; paddings are held constant.
+
+    Parameters
+    ----------
+    logits, logit_paddings, labels, label_paddings : array_like
+        The arrays `optax_ctc_loss` takes, with the same shapes and checks.
+    blank_id, log_epsilon, num_threads : optional
+        Keyword-only.  As for `optax_ctc_loss`.
+    check_values : bool, default True
+        Keyword-only.  False skips the checks that read values; the driver stays in bounds
+        regardless (values optax would blend or ignore take optax's literal recurrence).
+    exact : bool, default False
+        Keyword-only.  Run optax's literal recurrence (as for `ctc_loss_with_forward_probs`).
+
+    Returns
+    -------
+    loss : numpy.ndarray, (B,)
+        Per-sequence loss, in logits' dtype.
+    grad : numpy.ndarray, (B, T, K)
+        d loss[b] / d logits[b].
+
+    Raises
+    ------
+    CTCTypeError, CTCValueError
+        As for `ctc_loss_with_forward_probs`.
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,

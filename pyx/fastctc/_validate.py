@@ -19,26 +19,53 @@ INT32_MAX = 2**31 - 1
 
 
 class CTCValueError(ValueError):
-    """A value or shape is out of range (a ValueError)."""
+    """A value or shape is out of range (a ValueError).
+
+    Raised before any kernel runs.  The message names the argument, the offending index
+    and value, and the bound it broke.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastctc
+    >>> try:
+    ...     fastctc.ctc_loss(np.zeros((2, 1, 3)), [[5]], [2], [1])   # label 5, but C = 3
+    ... except fastctc.CTCValueError as exc:
+    ...     print(isinstance(exc, ValueError), "targets" in str(exc))
+    True True
+    """
 
 
 class CTCTypeError(TypeError):
-    """An argument has the wrong type or dtype (a TypeError)."""
+    """An argument has the wrong type or dtype (a TypeError).
+
+    Raised before any kernel runs; the message names the argument and the type or dtype
+    it was given.
+    """
 
 
 class CTCRuntimeError(RuntimeError):
-    """A run-time condition documented as RuntimeError by the API being matched."""
+    """A run-time condition documented as RuntimeError by the API being matched.
+
+    For example forced_align's "targets length is too long for CTC" (torchaudio raises
+    RuntimeError there), or a CUDA tensor when the GPU path is unavailable.
+    """
 
 
 class CTCValueRuntimeError(CTCValueError, CTCRuntimeError):
-    """A bad value or shape that the API being matched reports as RuntimeError (torch's
-    and torchaudio's C++ checks): `except ValueError` and `except RuntimeError` both
-    catch it."""
+    """A bad value or shape that the API being matched reports as RuntimeError.
+
+    torch's and torchaudio's checks made in C++ raise RuntimeError; fastctc's front ends
+    for them raise this class, so ``except ValueError`` and ``except RuntimeError`` both
+    catch it.
+    """
 
 
 class CTCTypeRuntimeError(CTCTypeError, CTCRuntimeError):
-    """A bad type or dtype that the API being matched reports as RuntimeError: `except
-    TypeError` and `except RuntimeError` both catch it."""
+    """A bad type or dtype that the API being matched reports as RuntimeError.
+
+    ``except TypeError`` and ``except RuntimeError`` both catch it.
+    """
 
 
 def as_runtime_error(exc: Exception) -> Exception:

@@ -43,6 +43,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from ._mindspore import CTCLossV2 as _NumpyCTCLossV2
+from ._mindspore import check_inputs
 from ._reduction import zero_infinite
 from ._validate import CTCTypeError, CTCValueError, check_dtype
 
@@ -104,8 +105,43 @@ def _infer_dtype(lp, tg, il, tl):
 class CTCLossV2(nn.Cell):
     """mindspore.ops.CTCLossV2 as a Cell computed by fastctc (see the module docstring).
 
-    blank: blank class index in [0, C); reduction: 'none' only (case-insensitive), as in
-    MindSpore; zero_infinity: bool; behaviour: 'documented' (default) or 'mindspore'."""
+    A differentiable Cell for PyNative and GRAPH mode: only d neg_log_likelihood flows back
+    (MindSpore's gradient convention, see the module docstring); log_alpha has no gradient.
+
+    Parameters
+    ----------
+    blank : int, default 0
+        The blank class index, in [0, C).
+    reduction : str, default 'none'
+        'none' only (case-insensitive), as in MindSpore.
+    zero_infinity : bool, default False
+        What happens to infinite losses depends on behaviour.
+    behaviour : {'documented', 'mindspore'}, default 'documented'
+        Keyword-only.  Where MindSpore's library and its documentation disagree:
+        'documented' sets infinite losses to 0 with zero_infinity (and zeroes their
+        gradient) and requires one dtype for targets and both lengths; 'mindspore' (what
+        MindSpore 2.10 does) keeps the loss at +inf with zero_infinity, only zeroing the
+        gradient, and accepts int32 and int64 mixed.
+
+    Raises
+    ------
+    CTCTypeError
+        blank not an int, reduction not a str, zero_infinity not a bool.
+    CTCValueError
+        A reduction other than 'none', a behaviour other than 'documented'/'mindspore'.
+
+    Examples
+    --------
+    >>> import mindspore as ms
+    >>> import numpy as np
+    >>> from fastctc.mindspore import CTCLossV2
+    >>> loss_fn = CTCLossV2(blank=0)
+    >>> log_probs = ms.Tensor(np.log(np.full((2, 1, 2), 0.5, dtype=np.float32)))   # (T, N, C)
+    >>> ints = [ms.Tensor(np.array(v, dtype=np.int32)) for v in ([[1]], [2], [1])]
+    >>> nll, log_alpha = loss_fn(log_probs, *ints)
+    >>> print(nll.asnumpy().round(4), log_alpha.shape)
+    [0.2877] (1, 2, 3)
+    """
 
     def __init__(self, blank=0, reduction="none", zero_infinity=False, *, behaviour="documented"):
         super().__init__()
@@ -140,6 +176,34 @@ class CTCLossV2(nn.Cell):
         return f"blank={self.blank}, reduction='none', zero_infinity={self.zero_infinity}, behaviour={self.behaviour!r}"
 
     def __call__(self, log_probs, targets, input_lengths, target_lengths):
+        """The per-sequence negative log-likelihood and the forward variables.
+
+        Parameters
+        ----------
+        log_probs : mindspore.Tensor, (T, N, C), float32 or float64
+            Used exactly as given; CPU tensors only.
+        targets : mindspore.Tensor, (N, S), int32 or int64
+            Padded targets; labels inside each target's length must lie in [0, C).
+        input_lengths : mindspore.Tensor, (N,), int32 or int64
+            Frames of each sequence, in [0, T].
+        target_lengths : mindspore.Tensor, (N,), int32 or int64
+            Labels of each target, in [0, min(input_lengths[n], S)].
+
+        Returns
+        -------
+        neg_log_likelihood : mindspore.Tensor, (N,)
+            In log_probs' dtype.
+        log_alpha : mindspore.Tensor, (N, T, 2S+1)
+            -inf past each sequence's lengths; no gradient flows through it.
+
+        Raises
+        ------
+        CTCTypeError, CTCValueError, CTCRuntimeError
+            MindSpore's documented errors with their documented builtin types, raised from
+            Python before anything runs (PyNative mode, or a top-level call in GRAPH mode).
+            Inside a compiled graph MindSpore reports the same message wrapped in its own
+            RuntimeError.
+        """
         self._validate(log_probs, targets, input_lengths, target_lengths)
         return super().__call__(log_probs, targets, input_lengths, target_lengths)
 
@@ -167,7 +231,7 @@ class CTCLossV2(nn.Cell):
             if tdt in (np.int32, np.int64):
                 il, tl = ([np.asarray(v).astype(tdt) if getattr(v, "dtype", None) in (np.int32, np.int64) else v
                            for v in (il, tl)])
-        self._checker.check(probe, tg, il, tl)
+        check_inputs(self.blank, probe, tg, il, tl)
 
 
 def _scale_grad(grad, dnll):

@@ -196,8 +196,73 @@ def _anticipated_weights(reduction, label_lengths, N, dtype):
 
 def ctc_loss(log_probs, labels, input_lengths, label_lengths, blank=0, reduction="mean",
              norm_by_times=False, zero_infinity=False, *, num_threads=None):
-    """paddle.nn.functional.ctc_loss computed by fastctc (same arguments, values and
-    gradients; see the module docstring).  num_threads (keyword-only) caps the CPU threads."""
+    """paddle.nn.functional.ctc_loss computed by fastctc: same arguments, values and gradients.
+
+    Paddle's CTC is warp-ctc: the first argument holds unnormalised scores and the softmax
+    is fused into the loss (see the module docstring for the rules kept from Paddle).
+
+    Parameters
+    ----------
+    log_probs : paddle.Tensor, (T, N, C), float32 or float64
+        Unnormalised scores (despite the name, as in Paddle), time-major, on the CPU.
+    labels : paddle.Tensor, (N, S), int32
+        Padded labels; inside label_length they must lie in [0, C) and differ from blank.
+    input_lengths : paddle.Tensor, (N,), int64
+        Frames of each sequence, in [0, T].
+    label_lengths : paddle.Tensor, (N,), int64
+        Labels of each target, in [0, S].
+    blank : int, default 0
+        The blank class, in [0, C).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'mean' divides each loss by its label_length (no clamp: a zero label_length gives
+        inf or nan, as in Paddle) and averages; 'sum' adds; 'none' returns (N,).
+    norm_by_times : bool, default False
+        Divide each sequence's gradient (not its loss) by its input_length.
+    zero_infinity : bool, default False
+        Turn +inf losses into 0 (after warp-ctc's rule, only an empty input with an
+        empty target has one).
+    num_threads : int or None, default None
+        Keyword-only.  Caps the CPU threads of this call.
+
+    Returns
+    -------
+    paddle.Tensor
+        (N,) for reduction='none', else the reduced loss; log_probs' dtype.
+        Differentiable with respect to log_probs.  A target that cannot fit its input
+        (label_length + repeated neighbours > input_length) has loss 0 and a zero
+        gradient (warp-ctc's rule).
+
+    Raises
+    ------
+    ValueError
+        As in Paddle: a bad blank, rank, batch size, label_lengths > S
+        (fastctc.CTCValueError); labels not int32 or lengths not int64
+        (PaddleDtypeValueError, also a CTCTypeError).  Where Paddle crashes or returns
+        meaningless numbers: input_lengths outside [0, T], negative lengths, labels
+        outside [0, C) or equal to blank, a reduction other than 'none'/'mean'/'sum'.
+    RuntimeError
+        log_probs not float32/float64 (PaddleDtypeRuntimeError, also a CTCTypeError);
+        log_probs not on the CPU, or a static-graph call (fastctc.CTCRuntimeError).
+    CTCTypeError
+        An argument that is not a paddle.Tensor; norm_by_times, zero_infinity or
+        num_threads of the wrong type.
+
+    Examples
+    --------
+    >>> import paddle
+    >>> from fastctc.paddle import ctc_loss
+    >>> logits = paddle.zeros([2, 1, 2], dtype="float64")       # (T, N, C), uniform
+    >>> logits.stop_gradient = False
+    >>> labels = paddle.to_tensor([[1]], dtype="int32")
+    >>> lengths = paddle.to_tensor([2], dtype="int64"), paddle.to_tensor([1], dtype="int64")
+    >>> loss = ctc_loss(logits, labels, *lengths, reduction="sum")
+    >>> loss.backward()
+    >>> print(round(float(loss), 4))
+    0.2877
+    >>> print(logits.grad.numpy()[:, 0].round(4))              # softmax - occupancy
+    [[ 0.1667 -0.1667]
+     [ 0.1667 -0.1667]]
+    """
     norm_by_times = check_flag(norm_by_times, "norm_by_times")
     zero_infinity = check_flag(zero_infinity, "zero_infinity")
     num_threads = check_num_threads(num_threads)
@@ -228,8 +293,28 @@ def ctc_loss(log_probs, labels, input_lengths, label_lengths, blank=0, reduction
 
 
 class CTCLoss(paddle.nn.Layer):
-    """paddle.nn.CTCLoss computed by fastctc: CTCLoss(blank=0, reduction='mean', zero_infinity=False),
-    called as loss(log_probs, labels, input_lengths, label_lengths, norm_by_times=False)."""
+    """paddle.nn.CTCLoss computed by fastctc: a Layer whose forward is `ctc_loss`.
+
+    Called as ``loss(log_probs, labels, input_lengths, label_lengths, norm_by_times=False)``.
+
+    Parameters
+    ----------
+    blank : int, default 0
+        The blank class, in [0, C) (checked at call time).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As for `ctc_loss`.
+    zero_infinity : bool, default False
+        As for `ctc_loss`.
+    num_threads : int or None, default None
+        Keyword-only.  Caps the CPU threads of each call.
+
+    Raises
+    ------
+    CTCValueError
+        A reduction other than 'none', 'mean' or 'sum'.
+    CTCTypeError
+        zero_infinity or num_threads of the wrong type.
+    """
 
     def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False,
                  *, num_threads=None):
@@ -244,6 +329,26 @@ class CTCLoss(paddle.nn.Layer):
         return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}"
 
     def forward(self, log_probs, labels, input_lengths, label_lengths, norm_by_times=False):
+        """The loss of a batch, as `ctc_loss` computes it with this layer's options.
+
+        Parameters
+        ----------
+        log_probs : paddle.Tensor, (T, N, C), float32 or float64
+            As for `ctc_loss`.
+        labels : paddle.Tensor, (N, S), int32
+            As for `ctc_loss`.
+        input_lengths : paddle.Tensor, (N,), int64
+            As for `ctc_loss`.
+        label_lengths : paddle.Tensor, (N,), int64
+            As for `ctc_loss`.
+        norm_by_times : bool, default False
+            As for `ctc_loss`.
+
+        Returns
+        -------
+        paddle.Tensor
+            As `ctc_loss` returns it.
+        """
         return ctc_loss(log_probs, labels, input_lengths, label_lengths, self.blank, self.reduction,
                         norm_by_times=norm_by_times, zero_infinity=self.zero_infinity,
                         num_threads=self.num_threads)

@@ -95,7 +95,23 @@ def _cpu_ints(x, name):
 
 
 def gpu_status():
-    """(available, reason): whether CUDA tensors can be handled, and why not if they cannot."""
+    """Whether CUDA tensors can be handled, and why not if they cannot.
+
+    Returns
+    -------
+    available : bool
+        True when fastctc's GPU path can compute on CUDA tensors here.
+    reason : str
+        Empty when available; otherwise why not (the GPU path is not part of this build,
+        no driver or device, its status check failed).
+
+    Examples
+    --------
+    >>> from fastctc.torch import gpu_status
+    >>> available, reason = gpu_status()
+    >>> available == (reason == "")
+    True
+    """
     try:
         from . import _cuda
     except ImportError as exc:
@@ -245,43 +261,28 @@ class _NoSecondDerivative(torch.autograd.Function):
         raise RuntimeError(_NO_SECOND_DERIVATIVE)
 
 
-def _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank):
-    """(Batch, blank, acts dtype is the input's) for the common CPU call, or None: float32/
-    float64 CPU log_probs with CPU integer tensors, every value valid.  Kept to a handful
-    of attribute reads; anything else, valid or not, is left to _validate."""
-    if not log_probs.is_cpu or type(targets) is not torch.Tensor or type(input_lengths) is not torch.Tensor \
-            or type(target_lengths) is not torch.Tensor:
-        return None
-    dtype = log_probs.dtype
-    if dtype is not torch.float32 and dtype is not torch.float64:
-        return None
-    try:
-        return _fast.prepare(log_probs.detach().numpy(), targets.numpy(), input_lengths.numpy(),
-                             target_lengths.numpy(), blank)
-    except Exception:  # a device or a grad-requiring index tensor: the general path says what is wrong
-        return None
-
-
 def _forward(log_probs, args, want_grad):
     """The eager computation: (loss tensor, gradient rows already weighted by the
     reduction (like log_probs) or None).  args: (targets, input_lengths, target_lengths,
-    blank, reduction, zero_infinity, from_logits, num_threads)."""
+    blank, reduction, zero_infinity, from_logits, num_threads).
+
+    The common call (float32/float64 CPU log_probs, CPU integer tensors, every value valid)
+    is one compiled call on the tensors' NumPy views (_fast.ctc_call: check, engine,
+    reduction); anything else, valid or not, takes the general path, which says what is wrong."""
     targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
-    checked = _fast_cpu_batch(log_probs, targets, input_lengths, target_lengths, blank)
-    if checked is None:  # the general path: any device, dtype or input form, and every error
-        return _forward_general(log_probs, args, want_grad)
-    batch, blank = checked
-    # unit weights (None) unless 'mean' weighs the gradient rows
-    weights = _fast.grad_weights(batch.label_lengths, reduction) if want_grad and reduction == "mean" else None
-    costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights,
-                                 num_threads=num_threads)
-    loss = torch.from_numpy(_fast.reduce(costs, batch.label_lengths, reduction, zero_infinity))
-    if batch.unbatched:
-        if reduction == "none":
-            loss = loss.reshape(())
-        if grad is not None:
-            grad = grad[:, 0, :]
-    return loss, (None if grad is None else torch.from_numpy(grad))
+    if (log_probs.is_cpu and type(targets) is torch.Tensor and type(input_lengths) is torch.Tensor
+            and type(target_lengths) is torch.Tensor
+            and (log_probs.dtype is torch.float32 or log_probs.dtype is torch.float64)):
+        try:
+            views = (log_probs.detach().numpy(), targets.numpy(), input_lengths.numpy(), target_lengths.numpy())
+        except Exception:  # a device or a grad-requiring index tensor: the general path says what is wrong
+            views = None
+        if views is not None:
+            done = _fast.ctc_call(*views, blank, reduction, zero_infinity, from_logits, want_grad, num_threads)
+            if done is not None:
+                loss, grad = done
+                return torch.from_numpy(loss), (None if grad is None else torch.from_numpy(grad))
+    return _forward_general(log_probs, args, want_grad)
 
 
 def _forward_general(log_probs, args, want_grad):
@@ -436,9 +437,75 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
              zero_infinity=False, *, from_logits=False, num_threads=None):
     """torch.nn.functional.ctc_loss, computed by fastctc (autograd-aware, torch.compile-able).
 
-    Extra keyword-only options: from_logits=True reads log_probs as unnormalised scores and
-    fuses the log_softmax (the gradient is then d loss / d logits; on large alphabets this
-    saves the whole log_softmax backward); num_threads caps the CPU threads of this call.
+    Same arguments, input forms, reductions and forward values as PyTorch's function.
+
+    Parameters
+    ----------
+    log_probs : torch.Tensor, (T, N, C) or unbatched (T, C)
+        Log-probabilities (unnormalised scores with from_logits=True); float32 and float64
+        are computed as given, float16 and bfloat16 in float32.  CPU tensors are read in
+        place; CUDA tensors go to the GPU path when it is available.
+    targets : torch.Tensor or sequence of int, (N, S) or (sum(target_lengths),)
+        Padded or concatenated targets (unbatched: 1-D holds exactly target_length labels,
+        (1, S) is padded).
+    input_lengths : torch.Tensor or sequence of int, (N,)
+        Frames of each sequence, in [0, T] (tensors, tuples or lists; a scalar unbatched).
+    target_lengths : torch.Tensor or sequence of int, (N,)
+        Labels of each target; same forms as input_lengths.
+    blank : int, default 0
+        The blank class, in [0, C).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        'none': the (N,) losses; 'sum'; 'mean': each loss divided by max(target_length, 1),
+        then averaged.
+    zero_infinity : bool, default False
+        Turn infinite losses (targets that cannot fit) into 0.
+    from_logits : bool, default False
+        Keyword-only.  Read log_probs as unnormalised scores and fuse the log_softmax; the
+        gradient is then d loss / d logits (on large alphabets this saves the whole
+        log_softmax backward).
+    num_threads : int or None, default None
+        Keyword-only.  Caps the CPU threads of this call (default: OMP_NUM_THREADS, else
+        every core).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss: (N,) for reduction='none' (0-d unbatched), 0-d otherwise; float32 for
+        half inputs, else log_probs' dtype; on log_probs' device.  Differentiable with
+        respect to log_probs (once: a double backward raises RuntimeError, as PyTorch's).
+
+    Raises
+    ------
+    CTCValueRuntimeError
+        A bad shape, length, label or blank (a ValueError and a RuntimeError, the class
+        PyTorch raises), or empty log_probs.
+    CTCTypeRuntimeError
+        A dtype not accepted (a TypeError and a RuntimeError).
+    CTCTypeError, CTCValueError
+        A reduction, zero_infinity, from_logits or num_threads of the wrong type or value.
+    CTCRuntimeError
+        log_probs on a device other than CPU and CUDA, or a CUDA tensor when the GPU path
+        is unavailable (the message says why).
+
+    Notes
+    -----
+    The gradient is the true derivative d loss / d log_probs, so torch.autograd.gradcheck
+    passes in float64.  PyTorch's own CTC backward returns that plus exp(log_probs) (it
+    assumes normalised inputs); after a log_softmax both give the same gradient with
+    respect to the logits.  Infinite losses have zero gradient rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastctc.torch import ctc_loss
+    >>> log_probs = torch.full((2, 1, 2), 0.5, dtype=torch.float64).log().requires_grad_()
+    >>> loss = ctc_loss(log_probs, torch.tensor([[1]]), torch.tensor([2]), torch.tensor([1]))
+    >>> loss.backward()
+    >>> print(round(loss.item(), 4))
+    0.2877
+    >>> print(log_probs.grad[:, 0].numpy().round(4))
+    [[-0.3333 -0.6667]
+     [-0.3333 -0.6667]]
     """
     if (type(reduction) is not str or reduction not in _REDUCTIONS or type(zero_infinity) is not bool
             or type(from_logits) is not bool or num_threads is not None):
@@ -455,7 +522,35 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
 
 
 class CTCLoss(torch.nn.Module):
-    """torch.nn.CTCLoss, computed by fastctc: CTCLoss(blank=0, reduction='mean', zero_infinity=False)."""
+    """torch.nn.CTCLoss, computed by fastctc.
+
+    A module whose forward is `ctc_loss` with the options given here.
+
+    Parameters
+    ----------
+    blank : int, default 0
+        The blank class, in [0, C) (checked at call time, when C is known).
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        As for `ctc_loss`.
+    zero_infinity : bool, default False
+        Turn infinite losses (targets that cannot fit) into 0.
+
+    Raises
+    ------
+    CTCTypeError, CTCValueError
+        A reduction or zero_infinity of the wrong type or value.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastctc.torch import CTCLoss
+    >>> loss_fn = CTCLoss(reduction="sum")
+    >>> loss_fn
+    CTCLoss(blank=0, reduction='sum', zero_infinity=False)
+    >>> log_probs = torch.full((2, 1, 2), 0.5).log()
+    >>> print(round(loss_fn(log_probs, torch.tensor([[1]]), torch.tensor([2]), torch.tensor([1])).item(), 4))
+    0.2877
+    """
 
     def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False):
         super().__init__()
@@ -467,5 +562,23 @@ class CTCLoss(torch.nn.Module):
         return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}"
 
     def forward(self, log_probs, targets, input_lengths, target_lengths):
+        """The loss of a batch, as `ctc_loss` computes it with this module's options.
+
+        Parameters
+        ----------
+        log_probs : torch.Tensor, (T, N, C) or unbatched (T, C)
+            As for `ctc_loss`.
+        targets : torch.Tensor or sequence of int, (N, S) or (sum(target_lengths),)
+            As for `ctc_loss`.
+        input_lengths : torch.Tensor or sequence of int, (N,)
+            As for `ctc_loss`.
+        target_lengths : torch.Tensor or sequence of int, (N,)
+            As for `ctc_loss`.
+
+        Returns
+        -------
+        torch.Tensor
+            As `ctc_loss` returns it.
+        """
         return ctc_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
                         self.zero_infinity)

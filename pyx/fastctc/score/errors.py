@@ -13,18 +13,35 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); rerun the same command to resume
 
 
 class UsageError(Exception):
-    """A problem with the command as a whole (exit status 2): bad option, unreadable
-    manifest or vocab, unusable or locked OUT.  Per-item problems never raise this."""
+    """A problem with the command as a whole (exit status 2, EXIT_USAGE).
+
+    A bad option, an unreadable manifest or vocab, an unusable or locked OUT; raised
+    before the run scores anything.  Per-item problems never raise this.
+    """
 
 
 class OutputError(Exception):
-    """Writing OUT failed after scoring began (exit status 3).  Every row written before
-    the failure is complete in OUT, so a rerun after the cause is fixed resumes."""
+    """Writing OUT failed after scoring began (exit status 3, EXIT_OUTPUT).
+
+    Every row written before the failure is complete in OUT, so a rerun after the cause is
+    fixed resumes.
+    """
 
 
 class ItemError(Exception):
-    """A problem with one item: it becomes a row whose `error` column holds the message.
-    `frames` / `tokens` / `arr` may carry what was learnt before the problem."""
+    """A problem with one item: it becomes a row whose ``error`` column holds the message.
+
+    ``frames`` / ``tokens`` may carry what was learnt before the problem.
+
+    Parameters
+    ----------
+    message : str
+        Why the item could not be scored.
+    frames : int or None, default None
+        The item's frame count, when known.
+    tokens : int or None, default None
+        The transcript's length in tokens, when known.
+    """
 
     def __init__(self, message, frames=None, tokens=None):
         super().__init__(message)

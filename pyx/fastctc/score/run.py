@@ -45,7 +45,59 @@ RANK_KEYS = ("nll_per_frame", "nll_per_token", "nll", "cer", "wer")
 
 @dataclasses.dataclass
 class ScoreOptions:
-    """Everything `fastctc score` / `fastctc align` takes (the command line's options)."""
+    """Everything `fastctc score` / `fastctc align` takes (the command line's options).
+
+    One field per command-line option, with the same name (``-`` written as ``_``); the
+    defaults are the command's.  `run_score` checks them (a bad value is a UsageError).
+
+    Parameters
+    ----------
+    manifest : str
+        MANIFEST: JSONL (or Parquet, with pyarrow), one item per row with ``id``,
+        ``emissions`` (a ``.npy`` file or ``file.npz:key``, relative to the manifest's
+        folder) and ``text`` or ``tokens``.
+    vocab : str
+        VOCAB: one symbol per line; line i is class i, the blank's line included.
+    out : str
+        OUT: ``.jsonl``, ``.csv`` or ``.parquet`` (the extension picks the format).
+    command : str, default 'score'
+        "score" or "align": the label of messages and summary.
+    blank : int, default 0
+        The blank class, in [0, number of symbols).
+    from_logits : bool, default False
+        The emissions are unnormalised scores (log_softmax applied inside the engine),
+        not log-probabilities.
+    batch_size : int, default 256
+        Items per engine batch (>= 1); inside a window items are sorted by frame count.
+    chunk_size : int, default 4096
+        Items per window read from the manifest and appended to OUT in one write (>= 1).
+    threads : int or None, default None
+        CPU cores to use (>= 1); None: all cores or OMP_NUM_THREADS.
+    jobs : int or None, default None
+        Worker processes (Linux, >= 1); None: one per core (or ``threads``).  1 scores in
+        the calling process.
+    device : {'cpu', 'cuda'}, default 'cpu'
+        'cuda': the loss through fastctc.torch on CUDA tensors (a usage error when no GPU
+        is usable).
+    align : bool, default False
+        Add the ``spans`` column (token spans on the best path), as ``fastctc align``.
+    decode : {None, 'greedy'}, default None
+        'greedy' adds the ``hypothesis``, ``cer`` and ``wer`` columns.
+    compare_raw : bool, default False
+        cer/wer on the strings as they are (no whitespace normalisation); needs
+        decode='greedy'.
+    dask : str or None, default None
+        A dask.distributed scheduler address, or ``local:N`` for a LocalCluster of N
+        workers; None runs locally.
+    shard_size : int, default 2000
+        Manifest items per Dask task (>= 1).
+    quiet : bool, default False
+        No progress bar, no summary.
+    worst : int, default 10
+        How many worst-scoring items the summary lists (>= 0).
+    rank_by : {'nll_per_frame', 'nll_per_token', 'nll', 'cer', 'wer'}, default 'nll_per_frame'
+        The summary's ranking column; cer and wer need decode='greedy'.
+    """
     manifest: str
     vocab: str
     out: str
@@ -567,6 +619,57 @@ def _run_dask(o: ScoreOptions, scorer, shards, base, parts_dir, progress):
 # --------------------------------------------------------------------------- driver
 
 def run_score(o: ScoreOptions, stdout=None, stderr=None) -> int:
+    """Scores every item of o.manifest missing from o.out; what `fastctc score` runs.
+
+    A run killed at any point resumes where it stopped: the rows OUT holds are kept and
+    only the missing items are scored.  Bad items become rows with ``error`` set.
+
+    Parameters
+    ----------
+    o : ScoreOptions
+        The command's options.
+    stdout : file-like or None, default None
+        Where the summary goes (default: sys.stdout).
+    stderr : file-like or None, default None
+        Where the progress bar and warnings go (default: sys.stderr); the bar is drawn
+        only when it is a terminal.
+
+    Returns
+    -------
+    int
+        The exit status: EXIT_OK (0) when every item was scored, EXIT_ITEMS_FAILED (1)
+        when some rows carry ``error``.
+
+    Raises
+    ------
+    UsageError
+        Exit status 2, before this run scored anything: a bad option, an unreadable
+        manifest or vocab, a malformed manifest row or duplicate id, OUT unusable, one of
+        the inputs, or locked by another run.
+    OutputError
+        Exit status 3: writing OUT failed mid-run (disk full, I/O error); the rows written
+        are kept, and a rerun resumes.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> import numpy as np
+    >>> from fastctc.score import ScoreOptions, run_score
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = lambda name: os.path.join(tmp.name, name)
+    >>> np.save(path("a.npy"), np.log(np.full((2, 2), 0.5)))      # (T, C) log-probabilities
+    >>> with open(path("vocab.txt"), "w") as f:                     # class 0: blank, class 1: "x"
+    ...     _ = f.write("<blank>\\nx\\n")
+    >>> with open(path("manifest.jsonl"), "w") as f:
+    ...     _ = f.write(json.dumps({"id": "a", "emissions": "a.npy", "text": "x"}) + "\\n")
+    >>> run_score(ScoreOptions(path("manifest.jsonl"), path("vocab.txt"), path("out.jsonl"), quiet=True))
+    0
+    >>> with open(path("out.jsonl")) as f:
+    ...     row = json.loads(f.readline())
+    >>> print(row["id"], round(row["nll"], 4), row["frames"], row["tokens"])
+    a 0.2877 2 1
+    >>> tmp.cleanup()
+    """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     symbols = load_vocab(o.vocab)
