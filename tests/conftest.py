@@ -1,10 +1,13 @@
-"""Shared pytest fixtures: run every test module at each SIMD level this machine has.
+"""Shared pytest fixtures and the machine's tools.
 
 `simd_level` is parametrised over fastctc's supported levels; tests that take it run
 once per level, with the level forced through fastctc._core.set_simd_level and restored
-afterwards, so no kernel set can rot unnoticed.
+afterwards, so no kernel set can rot unnoticed.  C_COMPILERS / CXX_COMPILERS (and the
+needs_cc / needs_cxx marks) are the compilers the C tests build with, found once here.
+Random inputs and float64 references live in reference.py.
 """
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -30,7 +33,32 @@ def rng():
     return np.random.default_rng(12345)
 
 
-def random_log_probs(rng, T, N, C, dtype=np.float64, scale=2.0):
-    x = rng.normal(size=(T, N, C)) * scale
-    x = x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
-    return x.astype(dtype)
+def find_compilers(names):
+    """The installed compilers among names, one per real executable (gcc and cc are
+    often the same program), in the order given."""
+    found, seen = [], set()
+    for name in names:
+        path = shutil.which(name)
+        if path and os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            found.append(name)
+    return found
+
+
+C_COMPILERS = find_compilers(["gcc", "clang"]) or find_compilers(["cc"])
+CXX_COMPILERS = find_compilers(["g++", "clang++"]) or find_compilers(["c++"])
+needs_cc = pytest.mark.skipif(not C_COMPILERS, reason="no C compiler (gcc, clang or cc) on PATH")
+needs_cxx = pytest.mark.skipif(not CXX_COMPILERS, reason="no C++ compiler (g++, clang++ or c++) on PATH")
+
+
+@pytest.fixture(scope="module")
+def jax_x64():
+    """float64 JAX for this module, set globally: the thread-local `jax.enable_x64(True)`
+    context is not seen by the thread that may run a pure_callback, which then
+    canonicalises the float64 operands to float32 (a JAX behaviour, see the report)."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield jax
+    jax.config.update("jax_enable_x64", before)

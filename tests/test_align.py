@@ -9,15 +9,14 @@ References written here, sharing no code with the engine:
     what torchaudio's own band keeps; both must agree with the engine;
   * brute force over every state sequence for tiny cases (maximum, posteriors).
 """
-import os
-import shutil
+import itertools
 import subprocess
-import sysconfig
 
 import fastctc
 import numpy as np
 import pytest
 import reference as ref
+from conftest import C_COMPILERS, needs_cc
 from fastctc import CTCRuntimeError, CTCTypeError, CTCValueError
 
 NEG_INF = -np.inf
@@ -111,11 +110,6 @@ def all_state_paths(T, ext):
     return out
 
 
-def random_lp(rng, shape, dtype=np.float64, scale=2.0):
-    x = rng.normal(size=shape) * scale
-    return ref.log_softmax(x).astype(dtype)
-
-
 def random_targets(rng, B, L, C, blank, repeat_prob=0.3):
     choices = [c for c in range(C) if c != blank]
     tg = rng.choice(choices, size=(B, L))
@@ -141,7 +135,7 @@ def test_brute_force_maximum_and_collapse(rng, simd_level):
         labels = random_targets(rng, 1, L, C, blank)[0]
         if T < L + repeats(list(labels)):
             continue
-        lp = random_lp(rng, (1, T, C))
+        lp = ref.random_log_probs(rng, 1, T, C)
         paths, scores = fastctc.forced_align(lp, labels[None, :], blank=blank)
         ext = _ext(labels, blank)
         best = max(sum(lp[0, t, ext[s]] for t, s in enumerate(p)) for p in all_state_paths(T, ext))
@@ -162,7 +156,7 @@ def test_matches_reference_paths_exactly(rng, simd_level, dtype):
         labels = labels[:max(L, 0)]
         if T < len(labels) + repeats(list(labels)):
             continue
-        lp = random_lp(rng, (1, T, C), dtype)
+        lp = ref.random_log_probs(rng, 1, T, C, dtype=dtype)
         paths, scores = fastctc.forced_align(lp, labels[None, :].astype(np.int64), blank=blank)
         assert paths.dtype == np.int64 and scores.dtype == dtype
         want_path, want_scores = viterbi_ref(lp[0], labels, blank)
@@ -222,7 +216,7 @@ def test_end_state_tie_prefers_last_label():
 def test_batched_equals_per_item_and_padding(rng, simd_level):
     B, T, C, Lmax = 7, 20, 6, 6
     for dtype in (np.float32, np.float64):
-        lp = random_lp(rng, (B, T, C), dtype)
+        lp = ref.random_log_probs(rng, B, T, C, dtype=dtype)
         tg = random_targets(rng, B, Lmax, C, 2).astype(np.int32)
         tl = rng.integers(0, Lmax + 1, size=B)
         il = np.array([int(rng.integers(tl[b] + repeats(list(tg[b, :tl[b]])), T + 1)) for b in range(B)])
@@ -282,9 +276,9 @@ def test_errors():
         fastctc.forced_align(lp, np.array([[1, 1, 2, 2]]))
     with pytest.raises(RuntimeError, match=r"sequence 1.*input_lengths\[1\] must be >= 2"):
         fastctc.forced_align(np.concatenate([lp, lp]), np.array([[1, 2], [1, 2]]), [5, 1])
-    with pytest.raises(CTCValueError, match=r"log_probs must be 3-D"):
+    with pytest.raises(CTCValueError, match=r"log_probs must have rank 3"):
         fastctc.forced_align(lp[0], tg)
-    with pytest.raises(CTCValueError, match=r"targets must be 2-D"):
+    with pytest.raises(CTCValueError, match=r"targets must have rank 2"):
         fastctc.forced_align(lp, tg[0])
     with pytest.raises(CTCValueError, match=r"B = 1"):
         fastctc.forced_align(lp, np.array([[1, 2], [1, 2]]))
@@ -300,12 +294,52 @@ def test_errors():
         fastctc.forced_align(lp, tg, [6])
     with pytest.raises(CTCValueError, match=r"target_lengths\[0\] = 3 is outside \[0, 2\]"):
         fastctc.forced_align(lp, tg, None, [3])
-    with pytest.raises(CTCValueError, match=r"input_lengths must be 1-D"):
+    with pytest.raises(CTCValueError, match=r"input_lengths must have rank 1"):
         fastctc.forced_align(lp, tg, [[5]])
     with pytest.raises(CTCValueError, match=r"at least one class"):
         fastctc.forced_align(np.zeros((1, 5, 0)), np.zeros((1, 0), np.int64))
     with pytest.raises(CTCValueError, match=r"num_threads"):
         fastctc.forced_align(lp, tg, num_threads=0)
+
+
+def test_batched_brute_force_with_ties_and_posteriors(rng):
+    """Random batches with lengths, many ties (rounded log-probs), infeasible targets
+    (RuntimeError): the best path against enumeration of every path, and the posteriors
+    of the same problems against the reference occupancy."""
+    checked = 0
+    for _ in range(60):
+        B, T, C, L = int(rng.integers(1, 3)), int(rng.integers(1, 6)), int(rng.integers(2, 4)), int(rng.integers(0, 3))
+        blank = int(rng.integers(0, C))
+        dtype = [np.float32, np.float64][int(rng.integers(2))]
+        lp = np.log(rng.dirichlet(np.ones(C), size=(B, T)))
+        if rng.random() < 0.3:
+            lp = np.round(lp)  # many ties
+        lp = lp.astype(dtype)
+        tg = rng.integers(0, C - 1, size=(B, L))
+        tg = np.where(tg >= blank, tg + 1, tg)
+        il, tl = rng.integers(0, T + 1, size=B), rng.integers(0, L + 1, size=B)
+        repeats = [sum(tg[b, i] == tg[b, i - 1] for i in range(1, tl[b])) for b in range(B)]
+        if any(il[b] < tl[b] + repeats[b] for b in range(B)):
+            with pytest.raises(RuntimeError, match="targets length is too long for CTC"):
+                fastctc.forced_align(lp, tg, il, tl, blank=blank)
+            continue
+        paths, scores = fastctc.forced_align(lp, tg, il, tl, blank=blank)
+        assert paths.shape == scores.shape == (B, T) and scores.dtype == dtype
+        post = fastctc.ctc_posteriors(lp.transpose(1, 0, 2), tg, il, tl, blank=blank)
+        for b in range(B):
+            n = int(il[b])
+            best = max((sum(float(lp[b, t, c]) for t, c in enumerate(p))
+                        for p in itertools.product(range(C), repeat=n)
+                        if ref.collapse(p, blank) == list(tg[b, : tl[b]])), default=-np.inf)
+            assert ref.collapse(paths[b, :n], blank) == list(tg[b, : tl[b]])
+            np.testing.assert_allclose(scores[b, :n], lp[b, np.arange(n), paths[b, :n]])
+            np.testing.assert_allclose(scores[b].astype(np.float64).sum(), best, rtol=1e-5, atol=1e-5)
+            assert (paths[b, n:] == blank).all() and not scores[b, n:].any()
+            want = np.zeros((T, C))
+            want[:n] = ref.occupancy(lp[b, :n].astype(np.float64), tg[b, : tl[b]], blank)
+            np.testing.assert_allclose(post[:, b], want, atol=1e-5)
+            checked += 1
+    assert checked > 20
 
 
 # ------------------------------------------------------------------ merge_tokens
@@ -339,7 +373,7 @@ def test_merge_tokens(rng):
         assert [g[:3] for g in got] == [w[:3] for w in want]
         np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], rtol=1e-12)
     # spans of a real alignment reproduce the target
-    lp = random_lp(rng, (1, 12, 5))
+    lp = ref.random_log_probs(rng, 1, 12, 5)
     paths, scores = fastctc.forced_align(lp, np.array([[1, 3, 3, 2]]))
     spans = fastctc.merge_tokens(paths[0], scores[0])
     assert [s.token for s in spans] == [1, 3, 3, 2]
@@ -361,7 +395,7 @@ def test_posteriors_brute_force_and_sum(rng, simd_level):
         labels = random_targets(rng, 1, L, C, 0)[0]
         if T < L + repeats(list(labels)):
             continue
-        lp = random_lp(rng, (T, C))
+        lp = ref.random_log_probs(rng, T, C)
         post = fastctc.ctc_posteriors(lp, labels, T, L)
         ext = _ext(labels, 0)
         want = np.zeros((T, C))
@@ -375,7 +409,7 @@ def test_posteriors_brute_force_and_sum(rng, simd_level):
 
 def test_posteriors_batch_properties_and_finite_differences(rng, simd_level):
     T, N, C = 9, 4, 5
-    lp = random_lp(rng, (T, N, C))
+    lp = ref.random_log_probs(rng, T, N, C)
     tg = random_targets(rng, N, 3, C, 0)
     il = np.array([9, 7, 2, 5])
     tl = np.array([3, 2, 3, 0])  # sequence 2 cannot fit (needs >= 3 frames)
@@ -476,15 +510,9 @@ int main(void) {
 """
 
 
-def _compiler():
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    exe = cc.split()[0]
-    return cc.split() if shutil.which(exe) else None
-
-
-@pytest.mark.skipif(_compiler() is None, reason="no C compiler on PATH")
+@needs_cc
 def test_c_api(tmp_path, rng):
-    cc = _compiler()
+    cc = C_COMPILERS[:1]
     src = tmp_path / "align_api.c"
     src.write_text(C_PROGRAM)
     exe = tmp_path / "align_api"
@@ -497,7 +525,7 @@ def test_c_api(tmp_path, rng):
                              capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     T, N, C, blank = 11, 3, 5, 1
-    lp = random_lp(rng, (N, T, C))
+    lp = ref.random_log_probs(rng, N, T, C)
     tg = random_targets(rng, N, 4, C, blank)
     il, tl = [11, 8, 6], [4, 3, 2]
     lines = [f"{T} {N} {C} {blank}"] + [f"{a} {b}" for a, b in zip(il, tl)]

@@ -16,7 +16,6 @@ ThreadSanitizer for the concurrency test) when the compiler can build them:
 Everything is skipped, with the reason, when no C compiler is installed.
 """
 import os
-import shutil
 import subprocess
 
 import fastctc
@@ -24,6 +23,7 @@ import numpy as np
 import published
 import pytest
 import reference as ref
+from conftest import C_COMPILERS, CXX_COMPILERS, needs_cc, needs_cxx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CDIR = os.path.join(ROOT, "tests", "c")
@@ -31,23 +31,6 @@ STRICT_C = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 STRICT_CXX = ["-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZE = ["-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
-
-
-def _find(names):
-    """Installed compilers among names, one per real executable."""
-    found, seen = [], set()
-    for name in names:
-        path = shutil.which(name)
-        if path and os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            found.append(name)
-    return found
-
-
-C_COMPILERS = _find(["gcc", "clang"]) or _find(["cc"])
-CXX_COMPILERS = _find(["g++", "clang++"]) or _find(["c++"])
-needs_cc = pytest.mark.skipif(not C_COMPILERS, reason="no C compiler (gcc, clang or cc) on PATH")
-needs_cxx = pytest.mark.skipif(not CXX_COMPILERS, reason="no C++ compiler (g++, clang++ or c++) on PATH")
 
 
 class Builder:
@@ -191,8 +174,7 @@ def _random_problem(rng, T, N, C, blank, want_infeasible=True):
     ll = rng.integers(0, max(1, T // 2) + 1, size=N)
     labels = []
     for n in range(N):
-        lab = rng.integers(0, C, size=ll[n])
-        lab = np.where(lab == blank, (blank + 1) % C, lab)
+        lab = ref.random_labels(rng, ll[n], C, blank)
         if n == 1 and ll[n] >= 2:
             lab[1] = lab[0]  # a repeat (needs a blank between)
         labels.append(lab)

@@ -21,8 +21,8 @@ import subprocess
 import fastctc
 import numpy as np
 import pytest
-from conftest import random_log_probs
 from fastctc import _cuda, _cuda_build
+from reference import random_case
 from test_gpu_emulation import ref_log_alpha
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
@@ -253,19 +253,6 @@ def _cpu(acts, targets, il, tl, blank, from_logits, weights=None):
     return c, g, None
 
 
-def _random_case(rng, T, N, C, S, blank, dtype=np.float64, repeats=False):
-    acts = random_log_probs(rng, T, N, C, dtype=dtype, scale=3.0)
-    tg = rng.integers(0, C, size=(N, S))
-    tg = np.where(tg == blank, (blank + 1) % C, tg)
-    if repeats and S > 1:
-        tg[:, 1::3] = tg[:, 0::3][:, :tg[:, 1::3].shape[1]]
-    il = rng.integers(0, T + 1, size=N)
-    il[0] = T
-    tl = rng.integers(0, S + 1, size=N)
-    tl[-1] = S
-    return acts, tg, il, tl
-
-
 
 
 # ---------------------------------------------------------------- CTCLossV2 routing (stand-in device)
@@ -311,7 +298,7 @@ def fake_cuda(monkeypatch):
 
 
 def test_ctclossv2_routes_device_arrays_to_run_device(fake_cuda, rng):
-    acts, tg, il, tl = _random_case(rng, 9, 4, 5, 3, 0, np.float64)
+    acts, tg, il, tl = random_case(rng, 9, 4, 5, 3, 0, np.float64)
     lp = acts.astype(np.float32)
     il[1] = 2                                     # infeasible: +inf, 0 with zero_infinity
     tg32, il32, tl32 = tg.astype(np.int32), il.astype(np.int32), tl.astype(np.int32)
@@ -343,7 +330,7 @@ def test_ctclossv2_routes_device_arrays_to_run_device(fake_cuda, rng):
 
 
 def test_ctclossv2_device_errors_before_the_kernel(fake_cuda, rng):
-    acts, tg, il, tl = _random_case(rng, 6, 3, 4, 2, 0, np.float32)
+    acts, tg, il, tl = random_case(rng, 6, 3, 4, 2, 0, np.float32)
     lp = _fake_dev(acts)
     tg32, il32, tl32 = tg.astype(np.int32), il.astype(np.int32), np.minimum(tl, il).astype(np.int32)
     loss = fastctc.CTCLossV2()
@@ -390,7 +377,7 @@ def test_gpu_parity_with_cpu_engine(rng, from_logits, dtype):
     cases = [(1, 1, 2, 1, 0), (12, 4, 5, 3, 0), (50, 8, 20, 10, 3), (80, 5, 30, 40, 29), (200, 3, 50, 90, 0),
              (30, 16, 2, 14, 1), (7, 3, 6, 0, 0), (400, 2, 10, 300, 0)]
     for T, N, C, S, blank in cases:
-        acts, tg, il, tl = _random_case(rng, T, N, C, max(S, 1), blank, dtype, repeats=True)
+        acts, tg, il, tl = random_case(rng, T, N, C, max(S, 1), blank, dtype, repeats=True)
         if S == 0:
             tg, tl = tg[:, :0], np.zeros(N, dtype=np.int64)
         for device_ints in (False, True):
@@ -418,7 +405,7 @@ def test_gpu_parity_with_cpu_engine(rng, from_logits, dtype):
 @gpu
 def test_gpu_public_api_routes_and_matches(rng):
     torch = _torch_cuda()
-    acts, tg, il, tl = _random_case(rng, 40, 6, 12, 8, 0)
+    acts, tg, il, tl = random_case(rng, 40, 6, 12, 8, 0)
     for reduction in ("none", "sum", "mean"):
         for zero_inf in (False, True):
             l_cpu, g_cpu = fastctc.ctc_loss_and_grad(acts, tg, il, tl, reduction=reduction, zero_infinity=zero_inf)
@@ -435,7 +422,7 @@ def test_gpu_public_api_routes_and_matches(rng):
 @gpu
 def test_gpu_deterministic(rng):
     torch = _torch_cuda()
-    acts, tg, il, tl = _random_case(rng, 300, 32, 40, 60, 0, np.float32, repeats=True)
+    acts, tg, il, tl = random_case(rng, 300, 32, 40, 60, 0, np.float32, repeats=True)
     x = torch.from_numpy(acts).cuda()
     first = None
     for _ in range(10):
@@ -450,7 +437,7 @@ def test_gpu_deterministic(rng):
 def test_gpu_long_sequences(rng):
     torch = _torch_cuda()
     T, N, C, S = 4000, 2, 40, 1200
-    acts, tg, il, tl = _random_case(rng, T, N, C, S, 0, np.float32)
+    acts, tg, il, tl = random_case(rng, T, N, C, S, 0, np.float32)
     il[:] = T
     tl[:] = S
     c, g, _ = _cuda.run_device(torch.from_numpy(acts).cuda(), tg, il, tl, blank=0, from_logits=False,
@@ -464,7 +451,7 @@ def test_gpu_long_sequences(rng):
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
 def test_gpu_half_inputs(rng, kind):
     torch = _torch_cuda()
-    acts, tg, il, tl = _random_case(rng, 60, 8, 20, 12, 0, np.float32)
+    acts, tg, il, tl = random_case(rng, 60, 8, 20, 12, 0, np.float32)
     x = torch.from_numpy(acts).to(getattr(torch, kind)).cuda()
     c, g, _ = _cuda.run_device(x, tg, il, tl, blank=0, from_logits=True, want_grad=True)
     assert c.dtype == torch.float32 and g.dtype == x.dtype
@@ -477,7 +464,7 @@ def test_gpu_half_inputs(rng, kind):
 def test_gpu_torch_adapter_and_gradcheck(rng):
     torch = _torch_cuda()
     ft = pytest.importorskip("fastctc.torch", reason="fastctc.torch (front-ends issue) is not in this tree")
-    acts, tg, il, tl = _random_case(rng, 12, 3, 5, 4, 0)
+    acts, tg, il, tl = random_case(rng, 12, 3, 5, 4, 0)
     x = torch.from_numpy(acts).cuda().requires_grad_()
     lp = torch.log_softmax(x, -1)
     ours = ft.ctc_loss(lp, torch.from_numpy(tg).cuda(), torch.from_numpy(il).cuda(), torch.from_numpy(tl).cuda())
@@ -492,7 +479,7 @@ def test_gpu_torch_adapter_and_gradcheck(rng):
 def test_gpu_ctclossv2_matches_cpu(rng):
     torch = _torch_cuda()
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 2e-4)):
-        acts, tg, il, tl = _random_case(rng, 40, 6, 12, 8, 0, dtype, repeats=True)
+        acts, tg, il, tl = random_case(rng, 40, 6, 12, 8, 0, dtype, repeats=True)
         tl = np.minimum(tl, il // 2)  # feasible: the CPU's log_alpha is the reference here
         tg, il, tl = tg.astype(np.int32), il.astype(np.int32), tl.astype(np.int32)
         for zero_inf in (False, True):

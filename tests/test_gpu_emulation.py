@@ -14,8 +14,8 @@ import fastctc
 import gpu_emu
 import numpy as np
 import pytest
-from conftest import random_log_probs
 from fastctc import _cuda_launch as L
+from reference import random_case, random_log_probs
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +24,6 @@ def emu(tmp_path_factory):
         return gpu_emu.build(str(tmp_path_factory.mktemp("emu")))
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-
-
-def _case(rng, T, N, C, S, blank=0, dtype=np.float64, repeats=False, full=False):
-    acts = random_log_probs(rng, T, N, C, dtype=dtype, scale=3.0)
-    tg = rng.integers(0, C, size=(N, S))
-    tg = np.where(tg == blank, (blank + 1) % C, tg)
-    if repeats and S > 1:
-        tg[:, 1::3] = tg[:, 0::3][:, :tg[:, 1::3].shape[1]]
-    il = np.full(N, T) if full else rng.integers(0, T + 1, size=N)
-    il[0] = T
-    tl = np.full(N, S) if full else rng.integers(0, S + 1, size=N)
-    tl[-1] = S
-    return acts, tg, il, tl
 
 
 def _cpu(acts, tg, il, tl, blank, from_logits, weights=None):
@@ -91,7 +78,7 @@ CASES = [  # T, N, C, S, blank, repeats: warp kernels with K = 2, 4, 8 and the b
 def test_emulated_kernels_match_cpu_engine(emu, rng, from_logits, dtype):
     rtol, atol = (1e-10, 1e-10) if dtype == np.float64 else (2e-4, 2e-5)
     for T, N, C, S, blank, rep in CASES:
-        acts, tg, il, tl = _case(rng, T, N, C, S, blank, dtype, rep)
+        acts, tg, il, tl = random_case(rng, T, N, C, S, blank, dtype, rep)
         w = rng.uniform(0.5, 2.0, size=N)
         costs, grad, _ = gpu_emu.run(emu, acts, tg, il.astype(np.int32), tl, blank=blank, from_logits=from_logits,
                                      want_grad=True, grad_weights=w)
@@ -113,7 +100,7 @@ def test_emulated_block_kernel_long_targets(emu, rng):
     """Extended targets beyond 256 states: the block kernel (several warps, the edge
     exchange through shared memory), beside warp-kernel sequences of the same batch."""
     T, N, C, S = 150, 3, 9, 140
-    acts, tg, il, tl = _case(rng, T, N, C, S, 0, np.float64)
+    acts, tg, il, tl = random_case(rng, T, N, C, S, 0, np.float64)
     tg = 1 + np.cumsum(rng.integers(1, C - 1, size=(N, S)), axis=1) % (C - 1)  # no adjacent repeats: feasible
     il[:] = T
     tl[:] = [S, 20, 130]
@@ -138,7 +125,7 @@ def test_emulated_infeasible_empty_concatenated_and_blank_labels(emu, rng):
     np.testing.assert_array_equal(grad[:, :3], 0)
     np.testing.assert_allclose(grad, eg, atol=1e-12)
     # concatenated targets give the same bits as padded ones, with host or bound lengths
-    acts, tg, il, tl = _case(rng, 10, 3, 6, 4)
+    acts, tg, il, tl = random_case(rng, 10, 3, 6, 4)
     flat = np.concatenate([tg[i, :tl[i]] for i in range(3)]).astype(np.int64)
     c1, g1, _ = gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True)
     c2, g2, _ = gpu_emu.run(emu, acts, flat, il, tl, blank=0, from_logits=True, want_grad=True)
@@ -153,7 +140,7 @@ def test_emulated_targets_longer_than_input(emu, rng):
     """L > T: the rows hold only 2 T + 1 states (Lcap = min(S, T)), the cost is +inf, the
     gradient 0, and log_alpha still matches the reference on every reachable state."""
     T, N, C, S = 5, 3, 6, 9
-    acts, tg, il, tl = _case(rng, T, N, C, S, full=True)
+    acts, tg, il, tl = random_case(rng, T, N, C, S, full=True)
     tl[1] = 4
     assert L.plan(T, N, C, S, want_grad=True, from_logits=False, acc="float64")["W"] == 12  # 2*5+1 -> 12
     costs, grad, _ = gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=False, want_grad=True)
@@ -276,9 +263,9 @@ def test_emulated_nonfinite_rule(emu, rng, from_logits):
     if not from_logits:
         np.testing.assert_allclose(costs[ok], ec[ok], rtol=1e-10)
         np.testing.assert_allclose(grad[:, ok], eg[:, ok], atol=1e-10)
-    from fastctc import _cuda_launch
+    from fastctc import _reduction
     torch = pytest.importorskip("torch")
-    z = _cuda_launch.reduce_device(torch.from_numpy(costs), tl, "none", True).numpy()
+    z = _reduction.reduce_losses(torch.from_numpy(costs), tl, "none", True).numpy()
     assert np.array_equal(np.isnan(z), want) and z[3] == 0
 
 
@@ -299,7 +286,7 @@ def test_emulated_bits_do_not_depend_on_geometry_or_batch(emu, rng):
     """Bit-identical whatever the launch: every sequence through the block kernels (K = 4
     and K = 16 states a thread) instead of the warp kernels, a sequence alone instead of in
     its batch, garbage in the workspace."""
-    acts, tg, il, tl = _case(rng, 24, 7, 9, 10, 0, np.float32, repeats=True)
+    acts, tg, il, tl = random_case(rng, 24, 7, 9, 10, 0, np.float32, repeats=True)
     w = rng.uniform(0.5, 2.0, size=7)
     ref = gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, grad_weights=w)
     runs = [gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, grad_weights=w,
@@ -319,7 +306,7 @@ def test_emulated_bits_do_not_depend_on_geometry_or_batch(emu, rng):
 
 
 def test_emulated_mean_weights(emu, rng):
-    acts, tg, il, tl = _case(rng, 14, 3, 5, 4, 0, np.float32)
+    acts, tg, il, tl = random_case(rng, 14, 3, 5, 4, 0, np.float32)
     c, g, _ = gpu_emu.run(emu, acts, tg, il, tl, blank=0, from_logits=True, want_grad=True, mean=True)
     _, eg = _cpu(acts, tg, il, tl, 0, True, weights=1.0 / (np.maximum(tl, 1) * 3))
     np.testing.assert_allclose(g, eg, rtol=2e-4, atol=2e-6)
@@ -340,7 +327,7 @@ def test_emulated_half_inputs(emu, rng, kind):
     bit (gradient rounded once to the input type), and close to the CPU engine."""
     torch = pytest.importorskip("torch")
     for T, N, C, S in [(10, 3, 8, 3), (16, 6, 7, 5)]:
-        acts, tg, il, tl = _case(rng, T, N, C, S, 0, np.float32, repeats=True)
+        acts, tg, il, tl = random_case(rng, T, N, C, S, 0, np.float32, repeats=True)
         bits, rounded = _to_half_bits(torch, acts, kind)
         for from_logits in (True, False):
             c32, g32, _ = gpu_emu.run(emu, rounded.astype(np.float32), tg, il, tl, blank=0, from_logits=from_logits,
@@ -402,7 +389,7 @@ _TSAN_SCRIPT = r"""
 import sys, numpy as np
 sys.path[:0] = [{tests!r}]
 import gpu_emu, fastctc
-from conftest import random_log_probs
+from reference import random_log_probs
 lib = gpu_emu.build({folder!r}, ["-fsanitize=thread", "-g"])
 rng = np.random.default_rng(5)
 for T, N, C, S, fl in [(9, 5, 6, 3, True), (20, 3, 7, 30, False), (40, 2, 5, 140, True)]:
@@ -475,7 +462,7 @@ def _dev(torch, a):
 def test_launcher_entry_points_end_to_end(emu_launcher, rng):
     torch = emu_launcher
     T, N, C, S = 16, 5, 8, 4
-    acts, tg, il, tl = _case(rng, T, N, C, S, 0, np.float64)
+    acts, tg, il, tl = random_case(rng, T, N, C, S, 0, np.float64)
     x = torch.from_numpy(acts)
     w = rng.uniform(0.5, 2.0, size=N)
     ec, eg = _cpu(acts, tg, il, tl, 0, True, weights=w / (np.maximum(tl, 1) * N))
@@ -508,7 +495,7 @@ def test_launcher_entry_points_end_to_end(emu_launcher, rng):
 
 def test_launcher_checks_host_values_and_workspace(emu_launcher, rng):
     torch = emu_launcher
-    acts, tg, il, tl = _case(rng, 6, 3, 5, 2, 0, np.float32)
+    acts, tg, il, tl = random_case(rng, 6, 3, 5, 2, 0, np.float32)
     x = torch.from_numpy(acts)
     with pytest.raises(fastctc.CTCValueError, match=r"input_lengths\[1\] = 9"):
         L.torch_forward(x, tg, np.array([6, 9, 1]), tl)
@@ -526,7 +513,7 @@ def test_emulated_float32_accuracy_on_long_peaky_inputs(emu, rng):
     frames of scores spanning hundreds of nats (a loss of ~1e5 nats, where float32's
     rounding alone moves log p by ~1e-2), against the CPU engine in float64."""
     T, N, C, S = 600, 2, 7, 40
-    acts, tg, il, tl = _case(rng, T, N, C, S, 0, np.float64, full=True)
+    acts, tg, il, tl = random_case(rng, T, N, C, S, 0, np.float64, full=True)
     acts = acts * 40.0  # log-softmax spans of ~200 nats per frame
     x32 = acts.astype(np.float32)
     c, g, _ = gpu_emu.run(emu, x32, tg, il, tl, blank=0, from_logits=True, want_grad=True)
@@ -537,7 +524,7 @@ def test_emulated_float32_accuracy_on_long_peaky_inputs(emu, rng):
     gpu_err, cpu_err = np.abs(g - eg).max(), np.abs(cg - eg).max()
     assert gpu_err <= 1.5 * cpu_err + 1e-4, (gpu_err, cpu_err)
     # realistic peaky scores (the target path dominant): float32 to 1e-4
-    acts2, tg2, il2, tl2 = _case(rng, 300, 2, 7, 40, 0, np.float64, full=True)
+    acts2, tg2, il2, tl2 = random_case(rng, 300, 2, 7, 40, 0, np.float64, full=True)
     tg2 = 1 + np.cumsum(rng.integers(1, 5, size=tg2.shape), axis=1) % 6
     for n in range(2):
         path = np.repeat(np.stack([np.zeros(40, int), tg2[n]], 1).ravel(), 300 // 80)[:300]

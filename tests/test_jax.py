@@ -12,8 +12,10 @@ jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 jnp = jax.numpy
 
+import fastctc  # noqa: E402
 import fastctc.jax as fj  # noqa: E402
-from test_optax import make_case  # noqa: E402
+from conftest import C_COMPILERS, needs_cc  # noqa: E402
+from test_optax import make_case, random_optax_case  # noqa: E402
 
 
 def _weighted(fn, blank=0, eps=-1e5):
@@ -99,12 +101,7 @@ def test_ffi_handler_reports_bad_operands_as_errors():
                                    num_threads=np.int64(0)))
 
 
-def _c_compiler():
-    import shutil
-    return shutil.which("gcc") or shutil.which("clang") or shutil.which("cc")
-
-
-@pytest.mark.skipif(_c_compiler() is None, reason="no C compiler (gcc, clang or cc) on PATH")
+@needs_cc
 def test_hand_written_ffi_declarations_match_jaxlib_header(tmp_path):
     """pyx/fastctc/_xla_ffi.h declares XLA's FFI structs by hand (no jax needed to build);
     tests/c/xla_ffi_abi.c static-asserts every offset and size against jaxlib's c_api.h."""
@@ -114,7 +111,7 @@ def test_hand_written_ffi_declarations_match_jaxlib_header(tmp_path):
     if not os.path.exists(os.path.join(inc, "xla", "ffi", "api", "c_api.h")):
         pytest.skip(f"jaxlib ships no xla/ffi/api/c_api.h under {inc}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [_c_compiler(), "-std=c11", "-Wall", "-Werror", "-fsyntax-only", f"-I{inc}",
+    cmd = [C_COMPILERS[0], "-std=c11", "-Wall", "-Werror", "-fsyntax-only", f"-I{inc}",
            f"-I{os.path.join(root, 'include')}", f"-I{os.path.join(root, 'pyx', 'fastctc')}",
            os.path.join(root, "tests", "c", "xla_ffi_abi.c")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -171,3 +168,18 @@ def test_float64_under_thread_local_enable_x64():
             want = optax.ctc_loss(x, fp, lab, lp).sum()
             assert grad.dtype == dtype and loss.dtype == dtype
             np.testing.assert_allclose(loss, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_vmap_matches_a_loop_of_numpy_calls(jax_x64):
+    """Mapped log_epsilon and different cases per mapped call, float64, against the NumPy API."""
+    import fastctc.jax as fj
+    jnp = jax_x64.numpy
+    rng = np.random.default_rng(5)
+    cases = [random_optax_case(rng, 2, 6, 4, 3, np.float64) for _ in range(3)]
+    stack = [jnp.asarray(np.stack([c[k] for c in cases])) for k in range(4)]
+    eps = jnp.asarray([c[5] for c in cases])
+    fn = jax_x64.jit(jax_x64.vmap(lambda x, fp, lab, lp, e: fj.ctc_loss(x, fp, lab, lp, blank_id=1, log_epsilon=e)))
+    got = fn(*stack, eps)
+    for m, c in enumerate(cases):
+        np.testing.assert_allclose(got[m], fastctc.optax_ctc_loss(*c[:4], blank_id=1, log_epsilon=c[5]),
+                                   rtol=1e-12)

@@ -12,7 +12,7 @@ import fastctc
 import numpy as np
 import pytest
 import reference as ref
-from conftest import random_log_probs
+from reference import random_log_probs
 
 # C * itemsize >= 4096 and T * C * itemsize >= 1 MiB: the streaming threshold, in both dtypes
 T, C = 256, 1031

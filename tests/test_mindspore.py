@@ -7,7 +7,7 @@ import numpy as np
 import published
 import pytest
 import reference as ref
-from conftest import random_log_probs
+from reference import random_labels, random_log_probs
 
 
 def test_documented_example(simd_level):
@@ -25,8 +25,7 @@ def _random_case(rng, T, N, C, S, blank, dtype):
     lp = random_log_probs(rng, T, N, C, dtype=dtype)
     il = rng.integers(max(1, T // 2), T + 1, size=N)
     tl = np.array([rng.integers(0, min(S, il[n]) + 1) for n in range(N)])
-    tg = rng.integers(0, C, size=(N, S))
-    tg = np.where(tg == blank, (blank + 1) % C, tg)
+    tg = random_labels(rng, (N, S), C, blank)
     tg[0, :2] = tg[0, 0]  # a repeated label
     return lp, tg, il, tl
 
@@ -81,6 +80,42 @@ def test_loss_and_grad_finite_difference(rng):
         np.testing.assert_allclose(grad[idx], fd, atol=1e-6)
 
 
+def test_random_forms_against_reference(rng):
+    """Random shapes down to C = 1, unnormalised log_probs, lengths as tuples, torch
+    tensors or arrays of int32/int64, reduction in any case, zero_infinity."""
+    torch = pytest.importorskip("torch")
+    for _ in range(40):
+        T, N, C, S = (int(rng.integers(1, 8)), int(rng.integers(1, 4)), int(rng.integers(1, 5)),
+                      int(rng.integers(0, 4)))
+        blank = int(rng.integers(0, C))
+        dtype = [np.float32, np.float64][int(rng.integers(2))]
+        lp = rng.normal(size=(T, N, C)).astype(dtype)  # unnormalised, used as given
+        tg = rng.integers(0, C, size=(N, S))
+        il = rng.integers(0, T + 1, size=N)
+        tl = np.minimum(rng.integers(0, S + 1, size=N), il)
+        idt = [np.int32, np.int64][int(rng.integers(2))]
+        zero_infinity = bool(rng.random() < 0.5)
+        form = int(rng.integers(3))
+        lengths = ((tuple(map(int, il)), tuple(map(int, tl))) if form == 0 else
+                   (torch.tensor(il.astype(idt)), torch.tensor(tl.astype(idt))) if form == 1 else
+                   (il.astype(idt), tl.astype(idt)))
+        reduction = ["none", "NONE", "None"][int(rng.integers(3))]
+        nll, log_alpha = fastctc.CTCLossV2(blank=blank, reduction=reduction, zero_infinity=zero_infinity)(
+            lp, tg.astype(idt), *lengths)
+        assert nll.shape == (N,) and log_alpha.shape == (N, T, 2 * S + 1)
+        assert nll.dtype == log_alpha.dtype == dtype
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        for n in range(N):
+            alpha, ll = ref.forward(lp[: il[n], n].astype(np.float64), tg[n, : tl[n]], blank)
+            want = np.full((T, 2 * S + 1), -np.inf)
+            want[: il[n], : 2 * tl[n] + 1] = alpha
+            got = log_alpha[n].astype(np.float64)
+            assert np.array_equal(np.isneginf(got), np.isneginf(want))
+            np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=tol, atol=tol)
+            expected = 0.0 if zero_infinity and ll == -np.inf else -ll
+            np.testing.assert_allclose(nll[n], expected, rtol=tol, atol=tol)
+
+
 def _good():
     return (np.zeros((4, 2, 3), np.float32), np.ones((2, 2), np.int32),
             np.array([4, 4], np.int32), np.array([2, 1], np.int32))
@@ -111,9 +146,11 @@ def test_constructor_errors(kwargs, exc):
     (3, np.array([2, 1], np.int64), TypeError, "same dtype"),
     (2, np.array([4, 4, 4], np.int32), ValueError, "input_lengths"),
     (3, np.array([2], np.int32), ValueError, "target_lengths"),
+    (3, np.array([[2, 1]], np.int32), ValueError, "target_lengths"),
     (2, np.array([5, 4], np.int32), RuntimeError, r"input_lengths\[0\] = 5"),
     (2, np.array([4, -1], np.int32), RuntimeError, r"input_lengths\[1\] = -1"),
     (3, np.array([2, 3], np.int32), RuntimeError, r"target_lengths\[1\] = 3"),
+    (2, np.array([1, 4], np.int32), RuntimeError, r"target_lengths\[0\] = 2 is outside \[0, 1\]"),
     (3, np.array([-1, 1], np.int32), RuntimeError, r"target_lengths\[0\] = -1"),
     (1, np.array([[1, 3], [1, 1]], np.int32), ValueError, r"targets\[0, 1\] = 3"),
 ])

@@ -248,6 +248,7 @@ def test_strided_and_batch_of_zero():
 
 @pytest.mark.parametrize("mutate,exc,match", [
     (lambda c: (c[0].astype(np.int32),) + c[1:], TypeError, "logits"),
+    (lambda c: (c[0].astype(np.float16),) + c[1:], TypeError, "logits"),
     (lambda c: (c[0][0],) + c[1:], ValueError, "rank 3"),
     (lambda c: (c[0], c[1][:, :-1]) + c[2:], ValueError, "logit_paddings"),
     (lambda c: c[:2] + (c[2].astype(np.float32), c[3]), TypeError, "labels"),
@@ -267,6 +268,10 @@ def test_blank_and_epsilon_errors():
     case = make_case(1)
     with pytest.raises(ValueError, match="blank_id"):
         fastctc.ctc_loss_with_forward_probs(*case, blank_id=6)
+    with pytest.raises(ValueError, match="blank_id"):
+        fastctc.optax_ctc_loss(*case, blank_id=-1)
+    with pytest.raises(ValueError, match="log_epsilon"):
+        fastctc.optax_ctc_loss(*case, log_epsilon=-np.inf)
     with pytest.raises(TypeError, match="log_epsilon"):
         fastctc.ctc_loss_with_forward_probs(*case, log_epsilon="small")
     with pytest.raises(ValueError, match="T >= 1"):
@@ -313,3 +318,73 @@ def test_single_sequence_split_over_two_threads():
     optax_rounding = _optax.loss_and_grad(x, fp, lab, lp, exact=True)
     np.testing.assert_allclose(two[1], ref64[1], atol=5e-5)
     assert np.abs(two[1] - ref64[1]).max() <= np.abs(optax_rounding[1] - ref64[1]).max()
+
+
+# ---------------------------------------------------------------- random probes in float32 and float64
+
+def random_optax_case(rng, B, T, K, N, dtype):
+    """(logits, logit_paddings, labels, label_paddings, blank, log_epsilon): padded frames
+    anywhere, runs of one label, garbage labels under padding, log_epsilon from -1e5 to -1."""
+    blank = int(rng.integers(0, K))
+    x = (rng.normal(size=(B, T, K)) * float(rng.choice([1.0, 3.0, 10.0]))).astype(dtype)
+    fpad = (rng.random((B, T)) < 0.3).astype(dtype)  # padded frames anywhere, middle included
+    labels = rng.integers(0, K, size=(B, N))
+    if rng.random() < 0.3:
+        labels[:, :] = labels[:, :1]
+    lengths = rng.integers(0, N + 1, size=B)
+    lpad = (np.arange(N)[None, :] >= lengths[:, None]).astype(dtype)
+    labels = np.where(lpad == 1, rng.integers(-3, K + 3, size=(B, N)), labels)
+    eps = float(rng.choice([-1e5, -1e3, -30.0, -7.0, -1.0]))
+    return x, fpad, labels, lpad, blank, eps
+
+
+def test_random_against_real_optax_and_fastctc_jax(jax_x64):
+    """Random paddings, labels and log_epsilon: the NumPy API's values and forward
+    probabilities, and fastctc.jax's value and gradient under jit, against optax."""
+    import fastctc.jax as fj
+    import optax
+    jax, jnp = jax_x64, jax_x64.numpy
+
+    @functools.partial(jax.jit, static_argnames=("blank",))
+    def theirs(x, fp, lab, lp, eps, w, blank):
+        out = optax.ctc_loss_with_forward_probs(x, fp, lab, lp, blank_id=blank, log_epsilon=eps)
+        g = jax.grad(lambda z: (optax.ctc_loss(z, fp, lab, lp, blank_id=blank, log_epsilon=eps) * w).sum())(x)
+        return out, g
+
+    @functools.partial(jax.jit, static_argnames=("blank",))
+    def ours_jax(x, fp, lab, lp, eps, w, blank):
+        return jax.value_and_grad(
+            lambda z: (fj.ctc_loss(z, fp, lab, lp, blank_id=blank, log_epsilon=eps) * w).sum())(x)
+
+    rng = np.random.default_rng(77)
+    shapes = [(3, 7, 4, 3), (2, 5, 3, 4), (1, 1, 1, 2)]
+    for i in range(24):
+        dtype = [np.float32, np.float64][i % 2]
+        B, T, K, N = shapes[i % 3]
+        x, fp, lab, lp, blank, eps = random_optax_case(rng, B, T, K, N, dtype)
+        # float32 cases run optax in pure float32: x64 is switched off in this thread only
+        # (the global setting keeps the callback's thread from narrowing anything)
+        with jax.enable_x64(dtype == np.float64):
+            loss, phi, emit = fastctc.ctc_loss_with_forward_probs(x, fp, lab, lp, blank_id=blank,
+                                                                  log_epsilon=eps)
+            w = np.linspace(0.5, 2.0, B).astype(dtype)
+            jargs = (jnp.asarray(x), jnp.asarray(fp), jnp.asarray(lab), jnp.asarray(lp),
+                     jnp.asarray(eps, dtype), jnp.asarray(w))
+            (o_loss, o_phi, o_emit), o_grad = theirs(*jargs, blank=blank)
+            value, grad = ours_jax(*jargs, blank=blank)
+        assert loss.dtype == o_loss.dtype == grad.dtype == dtype
+        assert phi.shape == o_phi.shape == (T, B, N + 1) and emit.shape == o_emit.shape == (T, B, N)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(loss, o_loss, **tol)
+        for ours, want in ((phi, np.asarray(o_phi)), (emit, np.asarray(o_emit))):
+            # states no alignment reaches: log_epsilon on the engine's route (log_epsilon <= -100),
+            # optax's log_epsilon plus log-probs; reached states (and every other route) agree
+            reached = want > eps / 2 if eps <= -100 else np.ones(want.shape, bool)
+            np.testing.assert_allclose(ours[reached], want[reached], **tol)
+            assert np.all(ours[~reached] <= eps / 2)
+        # the loss-only pass and the forward-probabilities pass agree within rounding
+        np.testing.assert_allclose(fastctc.optax_ctc_loss(x, fp, lab, lp, blank, eps), loss,
+                                   rtol=1e-6 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(value, (np.asarray(o_loss) * w).sum(), **tol)
+        gtol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-8, atol=1e-9)
+        np.testing.assert_allclose(grad, o_grad, **gtol)

@@ -19,21 +19,16 @@ import pytest
 from fastctc import _core
 from fastctc._engine import run
 from fastctc._validate import check_ctc_inputs
+from reference import log_softmax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _log_softmax(x):
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 def _problem(T, N, C, L, dtype=np.float32, seed=0, logits=False):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, N, C)) * 3
     if not logits:
-        x = _log_softmax(x)
+        x = log_softmax(x)
     targets = rng.integers(1, C, (N, L))
     input_lengths = rng.integers(max(1, T // 2), T + 1, N)
     input_lengths[0] = T
@@ -170,7 +165,7 @@ def test_non_finite_rule_every_cell(simd_level, from_logits, value):
     rng = np.random.default_rng(3)
     base = rng.standard_normal((T, 1, C)).astype(np.float32)
     if not from_logits:
-        base = _log_softmax(base).astype(np.float32)
+        base = log_softmax(base).astype(np.float32)
     targets, il, tl = np.array([[1, 2, 2, 3]]), [T], [4]
     for t in range(T):
         for c in range(C):
@@ -225,6 +220,34 @@ def test_non_finite_rule_infeasible_targets():
         assert np.isnan(loss[1]) and np.isnan(grad[:, 1]).all()
         assert fastctc.ctc_loss(x[:, :1], [[2, 2, 2, 2]], [3], [4], reduction="sum", zero_infinity=True,
                                 from_logits=from_logits) == 0
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_in_nan_out(from_logits, bad):
+    """An undefined input (NaN, +inf) gives a NaN loss, as PyTorch does, and zero_infinity
+    must not hide it by turning it into 0 (regression: it used to come out +inf -> 0)."""
+    lp = np.log(np.full((5, 2, 4), 0.25))
+    lp[2, 0, :] = bad
+    for zero_infinity in (False, True):
+        loss, grad = fastctc.ctc_loss_and_grad(lp, [[1, 2], [1, 2]], [5, 5], [2, 2], reduction="none",
+                                               zero_infinity=zero_infinity, from_logits=from_logits)
+        assert np.isnan(loss[0]) and np.isfinite(loss[1])
+        assert np.isnan(grad[:, 0]).any() and np.isfinite(grad[:, 1]).all()
+        assert np.isnan(fastctc.ctc_loss(lp, [[1, 2], [1, 2]], [5, 5], [2, 2], zero_infinity=zero_infinity,
+                                         from_logits=from_logits))
+    # past the input length the bad frame is not read
+    assert np.isfinite(fastctc.ctc_loss(lp, [[1, 2], [1, 2]], [2, 5], [2, 2], from_logits=from_logits))
+
+
+def test_logits_frame_without_finite_score_is_nan():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.zeros((4, 1, 3))
+    x[1, 0, :] = -np.inf  # log_softmax of this frame is undefined (PyTorch: NaN)
+    want = F.ctc_loss(torch.tensor(x).log_softmax(-1), torch.tensor([[1]]), [4], [1], reduction="none")
+    assert torch.isnan(want).all()
+    assert np.isnan(fastctc.ctc_loss(x, [[1]], [4], [1], reduction="none", from_logits=True)).all()
 
 
 # ---- 4. the same bits for any thread count and concurrency ----
@@ -347,7 +370,7 @@ def test_forced_align_exception_classes_match_torchaudio():
 def test_want_alpha_costs_match_loss_mode_on_infeasible_targets(dtype):
     rng = np.random.default_rng(5)
     T, N, C, L = 6, 8, 7, 9
-    x = _log_softmax(rng.standard_normal((T, N, C))).astype(dtype)
+    x = log_softmax(rng.standard_normal((T, N, C))).astype(dtype)
     tg = rng.integers(1, C, (N, L))
     il = rng.integers(1, T + 1, N)
     tl = rng.integers(0, L + 1, N)

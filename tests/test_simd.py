@@ -3,7 +3,6 @@ range, row kernels' -inf/NaN conventions, agreement between SIMD levels, the spl
 (one sequence on two threads) pass, and that the AVX-512 and NEON kernels compile
 with baseline flags even where they cannot run."""
 import os
-import shutil
 import subprocess
 import threading
 
@@ -11,8 +10,9 @@ import fastctc
 import numpy as np
 import pytest
 import reference as ref
-from conftest import random_log_probs
+from conftest import find_compilers
 from fastctc import _core
+from reference import random_log_probs
 
 LEVELS = _core.simd_levels_supported()
 INCLUDE = os.path.join(os.path.dirname(__file__), "..", "include")
@@ -266,7 +266,7 @@ int main(void) {
 """
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+@pytest.mark.skipif(not find_compilers(["gcc"]), reason="gcc not installed")
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="x86-64 kernels")
 def test_x86_kernels_compile_with_baseline_flags(tmp_path):
     src = tmp_path / "prog.c"
@@ -290,7 +290,7 @@ def test_x86_kernels_compile_with_baseline_flags(tmp_path):
 @pytest.mark.parametrize("compiler,lang", [("g++", "c++"), ("clang", "c")])
 def test_other_compilers_build_the_kernels(tmp_path, compiler, lang):
     """C++ (the header promises C++11) and clang: warning-free, and the level is right."""
-    if shutil.which(compiler) is None:
+    if not find_compilers([compiler]):
         pytest.skip(f"{compiler} not installed")
     src = tmp_path / "prog.c"
     src.write_text(_C_PROGRAM)
@@ -304,7 +304,7 @@ def test_other_compilers_build_the_kernels(tmp_path, compiler, lang):
     assert run.returncode == 0 and run.stdout.split()[0] == LEVELS[-1]
 
 
-@pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed (cross syntax check of NEON)")
+@pytest.mark.skipif(not find_compilers(["clang"]), reason="clang not installed (cross syntax check of NEON)")
 def test_neon_kernels_compile(tmp_path):
     """Syntax and type check of the AArch64 NEON kernels with clang's cross target; the
     host's C headers stand in for the target's (only declarations are needed)."""

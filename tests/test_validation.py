@@ -4,18 +4,13 @@ value and the bound, before any kernel runs; nothing crashes or reads out of bou
 import fastctc
 import numpy as np
 import pytest
+import reference as ref
 from fastctc import CTCTypeError, CTCValueError
 
 LP = np.log(np.full((6, 2, 4), 0.25))
 TG = np.array([[1, 2], [3, 3]])
 IL = [6, 5]
 TL = [2, 2]
-
-
-def _both(*args, **kwargs):
-    """Call both entry points; both must raise the same way."""
-    for fn in (fastctc.ctc_loss, fastctc.ctc_loss_and_grad):
-        fn(*args, **kwargs)
 
 
 @pytest.mark.parametrize("args,kwargs,exc,words", [
@@ -41,12 +36,19 @@ def _both(*args, **kwargs):
     ((LP, [1, 2, 3, 9], IL, TL), {}, CTCValueError, ["targets[3] = 9", "[0, 4)"]),
     ((LP, [1, 2, 3], IL, TL), {}, CTCValueError, ["sum(target_lengths) = 4", "3"]),
     ((LP, TG, IL, TL), {"blank": 4}, CTCValueError, ["blank", "[0, 4)", "4"]),
-    ((LP, TG, IL, TL), {"blank": -1}, CTCValueError, ["blank", "-1"]),
+    ((LP, TG, IL, TL), {"blank": -1}, CTCValueError, ["blank", "-1", "4"]),
     ((LP, TG, IL, TL), {"blank": 1.5}, CTCTypeError, ["blank"]),
+    ((LP, TG, IL, TL), {"blank": 1.0}, CTCTypeError, ["blank", "float"]),
+    ((LP, TG, IL, TL), {"blank": True}, CTCTypeError, ["blank", "bool"]),
     ((LP, TG, IL, TL), {"reduction": "avg"}, CTCValueError, ["reduction", "avg"]),
+    ((LP, TG, IL, TL), {"reduction": "MEAN"}, CTCValueError, ["reduction", "MEAN"]),
     ((LP, TG, IL, TL), {"reduction": None}, CTCTypeError, ["reduction"]),
     ((LP, TG, IL, TL), {"zero_infinity": "yes"}, CTCTypeError, ["zero_infinity"]),
-    ((LP, TG, IL, TL), {"num_threads": 0}, CTCValueError, ["num_threads"]),
+    ((LP, TG, IL, TL), {"zero_infinity": 2}, CTCTypeError, ["zero_infinity", "2"]),
+    ((LP, TG, IL, TL), {"from_logits": "no"}, CTCTypeError, ["from_logits"]),
+    ((LP, TG, IL, TL), {"num_threads": 0}, CTCValueError, ["num_threads", "0"]),
+    ((LP, TG, IL, TL), {"num_threads": 2**31}, CTCValueError, ["num_threads"]),
+    ((LP, TG, IL, TL), {"num_threads": 1.5}, CTCTypeError, ["num_threads"]),
     ((LP[:, 0], [1, 2], [6, 6], 2), {}, CTCValueError, ["input_lengths", "unbatched"]),
     ((LP[:, 0], [1, 2, 0], 6, 2), {}, CTCValueError, ["targets", "unbatched"]),  # 1-D = concatenated, as torch
     ((LP[:, :, :0], TG, IL, TL), {}, CTCValueError, ["C >= 1"]),
@@ -54,10 +56,14 @@ def _both(*args, **kwargs):
     ((LP, TG, [2**40, 1], TL), {}, CTCValueError, ["input_lengths[0]"]),
 ])
 def test_bad_inputs(args, kwargs, exc, words):
-    with pytest.raises(exc) as info:
-        _both(*args, **kwargs)
-    for word in words:
-        assert word in str(info.value), (word, str(info.value))
+    fns = [fastctc.ctc_loss, fastctc.ctc_loss_and_grad]
+    if set(kwargs) <= {"blank", "num_threads"}:
+        fns.append(fastctc.ctc_posteriors)
+    for fn in fns:
+        with pytest.raises(exc) as info:
+            fn(*args, **kwargs)
+        for word in words:
+            assert word in str(info.value), (fn.__name__, word, str(info.value))
 
 
 def test_error_classes_are_builtin_subclasses():
@@ -110,3 +116,82 @@ def test_huge_thread_counts_are_capped_not_crashing():
         np.testing.assert_allclose(got[1], want[1], atol=1e-12)
         got = fastctc.ctc_loss(LP[:, :1], TG[:1], IL[:1], TL[:1], reduction="none", num_threads=threads)
         np.testing.assert_allclose(got, want[0][:1], rtol=1e-12)
+
+
+# ---------------------------------------------------------------- more bad inputs, and quirks PyTorch accepts
+# The acceptance probes: inputs test_bad_inputs does not cover, each also given to
+# PyTorch's ctc_loss where it refuses them as well; and inputs both accept.
+
+def _check_message(exc, *needles):
+    msg = str(exc.value)
+    for needle in needles:
+        assert str(needle) in msg, (needle, msg)
+
+
+def _probe_base():
+    lp = ref.log_softmax(np.random.default_rng(0).normal(size=(6, 2, 4)))
+    return lp, np.array([[1, 2, 1], [3, 3, 0]]), np.array([6, 5]), np.array([3, 2])
+
+
+# (name, mutate(lp, tg, il, tl) -> args, error class, message fragments, torch also raises)
+PROBES = [
+    ("flat targets too long", lambda lp, tg, il, tl: (lp, [1, 2, 1, 3, 3, 3], il, tl), CTCValueError,
+     ("targets", "5", "6"), True),
+    ("bool lengths", lambda lp, tg, il, tl: (lp, tg, il, np.array([True, True])), CTCTypeError,
+     ("target_lengths", "bool"), False),
+    ("ragged targets", lambda lp, tg, il, tl: (lp, [[1, 2], [3]], il, tl), CTCTypeError,
+     ("targets",), True),
+    ("None targets", lambda lp, tg, il, tl: (lp, None, il, tl), CTCTypeError, ("targets",), True),
+    ("huge flat lengths", lambda lp, tg, il, tl: (lp, [1], il, [2**31 - 1, -(2**31 - 2)]), CTCValueError,
+     ("target_lengths", "[0]"), True),
+    ("lengths (N, 2)", lambda lp, tg, il, tl: (lp, tg, il, np.array([[3, 2], [3, 2]])), CTCValueError,
+     ("target_lengths", "(2, 2)"), True),
+    ("unbatched padded targets of batch 2", lambda lp, tg, il, tl: (lp[:, 0], tg, 6, 2), CTCValueError,
+     ("targets", "(2, 3)"), True),
+]
+
+
+@pytest.mark.parametrize("name,mutate,error,needles,torch_raises", PROBES, ids=[c[0] for c in PROBES])
+def test_bad_inputs_raise_before_any_kernel(name, mutate, error, needles, torch_raises):
+    """Every entry point refuses them with its message; where torch_raises, PyTorch's own
+    ctc_loss refuses them too (the cases test_bad_inputs covers were dropped here)."""
+    args = mutate(*_probe_base())
+    for fn in (fastctc.ctc_loss, fastctc.ctc_loss_and_grad, fastctc.ctc_posteriors):
+        with pytest.raises(error) as exc:
+            fn(*args)
+        _check_message(exc, *needles)
+    if torch_raises:  # PyTorch refuses it too (or cannot even take it)
+        torch = pytest.importorskip("torch")
+        F = torch.nn.functional
+
+        def to_t(v):
+            arr = np.asarray(v) if not isinstance(v, list) or name != "ragged targets" else None
+            return torch.as_tensor(arr) if arr is not None and arr.dtype != object else v
+        with pytest.raises(Exception):
+            F.ctc_loss(*(to_t(a) for a in args))
+
+
+def test_accepted_quirks():
+    """Inputs PyTorch also accepts: byte-swapped and misaligned arrays, read-only broadcast
+    views, a 0-d tensor as blank, NumPy bools as flags, N = 0 (NaN mean, as torch.mean)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    lp, tg, il, tl = _probe_base()
+    want = fastctc.ctc_loss(lp, tg, il, tl)
+    np.testing.assert_allclose(fastctc.ctc_loss(lp.astype(">f8"), tg.astype(">i4"), il.astype(">i8"), tl), want)
+    raw = np.frombuffer(bytearray(lp.nbytes + 1), dtype=np.uint8)[1:].view(np.float64).reshape(lp.shape)
+    raw[...] = lp
+    np.testing.assert_allclose(fastctc.ctc_loss_and_grad(raw, tg, il, tl)[0], want)
+    row = np.broadcast_to(lp[:1], lp.shape)
+    np.testing.assert_allclose(fastctc.ctc_loss(row, tg, il, tl),
+                               F.ctc_loss(torch.tensor(np.array(row)), torch.tensor(tg), torch.tensor(il),
+                                          torch.tensor(tl)).item(), rtol=1e-12)
+    np.testing.assert_allclose(fastctc.ctc_loss(lp, tg, il, tl, blank=torch.tensor(0), zero_infinity=np.False_),
+                               want)
+    as_column = F.ctc_loss(torch.tensor(lp), torch.tensor(tg), torch.tensor(il)[:, None], torch.tensor(tl)[None, :])
+    np.testing.assert_allclose(fastctc.ctc_loss(lp, tg, torch.tensor(il)[:, None], tl[None, :]), as_column.item(),
+                               rtol=1e-12)  # lengths read by element count, as PyTorch does
+    xt = torch.tensor(lp, requires_grad=True)  # a tensor that requires grad, read without a copy
+    np.testing.assert_allclose(fastctc.ctc_loss_and_grad(xt, tg, il, tl)[0], want)
+    assert np.isnan(fastctc.ctc_loss(lp[:, :0], np.zeros((0, 3), int), [], []))
+    assert fastctc.ctc_loss(lp[:, :0], [], [], [], reduction="sum") == 0

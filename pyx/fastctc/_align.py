@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _align_core
-from ._engine import _ThreadBudget, run
+from ._engine import ThreadBudget, run
 from ._validate import (
     INT32_MAX,
     CTCRuntimeError,
@@ -26,11 +26,20 @@ from ._validate import (
     as_float_array,
     as_int_array,
     as_runtime_error,
+    check_at_least_one,
+    check_batch_size,
     check_ctc_inputs,
+    check_dtype,
     check_index,
     check_integer,
     check_num_threads,
+    check_range,
+    check_rank,
     class_contiguous,
+    first_offender,
+    label_offsets,
+    padded_mask,
+    repeats,
 )
 
 __all__ = ["forced_align", "merge_tokens", "TokenSpan", "ctc_posteriors"]
@@ -41,37 +50,26 @@ def _lengths_or_full(x, name: str, B: int, full: int) -> np.ndarray:
     if x is None:
         return np.full(B, full, dtype=np.int32)
     arr = as_int_array(x, name)
-    if arr.ndim != 1 or arr.shape[0] != B:
-        raise CTCValueError(f"{name} must be 1-D with shape (B,) = ({B},), got shape {arr.shape}")
-    bad = (arr < 0) | (arr > full)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise CTCValueError(f"{name}[{i}] = {int(arr[i])} is outside [0, {full}]")
+    check_rank(arr.shape, name, 1, "(B,)")
+    check_batch_size(arr.shape, name, B, "(B,)", "B")
+    check_range(arr, name, 0, full)
     return arr.astype(np.int32)
 
 
 def _check_align_arrays(log_probs, targets, input_lengths, target_lengths, blank):
     """The checks torchaudio makes in C++ (shapes, dtypes, blank, lengths)."""
     lp = as_float_array(log_probs, "log_probs")
-    if lp.ndim != 3:
-        raise CTCValueError(f"log_probs must be 3-D (batch_size, input length, num classes), "
-                            f"got shape {lp.shape}")
-    B, T, C = lp.shape
+    B, T, C = check_rank(lp.shape, "log_probs", 3, "(batch_size, input length, num classes)")
     for dim_name, dim in (("B", B), ("T", T), ("C", C)):
         if dim > INT32_MAX:
             raise CTCValueError(f"log_probs dimension {dim_name} = {dim} exceeds {INT32_MAX}")
-    if C < 1:
-        raise CTCValueError("log_probs must have at least one class (C >= 1), got C = 0")
+    check_at_least_one(C, "log_probs", "class", "C")
     blank = check_index(blank, "blank", C)
 
     tg = as_int_array(targets, "targets")
-    if tg.dtype not in (np.int32, np.int64):
-        raise CTCTypeError(f"targets must be int32 or int64, got dtype {tg.dtype}")
-    if tg.ndim != 2:
-        raise CTCValueError(f"targets must be 2-D (batch_size, target length), got shape {tg.shape}")
-    if tg.shape[0] != B:
-        raise CTCValueError(f"targets must have shape (B, L) with B = {B} (log_probs' batch size), "
-                            f"got shape {tg.shape}")
+    check_dtype(tg, "targets", ("int32", "int64"))
+    check_rank(tg.shape, "targets", 2, "(batch_size, target length)")
+    check_batch_size(tg.shape, "targets", B, "(B, L)", "B", "(log_probs' batch size)")
     L = tg.shape[1]
     if 2 * L + 8 > INT32_MAX:
         raise CTCValueError(f"targets length L = {L} exceeds {(INT32_MAX - 8) // 2}")
@@ -154,38 +152,29 @@ def forced_align(log_probs, targets, input_lengths=None, target_lengths=None, bl
     B, T, C = lp.shape
     L = tg.shape[1]
 
-    mask = np.arange(L)[None, :] < tl[:, None]
-    if lp.ndim != 3:
-        raise CTCValueError(f"log_probs must be 3-D (batch_size, input length, num classes), "
-                            f"got shape {lp.shape}")
-    mask = np.arange(L)[None, :] < tl[:, None]
-    is_blank = mask & (tg == blank)
-    if is_blank.any():
-        b, i = (int(v[0]) for v in np.nonzero(is_blank))
+    mask = padded_mask(tl, L)
+    hit = first_offender(mask & (tg == blank))
+    if hit is not None:
+        b, i = hit
         raise CTCValueError(f"targets shouldn't contain the blank index: targets[{b}, {i}] = {blank} (blank)")
-    out_of_range = mask & ((tg < 0) | (tg >= C))
-    if out_of_range.any():
-        b, i = (int(v[0]) for v in np.nonzero(out_of_range))
-        raise CTCValueError(f"targets[{b}, {i}] = {int(tg[b, i])} is outside [0, {C}) "
-                            f"(targets values must be less than the CTC dimension C = {C})")
-    repeats = ((tg[:, 1:] == tg[:, :-1]) & mask[:, 1:]).sum(axis=1) if L > 1 else np.zeros(B, np.int64)
-    too_long = il.astype(np.int64) < tl.astype(np.int64) + repeats
-    if too_long.any():
-        b = int(np.flatnonzero(too_long)[0])
+    check_range(tg, "targets", 0, C, f"targets values must be less than the CTC dimension C = {C}",
+                mask=mask, exclusive=True)
+    rep = repeats(tg, tl)
+    hit = first_offender(il.astype(np.int64) < tl.astype(np.int64) + rep)
+    if hit is not None:
+        b = hit[0]
         raise CTCRuntimeError(
             f"targets length is too long for CTC. Found log_probs length: {int(il[b])}, targets length: "
-            f"{int(tl[b])}, and number of repeats: {int(repeats[b])} (sequence {b}: input_lengths[{b}] "
-            f"must be >= {int(tl[b] + repeats[b])})")
+            f"{int(tl[b])}, and number of repeats: {int(rep[b])} (sequence {b}: input_lengths[{b}] "
+            f"must be >= {int(tl[b] + rep[b])})")
 
     acts = class_contiguous(lp)
     labels = np.ascontiguousarray(tg[mask], dtype=np.int32).reshape(-1)
-    offsets = np.zeros(B, dtype=np.intp)
-    if B > 1:
-        np.cumsum(tl[:-1], out=offsets[1:])
+    offsets = label_offsets(tl)
     paths = np.empty((B, T), dtype=np.int32)
     scores = np.empty((B, T), dtype=acts.dtype)
     totals = np.empty(B, dtype=np.float64)
-    with _ThreadBudget(num_threads) as threads:
+    with ThreadBudget(num_threads) as threads:
         _align_core.align_batch(acts, labels, offsets, np.ascontiguousarray(tl), np.ascontiguousarray(il),
                                 blank, paths, scores, totals, threads)
     return paths.astype(tg.dtype, copy=False), scores

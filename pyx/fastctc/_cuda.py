@@ -36,7 +36,6 @@ from ._cuda_launch import (  # noqa: F401
                           is_cuda_array,
                           pack_args,
                           plan,
-                          reduce_device,
                           run_device,
                           torch_backward,
                           torch_ctc,

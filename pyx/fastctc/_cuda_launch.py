@@ -37,7 +37,8 @@ changed):
         device: that device's current stream), or anything exposing DLPack /
         __cuda_array_interface__ (viewed through torch, results handed back as the caller's
         kind).  log_alpha: (N, T, 2 S + 1), -inf past each sequence's lengths.
-    ctc_loss_device(...), reduce_device(...): fastctc.ctc_loss[_and_grad] on device arrays.
+    ctc_loss_device(...): fastctc.ctc_loss[_and_grad] on device arrays (reduced by
+        fastctc._reduction, on the device).
 
 Graph capture: every launch goes to the current stream and no call reads a device value
 on the host, so torch_forward / torch_backward can be captured in a CUDA graph.  Pass
@@ -53,7 +54,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import CTCTypeError, CTCValueError
+from ._reduction import reduce_losses
+from ._validate import (
+    CTCTypeError,
+    CTCValueError,
+    check_at_least_one,
+    check_batch_size,
+    check_dtype,
+    check_index,
+    check_integer_dtype,
+    check_range,
+    check_rank,
+    padded_mask,
+)
 
 # Kernel arguments of fctc_trellis_* and fctc_grad_*, in the order of FCTC_FIELDS in
 # cuda/ctc.cu.  kinds: p = pointer, i = int32, q = int64, d = double.
@@ -303,9 +316,7 @@ def _int_operand(be, x, name, shape_ok):
     Host values are checked by the caller before this and copied without blocking."""
     mod = type(x).__module__.split(".")[0]
     if is_cuda_array(x) and mod in ("torch", "cupy"):
-        kind = be.dtype_name(x)
-        if kind not in ("int32", "int64"):
-            raise CTCTypeError(f"{name} on the device must be int32 or int64, got {kind}")
+        kind = check_dtype(be.dtype_name(x), f"{name} on the device", ("int32", "int64"))
         if not shape_ok(be.shape(x)):
             raise CTCValueError(f"{name} has shape {be.shape(x)}, which does not fit the activations")
         return x, int(kind == "int64"), be.strides(x) or (0,)
@@ -314,8 +325,7 @@ def _int_operand(be, x, name, shape_ok):
     if mod == "torch":
         x = x.detach().numpy()  # a CPU tensor: host values, no device involved
     arr = np.asarray(x)
-    if arr.dtype.kind not in "iu":
-        raise CTCTypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    check_integer_dtype(arr, name)
     if not shape_ok(arr.shape):
         raise CTCValueError(f"{name} has shape {arr.shape}, which does not fit the activations")
     dev = be.from_host(arr.astype(np.int64))
@@ -332,13 +342,10 @@ def _host(x):
 
 
 def _check_host_ints(x, name, low, high):
+    """Values of host integers in [low, high]; device values are not read (no synchronisation)."""
     arr = _host(x)
-    if arr is not None and arr.size and arr.dtype.kind in "iu":
-        bad = (arr < low) | (arr > high)
-        if bad.any():
-            i = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
-            idx = ", ".join(str(int(k)) for k in i)
-            raise CTCValueError(f"{name}[{idx}] = {int(arr[i])} is outside [{low}, {high}]")
+    if arr is not None and arr.dtype.kind in "iu":
+        check_range(arr, name, low, high)
 
 
 def _shape_of(x):
@@ -352,17 +359,10 @@ class _Call:
                  want_alpha=False, max_target_length=None, workspace=None):
         be, x, back = _backend_for(acts)
         self.be, self.back = be, back
-        kind = be.dtype_name(x)
-        if kind not in KERNEL_TYPES:
-            raise CTCTypeError(f"acts must be float32, float64, float16 or bfloat16, got {kind}")
-        shape = be.shape(x)
-        if len(shape) != 3:
-            raise CTCValueError(f"acts must have shape (T, N, C), got {shape}")
-        T, N, C = shape
-        if C < 1:
-            raise CTCValueError("acts must have at least one class (C >= 1), got C = 0")
-        if isinstance(blank, (bool, np.bool_)) or not 0 <= int(blank) < C:
-            raise CTCValueError(f"blank must be in [0, {C}), got {blank}")
+        kind = check_dtype(be.dtype_name(x), "acts", tuple(KERNEL_TYPES))
+        T, N, C = check_rank(be.shape(x), "acts", 3, "(T, N, C)")
+        check_at_least_one(C, "acts", "class", "C")
+        blank = check_index(blank, "blank", C)
         if be.strides(x)[2] != 1 or any(s < 0 for s in be.strides(x)):
             x = be.contiguous(x)
         st_t, st_n, _ = be.strides(x)
@@ -371,8 +371,9 @@ class _Call:
 
         tshape = _shape_of(targets)
         concat = len(tshape) == 1
-        if len(tshape) not in (1, 2) or (not concat and tshape[0] != N):
-            raise CTCValueError(f"targets must have shape (N, S) = ({N}, S) or (sum(target_lengths),), got {tshape}")
+        check_rank(tshape, "targets", (2, 1), "(N, S) padded or (sum(target_lengths),) concatenated")
+        if not concat:
+            check_batch_size(tshape, "targets", N, "(N, S)")
         _check_host_ints(input_lengths, "input_lengths", 0, T)
         tl_host = _host(target_lengths)
         if concat:
@@ -390,13 +391,8 @@ class _Call:
             _check_host_ints(target_lengths, "target_lengths", 0, Smax)
         tg_host = _host(targets)
         if tg_host is not None and tl_host is not None and tg_host.size:
-            if concat:
-                bad = (tg_host < 0) | (tg_host >= C)
-            else:
-                bad = ((tg_host < 0) | (tg_host >= C)) & (np.arange(Smax)[None, :] < tl_host.reshape(-1, 1))
-            if bad.any():
-                i = np.unravel_index(int(np.flatnonzero(bad)[0]), tg_host.shape)
-                raise CTCValueError(f"targets[{', '.join(map(str, i))}] = {int(tg_host[i])} is outside [0, {C})")
+            mask = None if concat else padded_mask(tl_host.reshape(-1), Smax)
+            check_range(tg_host, "targets", 0, C, "C = number of classes", mask=mask, exclusive=True)
         self.tg, tg64, tg_st = _int_operand(be, targets, "targets", lambda s: tuple(s) == tuple(tshape))
         self.il, il64, il_st = _int_operand(be, input_lengths, "input_lengths", lambda s: tuple(s) == (N,))
         self.tl, tl64, tl_st = _int_operand(be, target_lengths, "target_lengths", lambda s: tuple(s) == (N,))
@@ -589,41 +585,6 @@ def torch_ctc(log_probs, targets, input_lengths, target_lengths, weights=None, *
 
 # ------------------------------------------------------------------ PyTorch-style API on device
 
-def reduce_device(costs, target_lengths, reduction, zero_infinity):
-    """torch's reductions on a device costs vector (torch or CuPy), without synchronising."""
-    mod = type(costs).__module__.split(".")[0]
-    if mod == "torch":
-        import torch as xp
-    elif mod == "cupy":
-        import cupy as xp
-    else:
-        raise CTCTypeError(f"cannot reduce a {type(costs).__name__} on the device")
-    if zero_infinity:  # +inf only: an undefined (NaN) sequence stays NaN
-        costs = xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
-    if reduction == "none":
-        return costs
-    if reduction == "sum":
-        return costs.sum()
-    N = costs.shape[0]
-    if is_cuda_array(target_lengths):
-        tl = target_lengths
-        if mod == "torch" and type(tl).__module__.split(".")[0] != "torch":
-            tl = xp.from_dlpack(tl)
-        tl = tl.to(costs.dtype) if mod == "torch" else tl.astype(costs.dtype)
-    else:
-        host = np.maximum(np.asarray(_host(target_lengths), dtype=np.float64), 1.0).astype(
-            str(costs.dtype).split(".")[-1])
-        if mod == "torch":
-            tl = xp.from_numpy(np.ascontiguousarray(host))
-            if costs.device.type == "cuda":  # pinned: the upload does not block the host
-                tl = tl.pin_memory()
-            tl = tl.to(costs.device, non_blocking=True)
-        else:
-            tl = xp.asarray(host)
-    tl = tl.clamp(min=1) if mod == "torch" else xp.maximum(tl, 1)
-    return (costs / tl).sum() / N
-
-
 def ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
                     from_logits, want_grad):
     """fastctc.ctc_loss / ctc_loss_and_grad for device arrays: (loss, grad or None)."""
@@ -638,7 +599,7 @@ def ctc_loss_device(log_probs, targets, input_lengths, target_lengths, blank, re
     mean = reduction == "mean"
     costs, grad, _ = run_device(x, targets, input_lengths, target_lengths, blank=blank,
                                 from_logits=from_logits, want_grad=want_grad, mean_weights=mean)
-    loss = reduce_device(costs, target_lengths, reduction, zero_infinity)
+    loss = reduce_losses(costs, target_lengths, reduction, zero_infinity)
     if unbatched:
         if reduction == "none":
             loss = loss.reshape(())

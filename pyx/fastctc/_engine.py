@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core, _fast
+from ._reduction import loss_weights, reduce_losses
 from ._validate import (
     Batch,
     as_float_array,
@@ -35,7 +36,7 @@ _UNIT_WEIGHTS.flags.writeable = False
 default_threads = _core.default_threads
 
 
-class _ThreadBudget:
+class ThreadBudget:
     """Context manager giving this call its share of the thread budget (_core counts the
     calls in flight across every door)."""
 
@@ -73,7 +74,7 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
         grad_weights = np.ascontiguousarray(grad_weights, dtype=np.float64)
     if N == 0:
         return costs, grad, log_alpha
-    # _ThreadBudget's accounting, inline (the context manager costs microseconds per call)
+    # ThreadBudget's accounting, inline (the context manager costs microseconds per call)
     threads = _core.threads_enter(num_threads)
     try:
         _core.run_batch(acts, batch.labels, batch.offsets, batch.label_lengths, batch.input_lengths,
@@ -84,20 +85,9 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
 
 
 def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_infinity: bool):
-    """(reduced loss, per-sequence gradient weights) for torch's reductions."""
-    N = costs.shape[0]
-    if zero_infinity:
-        costs = np.where(np.isinf(costs) & (costs > 0), np.zeros((), costs.dtype), costs)
-    if reduction == "none":
-        return costs, np.ones(N)
-    if reduction == "sum":
-        return np.asarray(costs.sum(dtype=np.float64), dtype=costs.dtype), np.ones(N)
-    # mean: each loss divided by its target length (at least 1), then averaged over the batch
-    divisor = np.maximum(label_lengths.astype(np.float64), 1.0)
-    if N == 0:
-        return np.asarray(np.nan, dtype=costs.dtype), np.ones(0)
-    weights = 1.0 / (divisor * N)
-    return np.asarray((costs.astype(np.float64) * weights).sum(), dtype=costs.dtype), weights
+    """(reduced loss, per-sequence gradient weights): the pair tests/test_torch_fast.py
+    compares fastctc._fast with; both come from fastctc._reduction."""
+    return reduce_losses(costs, label_lengths, reduction, zero_infinity), loss_weights(label_lengths, reduction)
 
 
 def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
@@ -114,7 +104,7 @@ def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction
     return batch, blank, reduction, zero_infinity, from_logits, num_threads
 
 
-def _on_gpu(log_probs) -> bool:
+def on_gpu(log_probs) -> bool:
     """True when the activations live on a CUDA device (the GPU path takes the call)."""
     if type(log_probs) is np.ndarray:
         return False
@@ -202,7 +192,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     >>> print(np.round(loss, 4))
     [0.2877]
     """
-    if _on_gpu(log_probs):
+    if on_gpu(log_probs):
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, False)[0]
     reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
@@ -297,7 +287,7 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     [[-0.3333 -0.6667]
      [-0.3333 -0.6667]]
     """
-    if _on_gpu(log_probs):
+    if on_gpu(log_probs):
         if grad_out is not None:
             raise NotImplementedError("grad_out is supported for CPU (NumPy) arrays only; on the GPU the "
                                       "gradient is allocated by the GPU path")
@@ -313,7 +303,6 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
     batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
         log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
         from_logits, num_threads)
-    N = batch.acts.shape[1]
     engine_grad = None
     if grad_out is not None:
         acts_name = "logits" if from_logits else "log_probs"
@@ -324,10 +313,10 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
         grad_out = check_grad_out(grad_out, batch.original_shape, batch.acts.dtype, acts_name, views, others)
         engine_grad = grad_out[:, None, :] if batch.unbatched else grad_out
     # Weights depend only on the reduction and the lengths, so they are known before the pass.
-    _, weights = _reduce(np.zeros(N, dtype=batch.acts.dtype), batch.label_lengths, reduction, False)
+    weights = loss_weights(batch.label_lengths, reduction)
     costs, grad, _ = run(batch, blank, from_logits, want_grad=True, grad_weights=weights,
                          num_threads=num_threads, grad=engine_grad)
-    loss, _ = _reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    loss = reduce_losses(costs, batch.label_lengths, reduction, zero_infinity)
     if grad_out is not None:
         grad = grad_out
     elif batch.unbatched:

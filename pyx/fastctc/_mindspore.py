@@ -27,11 +27,26 @@ from __future__ import annotations
 import numpy as np
 
 from . import _engine
-from ._validate import CTCRuntimeError, CTCTypeError, CTCValueError, check_ctc_inputs
+from ._reduction import zero_infinite
+from ._validate import (
+    CTCRuntimeError,
+    CTCTypeError,
+    CTCValueError,
+    check_batch_size,
+    check_ctc_inputs,
+    check_dtype,
+    check_index,
+    check_integer,
+    check_range,
+    check_rank,
+    check_shape,
+    padded_mask,
+)
 
 __all__ = ["CTCLossV2"]
 
-_INT_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_INTS = ("int32", "int64")
+_FLOATS = ("float32", "float64")
 
 
 def _to_numpy(x, name):
@@ -46,45 +61,61 @@ def _to_numpy(x, name):
         raise CTCTypeError(f"{name} could not be read as an array: {exc}") from exc
 
 
+def _check_length_meta(x, name, n, targets_dtype):
+    """dtype and shape of a lengths array (host or device): int32/int64 like the targets, (N,)."""
+    kind = check_dtype(x, name, _INTS)
+    if kind != targets_dtype:
+        raise CTCTypeError(f"targets and {name} must have the same dtype, got {targets_dtype} and {kind}")
+    check_shape(x.shape, name, (n,), "(N,)", "matching log_probs' batch size")
+
+
 def _lengths(x, name, n, targets_dtype):
     """Lengths as an int64 (N,) array; tuples/lists of ints adopt the targets' dtype."""
-    is_sequence = isinstance(x, (tuple, list))
-    if is_sequence:
+    if isinstance(x, (tuple, list)):
         for i, v in enumerate(x):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise CTCTypeError(f"{name}[{i}] must be an int, got {type(v).__name__} {v!r}")
         arr = np.asarray(x, dtype=np.int64) if len(x) else np.zeros(0, np.int64)
+        check_shape(arr.shape, name, (n,), "(N,)", "matching log_probs' batch size")
     else:
         arr = _to_numpy(x, name)
-        if arr.dtype not in _INT_DTYPES:
-            raise CTCTypeError(f"{name} must have dtype int32 or int64, got {arr.dtype}")
-        if arr.dtype != targets_dtype:
-            raise CTCTypeError(f"targets and {name} must have the same dtype, got {targets_dtype} and {arr.dtype}")
-    if arr.shape != (n,):
-        raise CTCValueError(f"{name} must have shape (N,) = ({n},) matching log_probs' batch size, "
-                            f"got shape {arr.shape}")
+        _check_length_meta(arr, name, n, targets_dtype)
     return arr.astype(np.int64, copy=False)
 
 
-def _dtype_name(x) -> str:
-    """'float32', 'int64', ... for NumPy, torch ('torch.float32'), CuPy and JAX arrays."""
-    return str(getattr(x, "dtype", "")).replace("torch.", "")
+def _check_length_values(il, tl, T, S):
+    """MindSpore's RuntimeErrors for lengths out of range (either may be None: on the device)."""
+    if il is not None:
+        check_range(il, "input_lengths", 0, T, "T = log_probs.shape[0]", cls=CTCRuntimeError)
+    if tl is not None:
+        if il is not None:
+            check_range(tl, "target_lengths", 0, il, "input_lengths[{i}]", cls=CTCRuntimeError)
+        check_range(tl, "target_lengths", 0, S, "the padded target width S", cls=CTCRuntimeError)
 
 
-def _zero_positive_inf(costs):
-    """costs with +inf replaced by 0, as an array of the same kind, without leaving its device."""
-    mod = type(costs).__module__.split(".")[0]
-    if mod == "torch":
-        import torch as xp
-    elif mod == "cupy":
-        import cupy as xp
-    elif mod in ("jax", "jaxlib"):
-        import jax.numpy as xp
-    else:
-        out = costs.copy()
-        out[np.isinf(out) & (out > 0)] = 0
-        return out
-    return xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
+def check_inputs(blank, log_probs, targets, input_lengths, target_lengths):
+    """Every documented error of a call with host operands (fastctc.mindspore's Cell checks
+    its arguments with it too); returns (Batch, blank, S)."""
+    lp = _to_numpy(log_probs, "log_probs")
+    check_dtype(lp, "log_probs", _FLOATS)
+    T, N, C = check_rank(lp.shape, "log_probs", 3, "(T, N, C)")
+    tg = _to_numpy(targets, "targets")
+    tg_kind = check_dtype(tg, "targets", _INTS)
+    S = _targets_width(tg.shape, N)
+    il = _lengths(input_lengths, "input_lengths", N, tg_kind)
+    tl = _lengths(target_lengths, "target_lengths", N, tg_kind)
+    check_index(blank, "blank", C)
+    _check_length_values(il, tl, T, S)
+    # label values in [0, C) are checked (CTCValueError) by the shared validator
+    batch, blank = check_ctc_inputs(lp, tg, il, tl, blank, allow_unbatched=False)
+    return batch, blank, S
+
+
+def _targets_width(shape, N):
+    """S of padded (N, S) targets."""
+    check_rank(shape, "targets", 2, "(N, S)")
+    check_batch_size(shape, "targets", N, "(N, S)")
+    return shape[1]
 
 
 class CTCLossV2:
@@ -136,109 +167,37 @@ class CTCLossV2:
             raise CTCTypeError(f"reduction must be a str, got {type(reduction).__name__} {reduction!r}")
         if reduction.lower() != "none":
             raise CTCValueError(f"reduction must be 'none' (case-insensitive), got {reduction!r}")
-        if isinstance(blank, (bool, np.bool_)) or not isinstance(blank, (int, np.integer)):
-            raise CTCTypeError(f"blank must be an int, got {type(blank).__name__} {blank!r}")
-        self.blank = int(blank)
+        self.blank = check_integer(blank, "blank")
         self.reduction = "none"
         self.zero_infinity = bool(zero_infinity)
 
     def __repr__(self):
         return f"CTCLossV2(blank={self.blank}, reduction='none', zero_infinity={self.zero_infinity})"
 
-    def _check(self, log_probs, targets, input_lengths, target_lengths):
-        lp = _to_numpy(log_probs, "log_probs")
-        if lp.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise CTCTypeError(f"log_probs must have dtype float32 or float64, got {lp.dtype}")
-        if lp.ndim != 3:
-            raise CTCValueError(f"log_probs must have rank 3, shape (T, N, C); got shape {lp.shape}")
-        T, N, C = lp.shape
-        tg = _to_numpy(targets, "targets")
-        if tg.dtype not in _INT_DTYPES:
-            raise CTCTypeError(f"targets must have dtype int32 or int64, got {tg.dtype}")
-        if tg.ndim != 2:
-            raise CTCValueError(f"targets must have rank 2, shape (N, S); got shape {tg.shape}")
-        if tg.shape[0] != N:
-            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tg.shape}")
-        il = _lengths(input_lengths, "input_lengths", N, tg.dtype)
-        tl = _lengths(target_lengths, "target_lengths", N, tg.dtype)
-        if not 0 <= self.blank < C:
-            raise CTCValueError(f"blank must be in [0, C) = [0, {C}), got {self.blank}")
-        for i in range(N):
-            if not 0 <= il[i] <= T:
-                raise CTCRuntimeError(f"input_lengths[{i}] = {int(il[i])} is outside [0, {T}] (T = log_probs.shape[0])")
-        S = tg.shape[1]
-        for i in range(N):
-            if not 0 <= tl[i] <= il[i]:
-                raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl[i])} is outside [0, input_lengths[{i}]] "
-                                      f"= [0, {int(il[i])}]")
-            if tl[i] > S:
-                raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl[i])} exceeds the padded target width S = {S}")
-        # label values in [0, C) are checked (CTCValueError) by the shared validator
-        batch, blank = check_ctc_inputs(lp, tg, il, tl, self.blank, allow_unbatched=False)
-        return batch, blank, S
-
     # ------------------------------------------------------------------ GPU routing
     def _check_device(self, log_probs, targets, input_lengths, target_lengths):
-        """_check for a CUDA log_probs: shapes and dtypes everywhere, values of host operands.
+        """check_inputs() for a CUDA log_probs: shapes and dtypes everywhere, values of host operands.
         Returns (targets, input_lengths, target_lengths) ready for run_device."""
-        kind = _dtype_name(log_probs)
-        if kind not in ("float32", "float64"):
-            raise CTCTypeError(f"log_probs must have dtype float32 or float64, got {kind}")
-        shape = tuple(log_probs.shape)
-        if len(shape) != 3:
-            raise CTCValueError(f"log_probs must have rank 3, shape (T, N, C); got shape {shape}")
-        T, N, C = shape
-        tg_dev = _engine._on_gpu(targets)
+        check_dtype(log_probs, "log_probs", _FLOATS)
+        T, N, C = check_rank(log_probs.shape, "log_probs", 3, "(T, N, C)")
+        tg_dev = _engine.on_gpu(targets)
         tg = targets if tg_dev else _to_numpy(targets, "targets")
-        tg_kind = _dtype_name(tg)
-        if tg_kind not in ("int32", "int64"):
-            raise CTCTypeError(f"targets must have dtype int32 or int64, got {tg_kind}")
-        tshape = tuple(tg.shape)
-        if len(tshape) != 2:
-            raise CTCValueError(f"targets must have rank 2, shape (N, S); got shape {tshape}")
-        if tshape[0] != N:
-            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tshape}")
-        S = tshape[1]
+        tg_kind = check_dtype(tg, "targets", _INTS)
+        S = _targets_width(tuple(tg.shape), N)
         lengths = []
         for x, name in ((input_lengths, "input_lengths"), (target_lengths, "target_lengths")):
-            if _engine._on_gpu(x):
-                k = _dtype_name(x)
-                if k not in ("int32", "int64"):
-                    raise CTCTypeError(f"{name} must have dtype int32 or int64, got {k}")
-                if k != tg_kind:
-                    raise CTCTypeError(f"targets and {name} must have the same dtype, got {tg_kind} and {k}")
-                if tuple(x.shape) != (N,):
-                    raise CTCValueError(f"{name} must have shape (N,) = ({N},) matching log_probs' batch size, "
-                                        f"got shape {tuple(x.shape)}")
+            if _engine.on_gpu(x):
+                _check_length_meta(x, name, N, tg_kind)
                 lengths.append(x)
             else:
-                lengths.append(_lengths(x, name, N, np.dtype(tg_kind)))
+                lengths.append(_lengths(x, name, N, tg_kind))
         il, tl = lengths
-        if not 0 <= self.blank < C:
-            raise CTCValueError(f"blank must be in [0, C) = [0, {C}), got {self.blank}")
-        il_host = None if _engine._on_gpu(il) else il
-        tl_host = None if _engine._on_gpu(tl) else tl
-        if il_host is not None:
-            for i in range(N):
-                if not 0 <= il_host[i] <= T:
-                    raise CTCRuntimeError(f"input_lengths[{i}] = {int(il_host[i])} is outside [0, {T}] "
-                                          f"(T = log_probs.shape[0])")
-        if tl_host is not None:
-            for i in range(N):
-                if il_host is not None and not 0 <= tl_host[i] <= il_host[i]:
-                    raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl_host[i])} is outside "
-                                          f"[0, input_lengths[{i}]] = [0, {int(il_host[i])}]")
-                if tl_host[i] < 0:
-                    raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl_host[i])} is negative")
-                if tl_host[i] > S:
-                    raise CTCRuntimeError(f"target_lengths[{i}] = {int(tl_host[i])} exceeds the padded target "
-                                          f"width S = {S}")
-            if not tg_dev and tg.size:
-                bad = ((tg < 0) | (tg >= C)) & (np.arange(S)[None, :] < tl_host[:, None])
-                if bad.any():
-                    n, s = (int(v) for v in np.argwhere(bad)[0])
-                    raise CTCValueError(f"targets[{n}, {s}] = {int(tg[n, s])} is outside [0, {C}) "
-                                        f"(C = log_probs.shape[2])")
+        check_index(self.blank, "blank", C)
+        il_host = None if _engine.on_gpu(il) else il
+        tl_host = None if _engine.on_gpu(tl) else tl
+        _check_length_values(il_host, tl_host, T, S)
+        if tl_host is not None and not tg_dev:
+            check_range(tg, "targets", 0, C, "C = log_probs.shape[2]", mask=padded_mask(tl_host, S), exclusive=True)
         return tg, il, tl
 
     def _run_gpu(self, want_grad, log_probs, targets, input_lengths, target_lengths):
@@ -247,20 +206,19 @@ class CTCLossV2:
         costs, grad, log_alpha = _cuda.run_device(log_probs, tg, il, tl, blank=self.blank, from_logits=False,
                                                   want_grad=want_grad, grad_weights=None, want_alpha=True)
         if self.zero_infinity:
-            costs = _zero_positive_inf(costs)
+            costs = zero_infinite(costs)
             # infeasible sequences already have zero gradient rows in the kernel
         return costs, log_alpha, grad
 
     # ------------------------------------------------------------------ CPU
     def _run(self, want_grad, log_probs, targets, input_lengths, target_lengths):
-        if _engine._on_gpu(log_probs):
+        if _engine.on_gpu(log_probs):
             return self._run_gpu(want_grad, log_probs, targets, input_lengths, target_lengths)
-        batch, blank, S = self._check(log_probs, targets, input_lengths, target_lengths)
+        batch, blank, S = check_inputs(self.blank, log_probs, targets, input_lengths, target_lengths)
         costs, grad, log_alpha = _engine.run(batch, blank, False, want_grad=want_grad,
                                              want_alpha=True, alpha_cols=2 * S + 1)
         if self.zero_infinity:
-            bad = np.isinf(costs) & (costs > 0)
-            costs[bad] = 0
+            costs = zero_infinite(costs)
             # infeasible sequences already have zero gradient rows in the engine
         return costs, log_alpha, grad
 

@@ -32,44 +32,45 @@ import numbers
 import numpy as np
 
 from . import _engine, _optax_core
-from ._validate import CTCTypeError, CTCValueError, check_index, check_num_threads
+from ._validate import (
+    CTCTypeError,
+    CTCValueError,
+    check_at_least_one,
+    check_batch_size,
+    check_dtype,
+    check_flag,
+    check_index,
+    check_integer_dtype,
+    check_num_threads,
+    check_range,
+    check_rank,
+    check_shape,
+    first_offender,
+    index_text,
+)
 
 __all__ = ["ctc_loss_with_forward_probs", "optax_ctc_loss", "loss_and_grad"]
 
 _I32 = np.iinfo(np.int32)
 
 
-def _first_bad(mask):
-    return tuple(int(i) for i in np.argwhere(mask)[0])
-
-
 def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon, check_values=True):
     """Arrays laid out for the driver: (x, pad, labels int32, label_paddings, blank, eps); the
     label lengths (N - sum(label_paddings), as optax) are computed in C."""
     x = np.asarray(logits)
-    if x.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise CTCTypeError(f"logits must have dtype float32 or float64, got {x.dtype}")
-    if x.ndim != 3:
-        raise CTCValueError(f"logits must have rank 3, shape (B, T, K); got shape {x.shape}")
-    B, T, K = x.shape
-    if T < 1:
-        raise CTCValueError("logits must have at least one frame (T >= 1), got T = 0")
-    if K < 1:
-        raise CTCValueError("logits must have at least one class (K >= 1), got K = 0")
+    check_dtype(x, "logits", ("float32", "float64"))
+    B, T, K = check_rank(x.shape, "logits", 3, "(B, T, K)")
+    check_at_least_one(T, "logits", "frame", "T")
+    check_at_least_one(K, "logits", "class", "K")
     lab = np.asarray(labels)
-    if lab.dtype.kind not in "iu":
-        raise CTCTypeError(f"labels must hold integers, got dtype {lab.dtype}")
-    if lab.ndim != 2:
-        raise CTCValueError(f"labels must have rank 2, shape (B, N); got shape {lab.shape}")
-    if lab.shape[0] != B:
-        raise CTCValueError(f"labels must have batch size B = {B} (logits.shape[0]), got shape {lab.shape}")
+    check_integer_dtype(lab, "labels")
+    check_rank(lab.shape, "labels", 2, "(B, N)")
+    check_batch_size(lab.shape, "labels", B, "(B, N)", "B", "(logits.shape[0])")
     N = lab.shape[1]
     lpad = np.asarray(label_paddings)
-    if lpad.shape != lab.shape:
-        raise CTCValueError(f"label_paddings must have labels' shape {lab.shape}, got {lpad.shape}")
+    check_shape(lpad.shape, "label_paddings", lab.shape, "labels' shape (B, N)")
     fpad = np.asarray(logit_paddings)
-    if fpad.shape != (B, T):
-        raise CTCValueError(f"logit_paddings must have shape (B, T) = {(B, T)}, got {fpad.shape}")
+    check_shape(fpad.shape, "logit_paddings", (B, T), "(B, T)")
     for name, arr in (("logit_paddings", fpad), ("label_paddings", lpad)):
         if arr.dtype.kind not in "fiub":
             raise CTCTypeError(f"{name} must be a real array of 0.0/1.0, got dtype {arr.dtype}")
@@ -81,21 +82,16 @@ def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsil
     eps = float(log_epsilon)
     if check_values:
         for name, arr in (("logit_paddings", fpad), ("label_paddings", lpad)):
-            bad = (arr != 0) & (arr != 1)
-            if bad.any():
-                idx = _first_bad(bad)
-                raise CTCValueError(f"{name}{list(idx)} = {arr[idx]} must be 0.0 or 1.0")
+            idx = first_offender((arr != 0) & (arr != 1))
+            if idx is not None:
+                raise CTCValueError(f"{name}[{index_text(idx)}] = {arr[idx]} must be 0.0 or 1.0")
         if N > 1:
-            bad = (lpad[:, 1:] == 0) & (lpad[:, :-1] == 1)
-            if bad.any():
-                b, n = _first_bad(bad)
+            idx = first_offender((lpad[:, 1:] == 0) & (lpad[:, :-1] == 1))
+            if idx is not None:
+                b, n = idx
                 raise CTCValueError(f"labels must be right-padded: label_paddings[{b}, {n + 1}] = 0 follows a "
                                     f"padded position label_paddings[{b}, {n}] = 1")
-        real = lpad == 0
-        bad = real & ((lab < 0) | (lab >= K))
-        if bad.any():
-            b, n = _first_bad(bad)
-            raise CTCValueError(f"labels[{b}, {n}] = {int(lab[b, n])} is outside [0, {K}) (K = number of classes)")
+        check_range(lab, "labels", 0, K, "K = number of classes", mask=lpad == 0, exclusive=True)
         if not np.isfinite(eps):
             raise CTCValueError(f"log_epsilon must be finite, got {eps}")
     dt = x.dtype.newbyteorder("=")
@@ -133,7 +129,7 @@ def _run(x, pad, lab32, lpad, blank, eps, want_grad, want_alpha=True, num_thread
     if B == 0:
         return loss, phi, emit, grad
     eps_arr = np.full(1, eps, dtype=dt)
-    with _engine._ThreadBudget(num_threads) as threads:
+    with _engine.ThreadBudget(num_threads) as threads:
         _optax_core.run(x, pad, lab32, lpad, eps_arr, blank, loss, grad, phi, emit, bool(exact), threads)
     return loss, phi, emit, grad
 
@@ -208,7 +204,7 @@ def ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, 
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
-    loss, phi, emit, _ = _run(*prepared, want_grad=False, num_threads=num_threads, exact=_flag(exact))
+    loss, phi, emit, _ = _run(*prepared, want_grad=False, num_threads=num_threads, exact=check_flag(exact, "exact"))
     return loss, phi, emit
 
 
@@ -252,7 +248,8 @@ def optax_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, l
     """
     num_threads = check_num_threads(num_threads)
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
-    return _run(*prepared, want_grad=False, want_alpha=False, num_threads=num_threads, exact=_flag(exact))[0]
+    exact = check_flag(exact, "exact")
+    return _run(*prepared, want_grad=False, want_alpha=False, num_threads=num_threads, exact=exact)[0]
 
 
 def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0, log_epsilon=-1e5,
@@ -289,11 +286,6 @@ def loss_and_grad(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
     prepared = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,
                         check_values=check_values)
     loss, _, _, grad = _run(*prepared, want_grad=True, want_alpha=False, num_threads=num_threads,
-                            exact=_flag(exact))
+                            exact=check_flag(exact, "exact"))
     return loss, grad
 
-
-def _flag(value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise CTCTypeError(f"exact must be True or False, got {value!r}")
-    return bool(value)

@@ -128,8 +128,7 @@ def as_int_array(x, name: str) -> np.ndarray:
         arr = np.asarray(x)
     except Exception as exc:
         raise CTCTypeError(f"{name} could not be read as an integer array: {exc}") from exc
-    if arr.dtype.kind not in "iu":
-        raise CTCTypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    check_integer_dtype(arr, name)
     return arr
 
 
@@ -157,9 +156,11 @@ def check_flag(value, name: str) -> bool:
     raise CTCTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def check_reduction(reduction) -> str:
+def check_reduction(reduction, type_error=CTCTypeError) -> str:
+    """'none', 'mean' or 'sum'; type_error: the class for a reduction that is not a str
+    (Paddle raises ValueError there)."""
     if not isinstance(reduction, str):
-        raise CTCTypeError(f"reduction must be a str ('none', 'mean' or 'sum'), got {type(reduction).__name__}")
+        raise type_error(f"reduction must be a str ('none', 'mean' or 'sum'), got {type(reduction).__name__}")
     if reduction not in ("none", "mean", "sum"):
         raise CTCValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     return reduction
@@ -181,9 +182,119 @@ def check_num_threads(num_threads):
     return v
 
 
-def _lengths(x, name: str, n: int, unbatched: bool) -> np.ndarray:
+# ------------------------------------------------------------------ the checking vocabulary
+# Every front end phrases its errors with these, so a message always has the same shape:
+# the argument, the offending index and value, and the bound it broke.
+
+def dtype_name(x) -> str:
+    """'float32', 'int64', ... for the dtype of any array (NumPy, torch 'torch.float32',
+    Paddle 'paddle.float32', CuPy, JAX, MindSpore 'Float32') or for a dtype itself."""
+    dt = getattr(x, "dtype", x)
+    if isinstance(dt, np.dtype):
+        return str(dt)
+    return str(dt).lower().replace("torch.", "").replace("paddle.", "")
+
+
+def _alternatives(words) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    words = [str(w) for w in words]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def check_dtype(got, name: str, allowed, cls=CTCTypeError, why: str = "") -> str:
+    """got (a dtype name, or anything dtype_name reads) among `allowed`; returns its name.
+    why: who requires it ("as paddle.nn.functional.ctc_loss requires")."""
+    kind = got if isinstance(got, str) else dtype_name(got)
+    if kind not in allowed:
+        raise cls(f"{name} must have dtype {_alternatives(allowed)}{' (' + why + ')' if why else ''}, got {kind}")
+    return kind
+
+
+def check_rank(shape, name: str, ranks, layout: str, cls=CTCValueError) -> tuple:
+    """len(shape) among `ranks` (an int or a tuple of them); layout names the axes."""
+    shape = tuple(shape)
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if len(shape) not in ranks:
+        raise cls(f"{name} must have rank {_alternatives(ranks)}, shape {layout}; got shape {shape}")
+    return shape
+
+
+def check_shape(shape, name: str, expected, layout: str, why: str = "", cls=CTCValueError) -> tuple:
+    """shape == expected (a tuple); layout names the axes, why says where expected comes from."""
+    shape = tuple(shape)
+    if shape != tuple(expected):
+        raise cls(f"{name} must have shape {layout} = {tuple(expected)}{' ' + why if why else ''}, "
+                  f"got shape {shape}")
+    return shape
+
+
+def check_batch_size(shape, name: str, n: int, layout: str, letter: str = "N", why: str = "",
+                     cls=CTCValueError) -> tuple:
+    """shape[0] == n: the argument has the activations' batch size."""
+    shape = tuple(shape)
+    if not shape or shape[0] != n:
+        raise cls(f"{name} must have shape {layout} with batch size {letter} = {n}{' ' + why if why else ''}, "
+                  f"got shape {shape}")
+    return shape
+
+
+def check_at_least_one(size: int, name: str, what: str, letter: str, cls=CTCValueError) -> int:
+    """An axis that must not be empty: `name must have at least one class (C >= 1), got C = 0`."""
+    if size < 1:
+        raise cls(f"{name} must have at least one {what} ({letter} >= 1), got {letter} = {size}")
+    return size
+
+
+def check_integer_dtype(x, name: str, cls=CTCTypeError):
+    """x's dtype (NumPy's, or one NumPy can read: JAX, CuPy) holds integers (bool rejected)."""
+    try:
+        kind = np.dtype(getattr(x, "dtype", x)).kind
+    except TypeError:
+        kind = "?"
+    if kind not in "iu":
+        raise cls(f"{name} must hold integers, got dtype {getattr(x, 'dtype', x)}")
+
+
+def first_offender(mask):
+    """The index (a tuple, C order) of the first True element of a boolean array, or None."""
+    mask = np.asarray(mask)
+    if not mask.any():
+        return None
+    flat = int(np.flatnonzero(mask)[0])
+    return tuple(int(k) for k in np.unravel_index(flat, mask.shape))
+
+
+def index_text(idx) -> str:
+    """'3' or '1, 2': an index as it is written inside name[...]."""
+    return ", ".join(str(int(k)) for k in idx)
+
+
+def check_range(arr, name: str, low, high, note: str = "", *, mask=None, exclusive: bool = False,
+                cls=CTCValueError):
+    """Every arr[i] (where mask[i], when given) in [low, high] ([low, high) when exclusive),
+    else `name[i] = value is outside [low, bound] (note)` for the first offender.  high may
+    be an array of per-item bounds; "{i}" in note is replaced by the offender's index."""
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        return
+    bad = arr < low
+    bad |= (arr >= high) if exclusive else (arr > high)
+    if mask is not None:
+        bad &= mask
+    idx = first_offender(bad)
+    if idx is None:
+        return
+    bound = int(np.asarray(high)[idx]) if np.ndim(high) else high
+    i = index_text(idx)
+    note = note.replace("{i}", i)
+    raise cls(f"{name}[{i}] = {int(arr[idx])} is outside [{low}, {bound}{')' if exclusive else ']'}"
+              f"{' (' + note + ')' if note else ''}")
+
+
+def check_lengths(x, name: str, n: int, unbatched: bool = False) -> np.ndarray:
+    """Lengths as an integer (n,) array, read by element count as PyTorch reads them (a
+    (N, 1) or (1, N) tensor works); one value (or a scalar) for unbatched input."""
     arr = as_int_array(x, name)
-    # PyTorch reads the lengths by element count (a (N, 1) or (1, N) tensor works), so do we.
     if unbatched:
         if arr.size != 1:
             raise CTCValueError(f"{name} must be a scalar (or hold one value) for unbatched (T, C) input, "
@@ -194,20 +305,30 @@ def _lengths(x, name: str, n: int, unbatched: bool) -> np.ndarray:
     return arr.reshape(n)
 
 
-def _check_range(arr: np.ndarray, name: str, low: int, high: int, high_name: str, per_item_high=None):
-    """Every arr[i] in [low, high] (or [low, per_item_high[i]]), else name the first offender."""
-    if arr.size == 0:
-        return
-    bad = arr < low
-    if per_item_high is not None:
-        bad |= arr > per_item_high
-    else:
-        bad |= arr > high
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        v = int(arr[i])
-        bound = int(per_item_high[i]) if per_item_high is not None else high
-        raise CTCValueError(f"{name}[{i}] = {v} is outside [{low}, {bound}] ({high_name})")
+def padded_mask(lengths, width: int) -> np.ndarray:
+    """(N, width) bool: True at the positions of padded rows that lie inside each length."""
+    return np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+
+
+def label_offsets(lengths, with_end: bool = False) -> np.ndarray:
+    """Where each sequence's labels start in the flat label array (intp (N,)), or with_end
+    the N + 1 boundaries (the last one is the total)."""
+    lengths = np.asarray(lengths)
+    n = lengths.shape[0]
+    out = np.zeros(n + 1, dtype=np.intp)
+    if n:
+        np.cumsum(lengths, out=out[1:])
+    return out if with_end else out[:n]
+
+
+def repeats(labels, lengths) -> np.ndarray:
+    """(N,) int64: how many labels of each padded row, within its length, equal the one
+    before; a target needs length + repeats frames (a blank separates repeated labels)."""
+    labels = np.asarray(labels)
+    if labels.shape[1] < 2:
+        return np.zeros(labels.shape[0], np.int64)
+    inside = padded_mask(lengths, labels.shape[1])[:, 1:]
+    return ((labels[:, 1:] == labels[:, :-1]) & inside).sum(axis=1).astype(np.int64)
 
 
 def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
@@ -215,11 +336,10 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
     """Validates torch.nn.functional.ctc_loss-style arguments; returns (Batch, blank)."""
     acts = as_float_array(log_probs, acts_name)
     original_shape = acts.shape
-    allowed = (2, 3) if allow_unbatched else (3,)
-    if acts.ndim not in allowed:
-        want = "(T, N, C) or unbatched (T, C)" if allow_unbatched else "(T, N, C)"
-        raise CTCValueError(f"{acts_name} must have rank {' or '.join(map(str, allowed))}, shape {want}; "
-                            f"got shape {acts.shape}")
+    if allow_unbatched:
+        check_rank(acts.shape, acts_name, (2, 3), "(T, N, C) or unbatched (T, C)")
+    else:
+        check_rank(acts.shape, acts_name, 3, "(T, N, C)")
     unbatched = acts.ndim == 2
     if unbatched:
         acts = acts[:, None, :]
@@ -227,31 +347,26 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
     for dim_name, dim in (("T", T), ("N", N), ("C", C)):
         if dim > INT32_MAX:
             raise CTCValueError(f"{acts_name} dimension {dim_name} = {dim} exceeds {INT32_MAX}")
-    if C < 1:
-        raise CTCValueError(f"{acts_name} must have at least one class (C >= 1), got C = 0")
+    check_at_least_one(C, acts_name, "class", "C")
     blank = check_index(blank, "blank", C)
 
     tg = as_int_array(targets, "targets")
-    il = _lengths(input_lengths, "input_lengths", N, unbatched)
-    tl = _lengths(target_lengths, "target_lengths", N, unbatched)
-    _check_range(il, "input_lengths", 0, T, f"T = {T}")
+    il = check_lengths(input_lengths, "input_lengths", N, unbatched)
+    tl = check_lengths(target_lengths, "target_lengths", N, unbatched)
+    check_range(il, "input_lengths", 0, T, f"T = {T}")
 
     # Unbatched input is a batch of one, exactly as PyTorch treats it: 1-D targets are the
     # concatenated form (exactly target_length labels), 2-D targets are padded (1, S).
     if tg.ndim == 2:
-        if tg.shape[0] != N:
-            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tg.shape}")
+        check_batch_size(tg.shape, "targets", N, "(N, S)")
         S = tg.shape[1]
-        _check_range(tl, "target_lengths", 0, S, f"the padded target width S = {S}")
+        check_range(tl, "target_lengths", 0, S, f"the padded target width S = {S}")
         tl32 = tl.astype(np.int32)
-        mask = np.arange(S)[None, :] < tl32[:, None]
+        mask = padded_mask(tl32, S)
+        check_range(tg, "targets", 0, C, "C = number of classes", mask=mask, exclusive=True)
         flat = tg[mask]
-        if flat.size and ((flat < 0) | (flat >= C)).any():
-            rows, cols = np.nonzero(mask & ((tg < 0) | (tg >= C)))
-            n, s = int(rows[0]), int(cols[0])
-            raise CTCValueError(f"targets[{n}, {s}] = {int(tg[n, s])} is outside [0, {C}) (C = number of classes)")
     elif tg.ndim == 1:
-        _check_range(tl, "target_lengths", 0, INT32_MAX // 2 - 8, "int32 range")
+        check_range(tl, "target_lengths", 0, INT32_MAX // 2 - 8, "int32 range")
         total = int(tl.astype(np.int64).sum())
         if total != tg.shape[0]:
             if unbatched:
@@ -261,18 +376,13 @@ def check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
             raise CTCValueError(f"concatenated targets must hold sum(target_lengths) = {total} values, "
                                 f"got {tg.shape[0]}")
         flat = tg
-        if flat.size and ((flat < 0) | (flat >= C)).any():
-            k = int(np.flatnonzero((flat < 0) | (flat >= C))[0])
-            raise CTCValueError(f"targets[{k}] = {int(flat[k])} is outside [0, {C}) (C = number of classes)")
+        check_range(flat, "targets", 0, C, "C = number of classes", exclusive=True)
         tl32 = tl.astype(np.int32)
     else:
-        raise CTCValueError(f"targets must have rank 2 (N, S) padded or rank 1 (sum(target_lengths),) "
-                            f"concatenated; got shape {tg.shape}")
+        check_rank(tg.shape, "targets", (2, 1), "(N, S) padded or (sum(target_lengths),) concatenated")
 
     labels = np.ascontiguousarray(flat, dtype=np.int32).reshape(-1)
-    offsets = np.zeros(N, dtype=np.intp)
-    if N > 1:
-        np.cumsum(tl32[:-1], out=offsets[1:])
+    offsets = label_offsets(tl32)
     batch = Batch(
         acts=class_contiguous(acts),
         labels=labels,

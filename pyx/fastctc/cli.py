@@ -131,8 +131,8 @@ def main(argv=None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:                 # `fastctc ... | head`: the reader went away
-        from .score.run import _silence
-        _silence(sys.stdout)
+        from .score.run import silence
+        silence(sys.stdout)
         return 0
 
 

@@ -38,7 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _optax_core
-from ._validate import CTCTypeError, CTCValueError, check_index, check_num_threads
+from ._validate import (
+    CTCTypeError,
+    check_at_least_one,
+    check_batch_size,
+    check_index,
+    check_integer_dtype,
+    check_num_threads,
+    check_rank,
+    check_shape,
+)
 
 __all__ = ["ctc_loss"]
 
@@ -146,21 +155,14 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, log_eps
     labels = jnp.asarray(labels)
     logit_paddings = jnp.asarray(logit_paddings)
     label_paddings = jnp.asarray(label_paddings)
-    if logits.ndim != 3:
-        raise CTCValueError(f"logits must have rank 3, shape (B, T, K); got shape {logits.shape}")
-    if labels.ndim != 2:
-        raise CTCValueError(f"labels must have rank 2, shape (B, N); got shape {labels.shape}")
-    B, T, K = logits.shape
-    if labels.shape[0] != B:
-        raise CTCValueError(f"labels must have batch size B = {B}, got shape {labels.shape}")
-    if label_paddings.shape != labels.shape:
-        raise CTCValueError(f"label_paddings must have labels' shape {labels.shape}, got {label_paddings.shape}")
-    if logit_paddings.shape != (B, T):
-        raise CTCValueError(f"logit_paddings must have shape (B, T) = {(B, T)}, got {logit_paddings.shape}")
-    if T < 1 or K < 1:
-        raise CTCValueError(f"logits must have T >= 1 frames and K >= 1 classes, got shape {logits.shape}")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise CTCTypeError(f"labels must hold integers, got dtype {labels.dtype}")
+    B, T, K = check_rank(logits.shape, "logits", 3, "(B, T, K)")
+    check_rank(labels.shape, "labels", 2, "(B, N)")
+    check_batch_size(labels.shape, "labels", B, "(B, N)", "B")
+    check_shape(label_paddings.shape, "label_paddings", labels.shape, "labels' shape (B, N)")
+    check_shape(logit_paddings.shape, "logit_paddings", (B, T), "(B, T)")
+    check_at_least_one(T, "logits", "frame", "T")
+    check_at_least_one(K, "logits", "class", "K")
+    check_integer_dtype(labels, "labels")
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise CTCTypeError(f"logits must be floating point, got dtype {logits.dtype}")
     blank = check_index(blank_id, "blank_id", K)
@@ -168,8 +170,7 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, log_eps
     dtype = logits.dtype
     compute = dtype if dtype in (jnp.float32, jnp.float64) else jnp.float32
     log_epsilon = jnp.asarray(log_epsilon, dtype=compute)
-    if log_epsilon.ndim != 0:
-        raise CTCValueError(f"log_epsilon must be a scalar, got shape {log_epsilon.shape}")
+    check_rank(log_epsilon.shape, "log_epsilon", 0, "() (a scalar)")
     if labels.dtype.itemsize > 4 or labels.dtype == jnp.uint32:
         # clipped, not wrapped: a label outside [0, K) must stay outside (optax: log-prob 0)
         labels = jnp.clip(labels, -2 ** 31, 2 ** 31 - 1)

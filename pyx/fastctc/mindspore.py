@@ -43,7 +43,9 @@ import numpy as np
 from mindspore import nn, ops
 
 from ._mindspore import CTCLossV2 as _NumpyCTCLossV2
-from ._validate import CTCTypeError, CTCValueError
+from ._mindspore import check_inputs
+from ._reduction import zero_infinite
+from ._validate import CTCTypeError, CTCValueError, check_dtype
 
 __all__ = ["CTCLossV2"]
 
@@ -84,7 +86,7 @@ def _make_kernel(blank, zero_infinity, behaviour):
         costs, log_alpha, grad = numpy_op.loss_and_grad(log_probs, targets, input_lengths, target_lengths)
         _add_exp_rows(grad, np.asarray(log_probs), np.asarray(input_lengths, np.int64), costs)
         if zero_infinity and behaviour == "documented":
-            costs[np.isposinf(costs)] = 0  # infinite losses already have zero gradient rows
+            costs = zero_infinite(costs)  # infinite losses already have zero gradient rows
         return costs, log_alpha, grad
 
     return fastctc_ctc_loss_v2
@@ -214,10 +216,8 @@ class CTCLossV2(nn.Cell):
         dtypes from the tensors' metadata, values from the (small) integer operands."""
         if not isinstance(log_probs, ms.Tensor):
             raise CTCTypeError(f"log_probs must be a mindspore.Tensor, got {type(log_probs).__name__}")
-        kind = str(log_probs.dtype).lower()
         names = {"float32": np.float32, "float64": np.float64}
-        if kind not in names:
-            raise CTCTypeError(f"log_probs must have dtype float32 or float64, got {log_probs.dtype}")
+        kind = check_dtype(log_probs, "log_probs", tuple(names))
         shape = tuple(log_probs.shape)
         row = np.zeros(max(shape[-1] if shape else 1, 1), names[kind])
         probe = np.lib.stride_tricks.as_strided(row, shape=shape, strides=(0,) * (len(shape) - 1) + (row.itemsize,),
@@ -231,7 +231,7 @@ class CTCLossV2(nn.Cell):
             if tdt in (np.int32, np.int64):
                 il, tl = ([np.asarray(v).astype(tdt) if getattr(v, "dtype", None) in (np.int32, np.int64) else v
                            for v in (il, tl)])
-        self._checker._check(probe, tg, il, tl)
+        check_inputs(self.blank, probe, tg, il, tl)
 
 
 def _scale_grad(grad, dnll):

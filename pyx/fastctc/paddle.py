@@ -54,15 +54,22 @@ from ._validate import (
     CTCRuntimeError,
     CTCTypeError,
     CTCValueError,
+    check_batch_size,
     check_ctc_inputs,
+    check_dtype,
     check_flag,
     check_index,
     check_num_threads,
+    check_rank,
+    check_reduction,
+    check_shape,
+    first_offender,
+    padded_mask,
+    repeats,
 )
 
 __all__ = ["ctc_loss", "CTCLoss"]
 
-_REDUCTIONS = ("none", "mean", "sum")
 # backward passes whose upstream gradient differed from the anticipated weights (each cost
 # one rescaling pass over the gradient); the tests check the common reductions add none
 _rescaled_backwards = 0
@@ -89,10 +96,7 @@ def _host(x: "paddle.Tensor") -> np.ndarray:
 def _int_input(x, name: str, dtype: str) -> np.ndarray:
     if not _is_tensor(x):
         raise CTCTypeError(f"{name} must be a paddle.Tensor of dtype {dtype}, got {type(x).__name__}")
-    got = str(x.dtype).replace("paddle.", "")
-    if got != dtype:
-        raise PaddleDtypeValueError(f"{name} must have dtype {dtype} (as paddle.nn.functional.ctc_loss "
-                                    f"requires), got {got}")
+    check_dtype(x, name, (dtype,), PaddleDtypeValueError, "as paddle.nn.functional.ctc_loss requires")
     if not x.place.is_cpu_place():
         x = x.cpu()
     return _host(x)
@@ -107,26 +111,18 @@ def _validate(log_probs, labels, input_lengths, label_lengths, blank, reduction)
     if not log_probs.place.is_cpu_place():
         raise CTCRuntimeError(f"log_probs is on {log_probs.place}; fastctc.paddle computes on CPU tensors only. "
                               f"Move the inputs with .cpu(), or use paddle.nn.functional.ctc_loss on the GPU.")
-    got = str(log_probs.dtype).replace("paddle.", "")
-    if got not in ("float32", "float64"):
-        raise PaddleDtypeRuntimeError(f"log_probs must have dtype float32 or float64, got {got}")
-    if log_probs.ndim != 3:
-        raise CTCValueError(f"log_probs must have rank 3, shape (T, N, C) = [max_logit_length, batch_size, "
-                            f"num_classes + 1]; got shape {list(log_probs.shape)}")
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise CTCValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    T, N, C = (int(d) for d in log_probs.shape)
+    check_dtype(log_probs, "log_probs", ("float32", "float64"), PaddleDtypeRuntimeError)
+    T, N, C = check_rank(log_probs.shape, "log_probs", 3,
+                         "(T, N, C) = [max_logit_length, batch_size, num_classes + 1]")
+    check_reduction(reduction, CTCValueError)
     check_index(blank, "blank", C)  # before the labels, as Paddle orders its checks
     lab = _int_input(labels, "labels", "int32")
     il = _int_input(input_lengths, "input_lengths", "int64")
     ll = _int_input(label_lengths, "label_lengths", "int64")
-    if lab.ndim != 2 or lab.shape[0] != N:
-        raise CTCValueError(f"labels must have shape (N, S) = [batch_size, max_label_length] with N = {N}, "
-                            f"got shape {list(lab.shape)}")
+    check_rank(lab.shape, "labels", 2, "(N, S) = [batch_size, max_label_length]")
+    check_batch_size(lab.shape, "labels", N, "(N, S) = [batch_size, max_label_length]")
     for arr, name in ((il, "input_lengths"), (ll, "label_lengths")):
-        if arr.shape != (N,):
-            raise CTCValueError(f"{name} must have shape (N,) = ({N},) matching log_probs' batch size, "
-                                f"got shape {list(arr.shape)}")
+        check_shape(arr.shape, name, (N,), "(N,)", "matching log_probs' batch size")
     acts = _host(log_probs)
     # ranges (lengths within [0, T] and [0, S], labels within [0, C)) and the flat labels
     try:
@@ -136,20 +132,16 @@ def _validate(log_probs, labels, input_lengths, label_lengths, blank, reduction)
     # warp-ctc never lets a path skip into a label equal to the blank (the blank-interleaved
     # trellis of PyTorch, which the engine runs, does), so such targets would get another
     # value than Paddle's: refuse them rather than differ silently
-    inside_all = np.arange(lab.shape[1])[None, :] < batch.label_lengths[:, None]
-    hits = np.argwhere((lab == blank) & inside_all)
-    if hits.size:
-        n, s = (int(v) for v in hits[0])
+    hit = first_offender((lab == blank) & padded_mask(batch.label_lengths, lab.shape[1]))
+    if hit is not None:
+        n, s = hit
         raise CTCValueError(f"labels[{n}, {s}] = {blank} equals blank = {blank}; warp-ctc (Paddle) scores such "
                             f"targets with its own trellis rule, which fastctc.paddle does not reproduce: remove "
                             f"the blank from the labels or use paddle.nn.functional.ctc_loss")
     # warp-ctc's feasibility test: a target needs one frame per label plus one per
     # repeated neighbour (the blank that must separate them)
     L = batch.label_lengths.astype(np.int64)
-    S = lab.shape[1]
-    inside = np.arange(1, S)[None, :] < L[:, None]
-    repeats = ((lab[:, 1:] == lab[:, :-1]) & inside).sum(axis=1) if S > 1 else np.zeros(N, np.int64)
-    cannot_fit = L + repeats > batch.input_lengths
+    cannot_fit = L + repeats(lab, L) > batch.input_lengths
     empty = (batch.input_lengths == 0) & (L == 0)
     return batch, blank, cannot_fit, empty
 
@@ -327,8 +319,7 @@ class CTCLoss(paddle.nn.Layer):
     def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False,
                  *, num_threads=None):
         super().__init__()
-        if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-            raise CTCValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        check_reduction(reduction, CTCValueError)
         self.blank = blank
         self.reduction = reduction
         self.zero_infinity = check_flag(zero_infinity, "zero_infinity")

@@ -332,14 +332,8 @@ class _CTCLossFunction(torch.autograd.Function):
 
 def _reduce(costs, label_lengths, reduction, zero_infinity):
     """PyTorch's reductions with torch operations (traceable; autograd sees the weights)."""
-    if zero_infinity:
-        costs = torch.where(torch.isposinf(costs), torch.zeros((), dtype=costs.dtype, device=costs.device), costs)
-    if reduction == "none":
-        return costs
-    if reduction == "sum":
-        return costs.sum()
-    divisor = label_lengths.reshape(-1).clamp(min=1).to(device=costs.device, dtype=costs.dtype)
-    return (costs / divisor).mean()
+    from ._reduction import reduce_losses
+    return reduce_losses(costs, label_lengths, reduction, zero_infinity)
 
 
 # ---------------------------------------------------------------------------------------

@@ -753,11 +753,11 @@ def run_score(o: ScoreOptions, stdout=None, stderr=None) -> int:
         try:
             summary.write(stdout, o.command, o.out, n_pending, elapsed)
         except BrokenPipeError:
-            _silence(stdout)
+            silence(stdout)
     return status
 
 
-def _silence(stream):
+def silence(stream):
     """After a closed pipe (`fastctc score ... | head`): send the rest to /dev/null so that
     Python's flush at exit does not print a BrokenPipeError."""
     try:

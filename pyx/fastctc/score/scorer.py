@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import first_offender
 from .errors import ItemError
 from .metrics import best_paths, text_rates, token_rate
 from .rows import Rows
@@ -97,7 +98,7 @@ class Scorer:
         """ItemError naming the first NaN / +inf cell, or None."""
         if arr.max() < np.inf:
             return None
-        t, c = (int(v) for v in np.argwhere(np.isnan(arr) | (arr == np.inf))[0])
+        t, c = first_offender(np.isnan(arr) | (arr == np.inf))
         return ItemError(f"emissions contain {arr[t, c]} at frame {t}, class {c}")
 
     # ------------------------------------------------------------------ engine

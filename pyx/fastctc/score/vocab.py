@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import label_offsets
 from .errors import ItemError, UsageError, os_cause
 
 
@@ -92,13 +93,11 @@ class Tokenizer:
                     bad[j] = e
                     parts.append([])
             lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-            offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-            np.cumsum(lens, out=offsets[1:])
+            offsets = label_offsets(lens, with_end=True)
             ids = np.fromiter((i for p in parts for i in p), dtype=np.int64, count=int(offsets[-1]))
             return ids, offsets, bad
         lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
+        offsets = label_offsets(lens, with_end=True)
         codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
         ids = self.lut[np.minimum(codes, len(self.lut) - 1)]
         bad = {}
@@ -112,6 +111,6 @@ class Tokenizer:
             for j in bad:
                 keep[offsets[j]:offsets[j + 1]] = False
             lens[list(bad)] = 0
-            np.cumsum(lens, out=offsets[1:])
+            offsets = label_offsets(lens, with_end=True)
             ids = ids[keep]
         return ids, offsets, bad
