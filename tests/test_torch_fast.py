@@ -2,10 +2,11 @@
 on every input it accepts it must build exactly the Batch that _validate.check_ctc_inputs
 builds, and on every input it cannot vouch for (any out-of-range value, an unusual form) it
 must decline (None) so that check_ctc_inputs handles it or raises its documented error.
-Also its small-batch reduce against _engine._reduce, bit for bit."""
+Also its small-batch reduce against fastctc._reduction, bit for bit."""
 import numpy as np
 import pytest
 from fastctc import _engine, _fast
+from fastctc._reduction import loss_weights, reduce_losses
 from fastctc._validate import check_ctc_inputs
 
 
@@ -129,22 +130,20 @@ def test_reduce_matches_engine_bit_for_bit(reduction, dtype, N):
         costs[1] = np.inf
     tl = rng.integers(0, 9, N).astype(np.int32)
     for zero_infinity in (False, True):
-        want, _ = _engine._reduce(costs.copy(), tl, reduction, zero_infinity)
+        want = reduce_losses(costs.copy(), tl, reduction, zero_infinity)
         got = _fast.reduce(costs.copy(), tl, reduction, zero_infinity)
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
     if reduction != "none" or N:
-        _, weights = _engine._reduce(costs, tl, reduction, False)
-        np.testing.assert_array_equal(_fast.grad_weights(tl, reduction), weights)
+        np.testing.assert_array_equal(_fast.grad_weights(tl, reduction), loss_weights(tl, reduction))
 
 
 def _general_path(args, reduction, zero_infinity, from_logits, want_grad):
-    """What the Python path computes for a call: check_ctc_inputs, _engine.run, _engine._reduce."""
+    """What the Python path computes for a call: check_ctc_inputs, _engine.run, _reduction."""
     batch, blank = check_ctc_inputs(*args)
-    N = batch.acts.shape[1]
-    _, weights = _engine._reduce(np.zeros(N, batch.acts.dtype), batch.label_lengths, reduction, False)
+    weights = loss_weights(batch.label_lengths, reduction)
     costs, grad, _ = _engine.run(batch, blank, from_logits, want_grad=want_grad, grad_weights=weights)
-    loss, _ = _engine._reduce(costs, batch.label_lengths, reduction, zero_infinity)
+    loss = reduce_losses(costs, batch.label_lengths, reduction, zero_infinity)
     if batch.unbatched:
         if reduction == "none":
             loss = loss.reshape(())

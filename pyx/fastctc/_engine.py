@@ -84,12 +84,6 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
     return costs, grad, log_alpha
 
 
-def _reduce(costs: np.ndarray, label_lengths: np.ndarray, reduction: str, zero_infinity: bool):
-    """(reduced loss, per-sequence gradient weights): the pair tests/test_torch_fast.py
-    compares fastctc._fast with; both come from fastctc._reduction."""
-    return reduce_losses(costs, label_lengths, reduction, zero_infinity), loss_weights(label_lengths, reduction)
-
-
 def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
              from_logits, num_threads):
     reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,

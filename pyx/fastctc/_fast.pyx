@@ -233,7 +233,7 @@ def prepare(acts, targets, input_lengths, target_lengths, blank):
 
 def grad_weights(label_lengths, str reduction):
     """Per-sequence weight of each loss in the reduced loss (float64 (N,)): 1 for 'none'
-    and 'sum', 1 / (max(target_length, 1) * N) for 'mean', as _engine._reduce computes it."""
+    and 'sum', 1 / (max(target_length, 1) * N) for 'mean', as fastctc._reduction.loss_weights computes it."""
     cdef const int32_t[::1] tl = label_lengths
     cdef Py_ssize_t n, N = tl.shape[0]
     w = np.empty(N, dtype=np.float64)
@@ -281,7 +281,7 @@ cdef object _reduce(cnp.ndarray c, const int32_t *tl, Py_ssize_t N, str reductio
 
 
 def reduce(costs, label_lengths, str reduction, bint zero_infinity):
-    """_engine._reduce's loss, without its NumPy calls on small batches: costs (N,)
+    """fastctc._reduction.reduce_losses's loss, without its NumPy calls on small batches: costs (N,)
     float32/float64 (modified in place when zero_infinity), label_lengths int32 (N,).
     Returns costs for 'none', else a 0-d array of costs' dtype.  The sums run in float64
     in index order, which is NumPy's order below 8 elements; larger batches use NumPy."""
