@@ -69,56 +69,6 @@ FASTCTC_DEF size_t fastctc_align_scratch_bytes(int max_time, int max_label_lengt
     return bytes;
 }
 
-/* Checks every argument of the batch call (nothing is written); 0 when all is well. */
-static int fctc_align_check(const int *flat_labels, const int *label_lengths, const int *input_lengths, int max_time,
-                            int minibatch, int alphabet_size, const fastctc_options *o, int *longest_input,
-                            int *longest_label, size_t *total_labels) {
-    size_t total = 0, offset = 0;
-    if (fctc_check_sizes(label_lengths, input_lengths, max_time, minibatch, alphabet_size, o, longest_input,
-                         longest_label, &total))
-        return 1;
-    if (total > 0 && !flat_labels) return 1;
-    for (int n = 0; n < minibatch; ++n) {
-        const int *lab = flat_labels ? flat_labels + offset : NULL;
-        int L = label_lengths[n];
-        for (int i = 0; i < L; ++i)
-            if (lab[i] < 0 || lab[i] >= alphabet_size || lab[i] == o->blank) return 1;
-        /* T >= L + repeats: the labels must fit (torchaudio's "targets length is too long") */
-        if (L > 0 && (long long)input_lengths[n] < (long long)L + fctc_count_repeats(lab, L)) return 1;
-        offset += (size_t)L;
-    }
-    *total_labels = total;
-    return 0;
-}
-
-/* Per-thread scratch and total workspace of the batch call; 0 on overflow. */
-static size_t fctc_align_workspace_bytes(int longest_input, int longest_label, size_t elem_size, int threads,
-                                         int minibatch, size_t *per_thread) {
-    size_t one = fastctc_align_scratch_bytes(longest_input, longest_label, elem_size);
-    if (one == 0) return 0;
-    if ((size_t)threads > (SIZE_MAX / 4) / one) return 0;
-    *per_thread = one;
-    return one * (size_t)threads + fctc_round_up((size_t)minibatch * sizeof(ptrdiff_t), FCTC_ALIGN) + FCTC_ALIGN;
-}
-
-FASTCTC_DEF fastctc_status fastctc_align_workspace_size(const int *label_lengths, const int *input_lengths,
-                                                        int max_time, int minibatch, int alphabet_size,
-                                                        size_t elem_size, const fastctc_options *options,
-                                                        size_t *size_bytes) {
-    const fastctc_options *o = options ? options : &fctc_default_options;
-    int longest_input, longest_label;
-    size_t total, per_thread;
-    if (!size_bytes || (elem_size != sizeof(float) && elem_size != sizeof(double))) return FASTCTC_INVALID_ARGUMENT;
-    if (fctc_check_sizes(label_lengths, input_lengths, max_time, minibatch, alphabet_size, o, &longest_input,
-                         &longest_label, &total))
-        return FASTCTC_INVALID_ARGUMENT;
-    size_t bytes = fctc_align_workspace_bytes(longest_input, longest_label, elem_size, fctc_threads_for(o, minibatch),
-                                              minibatch, &per_thread);
-    if (bytes == 0) return FASTCTC_INVALID_ARGUMENT;
-    *size_bytes = bytes;
-    return FASTCTC_OK;
-}
-
 #endif /* FCTC_ALIGN_COMMON_DONE */
 
 /* ---- per element type ---- */
@@ -191,14 +141,16 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
     FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)(T > 0 ? T : 1));
     unsigned char *bp = cursor;
 
-    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : blank;
-    ext[S] = ext[S + 1] = blank;
-    for (s = 0; s < S + 2; ++s)
-        skip_ok[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)1 : (FCTC_T)0;
-    const int feasible = L == 0 || (T >= L + fctc_count_repeats(job->labels, L));
+    /* An infeasible sequence lays out no trellis (the batch driver's scratch need not hold
+     * its labels, as for the loss). */
+    const int feasible = fctc_feasible(T, L, job->labels);
 
     int end_state = -1;
     if (T > 0 && feasible) {
+        for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : blank;
+        ext[S] = ext[S + 1] = blank;
+        for (s = 0; s < S + 2; ++s)
+            skip_ok[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)1 : (FCTC_T)0;
         if (job->from_logits) {
             const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
             for (t = 0; t < T; ++t)
@@ -253,88 +205,4 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
         if (job->scores) job->scores[t] = 0;
     }
     return total;
-}
-
-FASTCTC_DEF fastctc_status FCTC_FN(fastctc_align)(const FCTC_T *acts, const int *flat_labels, const int *label_lengths,
-                                                  const int *input_lengths, int max_time, int minibatch,
-                                                  int alphabet_size, int *paths, FCTC_T *scores, void *workspace,
-                                                  size_t workspace_bytes, const fastctc_options *options) {
-    const fastctc_options *o = options ? options : &fctc_default_options;
-    int longest_input, longest_label, n;
-    size_t per_thread, total_labels;
-    if (fctc_align_check(flat_labels, label_lengths, input_lengths, max_time, minibatch, alphabet_size, o,
-                         &longest_input, &longest_label, &total_labels))
-        return FASTCTC_INVALID_ARGUMENT;
-    if (minibatch > 0 && max_time > 0 && (!paths || !acts)) return FASTCTC_INVALID_ARGUMENT;
-    {
-        /* The outputs (and the workspace) may not overlap anything the call reads, or
-         * each other: checked before anything is written. */
-        const size_t cells = (size_t)max_time * (size_t)minibatch;
-        const void *in[4] = {acts, flat_labels, label_lengths, input_lengths};
-        size_t in_bytes[4] = {cells * (size_t)alphabet_size * sizeof(FCTC_T), total_labels * sizeof(int),
-                              (size_t)minibatch * sizeof(int), (size_t)minibatch * sizeof(int)};
-        const void *out[3] = {paths, scores, workspace};
-        size_t out_bytes[3] = {cells * sizeof(int), cells * sizeof(FCTC_T), workspace ? workspace_bytes : 0};
-        int i, j;
-        for (i = 0; i < 3; ++i) {
-            for (j = 0; j < 4; ++j)
-                if (fctc_overlap(out[i], out_bytes[i], in[j], in_bytes[j])) return FASTCTC_INVALID_ARGUMENT;
-            for (j = i + 1; j < 3; ++j)
-                if (fctc_overlap(out[i], out_bytes[i], out[j], out_bytes[j])) return FASTCTC_INVALID_ARGUMENT;
-        }
-    }
-    if (minibatch == 0 || max_time == 0) return FASTCTC_OK;
-
-    int threads = fctc_threads_for(o, minibatch);
-    if (threads > minibatch) threads = minibatch;
-    size_t need =
-        fctc_align_workspace_bytes(longest_input, longest_label, sizeof(FCTC_T), threads, minibatch, &per_thread);
-    if (need == 0) return FASTCTC_INVALID_ARGUMENT;
-    void *owned = NULL;
-    if (workspace) {
-        /* Sized for fewer threads than wanted: use that many. */
-        size_t fixed = fctc_round_up((size_t)minibatch * sizeof(ptrdiff_t), FCTC_ALIGN) + FCTC_ALIGN;
-        if (workspace_bytes < fixed + per_thread) return FASTCTC_WORKSPACE_TOO_SMALL;
-        size_t fit = (workspace_bytes - fixed) / per_thread;
-        if (fit < (size_t)threads) threads = (int)fit;
-    } else {
-        owned = malloc(need);
-        if (!owned) return FASTCTC_OUT_OF_MEMORY;
-        workspace = owned;
-    }
-    unsigned char *base = (unsigned char *)fctc_round_up((size_t)(uintptr_t)workspace, FCTC_ALIGN);
-    ptrdiff_t *offsets = (ptrdiff_t *)(base + per_thread * (size_t)threads);
-    ptrdiff_t running = 0;
-    for (n = 0; n < minibatch; ++n) {
-        offsets[n] = running;
-        running += label_lengths[n];
-    }
-    const ptrdiff_t C = alphabet_size;
-    const ptrdiff_t frame_stride = o->batch_major ? C : (ptrdiff_t)minibatch * C;
-
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-#endif
-    for (n = 0; n < minibatch; ++n) {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
-#else
-        int tid = 0;
-#endif
-        FCTC_FN(fastctc_align_job) job;
-        job.acts = acts + (o->batch_major ? (ptrdiff_t)n * max_time * C : (ptrdiff_t)n * C);
-        job.act_stride = frame_stride;
-        job.labels = flat_labels ? flat_labels + offsets[n] : NULL;
-        job.label_length = label_lengths[n];
-        job.input_length = input_lengths[n];
-        job.alphabet_size = alphabet_size;
-        job.blank = o->blank;
-        job.from_logits = o->from_logits;
-        job.path = paths + (ptrdiff_t)n * max_time;
-        job.scores = scores ? scores + (ptrdiff_t)n * max_time : NULL;
-        job.out_rows = max_time;
-        (void)FCTC_FN(fastctc_align_sequence)(&job, base + per_thread * (size_t)tid);
-    }
-    free(owned);
-    return FASTCTC_OK;
 }
