@@ -74,17 +74,17 @@ FASTCTC_DEF size_t fastctc_align_scratch_bytes(int max_time, int max_label_lengt
 /* ---- per element type ---- */
 
 /* One frame of the max-plus recursion over states [lo, hi):
- *   cur[s] = best of (prev[s], prev[s-1], prev[s-2] where skip_ok[s] != 0) + emit[s],
+ *   cur[s] = best of (prev[s], prev[s-1], prev[s-2] where skip[s] == 0) + emit[s],
  * bp[s] = how many states back the best one is.  Branch-free so that it vectorises;
  * the comparisons are the tie-breaking rule of the file comment.  The five rows never
  * overlap (restrict: no run-time aliasing checks in front of the vector loop). */
 FCTC_ALIGN_INLINE void FCTC_FN(fctc_viterbi_row_body)(const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur,
                                                       const FCTC_T *FCTC_RESTRICT emit,
-                                                      const FCTC_T *FCTC_RESTRICT skip_ok,
-                                                      unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
+                                                      const FCTC_T *FCTC_RESTRICT skip, unsigned char *FCTC_RESTRICT bp,
+                                                      int lo, int hi) {
     for (int s = lo; s < hi; ++s) {
         FCTC_T x0 = prev[s], x1 = prev[s - 1];
-        FCTC_T x2 = skip_ok[s] > 0 ? prev[s - 2] : FCTC_NEG_INF;
+        FCTC_T x2 = skip[s] == 0 ? prev[s - 2] : FCTC_NEG_INF; /* (skip: trellis.h's row) */
         int move = x1 > x0; /* s-1 beats staying */
         int take2 = (x2 > x1) & (x2 > x0); /* the skip beats both */
         FCTC_T m01 = move ? x1 : x0;
@@ -95,17 +95,17 @@ FCTC_ALIGN_INLINE void FCTC_FN(fctc_viterbi_row_body)(const FCTC_T *FCTC_RESTRIC
 }
 
 static void FCTC_FN(fctc_viterbi_row_base)(const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur,
-                                           const FCTC_T *FCTC_RESTRICT emit, const FCTC_T *FCTC_RESTRICT skip_ok,
+                                           const FCTC_T *FCTC_RESTRICT emit, const FCTC_T *FCTC_RESTRICT skip,
                                            unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
-    FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip_ok, bp, lo, hi);
+    FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip, bp, lo, hi);
 }
 
 #ifdef FCTC_ALIGN_AVX2
 __attribute__((target("avx2,fma"))) static void
 FCTC_FN(fctc_viterbi_row_avx2)(const FCTC_T *FCTC_RESTRICT prev, FCTC_T *FCTC_RESTRICT cur,
-                               const FCTC_T *FCTC_RESTRICT emit, const FCTC_T *FCTC_RESTRICT skip_ok,
+                               const FCTC_T *FCTC_RESTRICT emit, const FCTC_T *FCTC_RESTRICT skip,
                                unsigned char *FCTC_RESTRICT bp, int lo, int hi) {
-    FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip_ok, bp, lo, hi);
+    FCTC_FN(fctc_viterbi_row_body)(prev, cur, emit, skip, bp, lo, hi);
 }
 #endif
 
@@ -120,14 +120,26 @@ static FCTC_FN(fctc_viterbi_row_fn) FCTC_FN(fctc_viterbi_row_active)(void) {
     return FCTC_FN(fctc_viterbi_row_base);
 }
 
+/* Rows [from, out_rows) of the outputs: blank, score 0. */
+static void FCTC_FN(fctc_align_blank_rows)(const FCTC_FN(fastctc_align_job) * job, int from) {
+    for (int t = from; t < job->out_rows; ++t) {
+        job->path[t] = job->blank;
+        if (job->scores) job->scores[t] = 0;
+    }
+}
+
 FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_job) * job, void *scratch) {
     const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
     const int S = 2 * L + 1;
-    const int blank = job->blank;
+    int t, s;
+    /* No frames, or labels that cannot fit: no trellis is laid out (so the scratch need not
+     * hold the labels, as for the loss); every row blank, score 0. */
+    if (T == 0 || !fctc_feasible(T, L, job->labels)) {
+        FCTC_FN(fctc_align_blank_rows)(job, 0);
+        return (T == 0 && L == 0) ? (FCTC_T)0 : FCTC_NEG_INF;
+    }
     const size_t W = fctc_row_width(L);
     const FCTC_FN(fctc_viterbi_row_fn) row = FCTC_FN(fctc_viterbi_row_active)();
-    FCTC_T total = FCTC_NEG_INF;
-    int t, s;
 
     /* Carve the scratch (layout mirrors fastctc_align_scratch_bytes). */
     unsigned char *cursor = (unsigned char *)scratch;
@@ -137,72 +149,51 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_align_sequence)(const FCTC_FN(fastctc_align_j
     rows[0] = FCTC_FN(fctc_carve)(&cursor, W) + 2;
     rows[1] = FCTC_FN(fctc_carve)(&cursor, W) + 2;
     FCTC_T *emit = FCTC_FN(fctc_carve)(&cursor, W);
-    FCTC_T *skip_ok = FCTC_FN(fctc_carve)(&cursor, W);
-    FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)(T > 0 ? T : 1));
+    FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
+    FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)T);
     unsigned char *bp = cursor;
 
-    /* An infeasible sequence lays out no trellis (the batch driver's scratch need not hold
-     * its labels, as for the loss). */
-    const int feasible = fctc_feasible(T, L, job->labels);
-
-    int end_state = -1;
-    if (T > 0 && feasible) {
-        for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : blank;
-        ext[S] = ext[S + 1] = blank;
-        for (s = 0; s < S + 2; ++s)
-            skip_ok[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)1 : (FCTC_T)0;
-        if (job->from_logits) {
-            const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
-            for (t = 0; t < T; ++t)
-                frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C,
-                                          t + 1 < T ? job->acts + (ptrdiff_t)(t + 1) * job->act_stride : NULL);
-        }
-        for (t = 0; t < T; ++t) {
-            const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-            FCTC_T *cur = rows[t & 1];
-            int lo = fctc_max_int(0, S - 2 * (T - t));
-            int hi = fctc_min_int(S, 2 * t + 2);
-            if (job->from_logits)
-                for (s = lo; s < hi; ++s) emit[s] = x[ext[s]] - frame_lse[t];
-            else
-                for (s = lo; s < hi; ++s) emit[s] = x[ext[s]];
-            if (t == 0) {
-                for (s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
-                for (s = lo; s < hi; ++s) cur[s] = emit[s];
-            } else {
-                row(rows[(t - 1) & 1], cur, emit, skip_ok, bp + (size_t)t * (size_t)S, lo, hi);
-                FCTC_FN(fctc_fence)(cur, lo, hi);
-            }
-        }
-        const FCTC_T *last = rows[(T - 1) & 1];
-        end_state = (S == 1 || last[S - 1] > last[S - 2]) ? S - 1 : S - 2;
-        total = last[end_state];
-
-        /* Walk back.  Off the band the backpointers were not written this call; a path
-         * only gets there when every value is -inf or NaN (no finite path), and then it
-         * stays put, so the walk is always in bounds. */
-        s = end_state;
-        for (t = T - 1; t >= 0; --t) {
-            const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-            int c = ext[s];
-            job->path[t] = c;
-            if (job->scores) job->scores[t] = job->from_logits ? x[c] - frame_lse[t] : x[c];
-            if (t > 0) {
-                int lo = fctc_max_int(0, S - 2 * (T - t));
-                int hi = fctc_min_int(S, 2 * t + 2);
-                int back = (s >= lo && s < hi) ? bp[(size_t)t * (size_t)S + (size_t)s] : 0;
-                if (back > s) back = s;
-                s -= back;
-            }
-        }
-    } else if (T == 0 && L == 0) {
-        total = 0;
+    FCTC_FN(fctc_extend_labels)(job->labels, L, job->blank, ext, skip);
+    if (job->from_logits) {
+        const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
+        for (t = 0; t < T; ++t)
+            frame_lse[t] = k->row_lse(job->acts + (ptrdiff_t)t * job->act_stride, C,
+                                      t + 1 < T ? job->acts + (ptrdiff_t)(t + 1) * job->act_stride : NULL);
     }
-
-    /* Rows past the input length, and every row of an infeasible sequence: blank, 0. */
-    for (t = (T > 0 && feasible) ? T : 0; t < job->out_rows; ++t) {
-        job->path[t] = blank;
-        if (job->scores) job->scores[t] = 0;
+    for (t = 0; t < T; ++t) {
+        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+        FCTC_T *cur = rows[t & 1];
+        int lo = fctc_band_lo(T, S, t), hi = fctc_band_hi(S, t);
+        /* the emissions' shift: log_softmax's, or none (x - 0 is x, bit for bit) */
+        FCTC_T shift = job->from_logits ? frame_lse[t] : (FCTC_T)0;
+        if (t == 0) {
+            (void)FCTC_FN(fctc_alpha_first_row)(x, ext, shift, cur, S, lo, hi);
+        } else {
+            FCTC_FN(fctc_gather_emissions)(x, ext, shift, emit, lo, hi);
+            row(rows[(t - 1) & 1], cur, emit, skip, bp + (size_t)t * (size_t)S, lo, hi);
+            FCTC_FN(fctc_fence)(cur, lo, hi);
+        }
     }
+    const FCTC_T *last = rows[(T - 1) & 1];
+    const int end_state = (S == 1 || last[S - 1] > last[S - 2]) ? S - 1 : S - 2;
+    const FCTC_T total = last[end_state];
+
+    /* Walk back.  Off the band the backpointers were not written this call; a path
+     * only gets there when every value is -inf or NaN (no finite path), and then it
+     * stays put, so the walk is always in bounds. */
+    s = end_state;
+    for (t = T - 1; t >= 0; --t) {
+        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+        int c = ext[s];
+        job->path[t] = c;
+        if (job->scores) job->scores[t] = job->from_logits ? x[c] - frame_lse[t] : x[c];
+        if (t > 0) {
+            int back =
+                (s >= fctc_band_lo(T, S, t) && s < fctc_band_hi(S, t)) ? bp[(size_t)t * (size_t)S + (size_t)s] : 0;
+            if (back > s) back = s;
+            s -= back;
+        }
+    }
+    FCTC_FN(fctc_align_blank_rows)(job, T); /* rows past the input length */
     return total;
 }

@@ -40,54 +40,30 @@ static size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_
 }
 #endif /* FCTC_SPLIT_COMMON_DONE */
 
-/* Alpha rows [from, to) into arows (stored minus the running offset, as fastctc_sequence
- * stores them), carrying the offset and the previous row's maximum; *bad |= the
- * non-finite rule's verdict on the emissions of those frames (log-probabilities). */
+/* Alpha rows [from, to) into arows (T rows of W) and their offsets into aoff, carrying
+ * st, as fastctc_sequence's forward pass makes them; *bad |= the non-finite rule's
+ * verdict on those frames. */
 static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
                                       const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *arows, double *aoff,
-                                      size_t W, int from, int to, double *offset_io, FCTC_T *row_max_io, FCTC_T *tmp,
+                                      size_t W, int from, int to, FCTC_FN(fctc_alpha_state) * st, FCTC_T *tmp,
                                       int *bad) {
     const int T = job->input_length, S = 2 * job->label_length + 1;
-    double offset = *offset_io;
-    FCTC_T row_max = *row_max_io;
     for (int t = from; t < to; ++t) {
-        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
         FCTC_T *cur = arows + (size_t)t * W + 2;
-        int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
-        FCTC_T best;
-        if (t == 0) {
-            for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
-            FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
-            best = FCTC_NEG_INF;
-            for (int s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
-            *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
-        } else {
-            if (t + 1 < T && !job->from_logits) FCTC_FN(fctc_prefetch_emissions)
-            (x + job->act_stride, job->alphabet_size, S, ext, lo, fctc_min_int(S, hi + 2));
-            best = k->alpha_row(cur - W, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, tmp);
-            FCTC_FN(fctc_fence)(cur, lo, hi);
-            offset += (double)row_max;
-            *bad |= best != best;
-        }
-        aoff[t] = offset;
-        row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+        /* (logits: phase 1's softmax rows prefetched the frames) */
+        FCTC_T best =
+            FCTC_FN(fctc_alpha_step)(k, job, ext, skip, frame_lse[t], t, fctc_band_lo(T, S, t), fctc_band_hi(S, t),
+                                     t > 0 ? cur - W : NULL, cur, tmp, st, !job->from_logits);
+        *bad |= FCTC_FN(fctc_alpha_bad)(job, ext, frame_lse[t], t, 1, best);
+        aoff[t] = st->offset;
     }
-    *offset_io = offset;
-    *row_max_io = row_max;
 }
 
-/* The backward pass's carried state: nb = beta(t+1) + emit(t+1) - offset, its spare
- * row, nb's maximum and the running offset. */
-typedef struct {
-    FCTC_T *nb, *spare;
-    FCTC_T nb_max;
-    double offset;
-} FCTC_FN(fctc_beta_state);
-
-/* Beta rows from `from` down to `to` (inclusive) into brows, as fastctc_sequence's
- * backward pass makes them; from == T - 1 starts the pass.  bad: NULL, or *bad |= the
- * non-finite rule's verdict on those frames' emissions (checked here, not by the beta
- * kernel: the one-thread pass has checked every frame in its forward pass already). */
+/* Beta rows from `from` down to `to` (inclusive) into brows and their offsets into boff,
+ * carrying st, as fastctc_sequence's backward pass makes them; from == T - 1 starts the
+ * pass.  bad: NULL, or *bad |= the non-finite rule's verdict on those frames' emissions
+ * (checked here, not by the beta kernel: the one-thread pass has checked every frame in
+ * its forward pass already). */
 static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
                                      const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *brows, double *boff, size_t W,
                                      int from, int to, FCTC_FN(fctc_beta_state) * st, FCTC_T *tmp, int *bad) {
@@ -95,37 +71,15 @@ static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) * k, const FCTC
     for (int t = from; t >= to; --t) {
         const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
         FCTC_T *cur = brows + (size_t)t * W + 2;
-        int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
-        FCTC_T best = FCTC_NEG_INF;
+        int lo = fctc_band_lo(T, S, t), hi = fctc_band_hi(S, t);
         if (t == T - 1) {
-            for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
-            cur[S - 1] = 0;
-            if (S > 1) cur[S - 2] = 0;
-            st->offset = 0;
-            boff[t] = 0;
-            /* the first nb row: beta(T-1) + emit(T-1) */
-            FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], st->nb, lo, hi);
-            for (int s = lo; s < hi; ++s) {
-                FCTC_T v = cur[s] + st->nb[s];
-                st->nb[s] = v;
-                best = v > best ? v : best;
-            }
-            FCTC_FN(fctc_fence)(st->nb, lo, hi);
-            if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
+            FCTC_FN(fctc_beta_last_row)(cur, S);
+            FCTC_FN(fctc_beta_first_nb)(x, ext, frame_lse[t], cur, lo, hi, st);
         } else {
-            if (t > 0) FCTC_FN(fctc_prefetch_emissions)
-            (x - job->act_stride, job->alphabet_size, S, ext, fctc_max_int(0, lo - 2), hi);
-            best = k->beta_row(st->nb, cur, st->spare, x, ext, frame_lse[t], skip, lo, hi, st->nb_max, tmp);
-            if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi); /* (frame t's emissions are in L1 now) */
-            FCTC_FN(fctc_fence)(cur, lo, hi);
-            FCTC_FN(fctc_fence)(st->spare, lo, hi);
-            st->offset += (double)st->nb_max;
-            boff[t] = st->offset;
-            FCTC_T *swap = st->nb;
-            st->nb = st->spare;
-            st->spare = swap;
+            FCTC_FN(fctc_beta_step)(k, job, ext, skip, frame_lse[t], t, lo, hi, cur, tmp, st, NULL);
         }
-        st->nb_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+        boff[t] = st->offset;
+        if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi); /* (frame t's emissions are in L1 now) */
     }
 }
 
@@ -157,13 +111,13 @@ static FCTC_T FCTC_FN(fctc_sequence_split)(const FCTC_FN(fastctc_job) * job, voi
     cursor += fctc_round_up((size_t)T * sizeof(double), FCTC_ALIGN);
     double *boff = (double *)cursor;
 
-    FCTC_FN(fctc_extend_labels)(job, ext, skip);
+    FCTC_FN(fctc_extend_labels)(job->labels, L, job->blank, ext, skip);
     for (s = 0; s < (int)W; ++s) tmp[0][s] = gam[0][s] = tmp[1][s] = gam[1][s] = 0; /* see fastctc_sequence */
 
     /* state carried between phases (shared; the barriers order it) */
     int bad[2] = {0, 0};
-    double a_offset = 0, log_p = -HUGE_VAL;
-    FCTC_T a_max = 0;
+    double log_p = -HUGE_VAL;
+    FCTC_FN(fctc_alpha_state) alpha = {0, 0};
     FCTC_FN(fctc_beta_state) beta = {nb_a, nb_b, 0, 0};
 
 #ifdef _OPENMP
@@ -191,9 +145,10 @@ static FCTC_T FCTC_FN(fctc_sequence_split)(const FCTC_FN(fastctc_job) * job, voi
                 if (job->from_logits) bad[role] |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
             }
             /* (log-probabilities: the rows' kernels check the emissions of these frames) */
-            if (role == 0) FCTC_FN(fctc_alpha_range)
-            (k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max, tmp[0], &bad[0]);
-            else FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1], NULL);
+            if (role == 0)
+                FCTC_FN(fctc_alpha_range)(k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &alpha, tmp[0], &bad[0]);
+            else
+                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1], NULL);
         }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -205,10 +160,8 @@ static FCTC_T FCTC_FN(fctc_sequence_split)(const FCTC_FN(fastctc_job) * job, voi
             int checked_in_phase_1 = 0; /* (these frames' emissions were checked by the other role) */
             if (role == 0) {
                 FCTC_FN(fctc_alpha_range)
-                (k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &a_offset, &a_max, tmp[0], &checked_in_phase_1);
-                const FCTC_T *last = arows + (size_t)(T - 1) * W + 2;
-                double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
-                log_p = tail + aoff[T - 1];
+                (k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &alpha, tmp[0], &checked_in_phase_1);
+                log_p = FCTC_FN(fctc_log_likelihood)(arows + (size_t)(T - 1) * W + 2, S, aoff[T - 1]);
             } else {
                 FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1], NULL);
             }
@@ -229,11 +182,9 @@ static FCTC_T FCTC_FN(fctc_sequence_split)(const FCTC_FN(fastctc_job) * job, voi
                     k->fill_row(g, (nonfinite && t < T) ? (FCTC_T)NAN : (FCTC_T)0, C, 0);
                     continue;
                 }
-                const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-                int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
-                k->gamma_row(arows + (size_t)t * W + 2, brows + (size_t)t * W + 2, (FCTC_T)(aoff[t] + boff[t] - lp),
-                             gam[role], lo, hi);
-                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam[role], ext, lo, hi, job->from_logits, 0);
+                FCTC_FN(fctc_grad_row)
+                (k, job, t, arows + (size_t)t * W + 2, brows + (size_t)t * W + 2, (FCTC_T)(aoff[t] + boff[t] - lp),
+                 gam[role], ext, fctc_band_lo(T, S, t), fctc_band_hi(S, t), frame_lse[t], job->from_logits, 0);
             }
         }
     }
