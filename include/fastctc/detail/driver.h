@@ -165,22 +165,26 @@ typedef struct {
 
 /* ---- per element type ---- */
 
+/* Sequence n's inputs: the leading fields both per-sequence job types have (fastctc.h). */
+#define FCTC_BATCH_INPUTS(job, b, ctx, n)                                                                              \
+    do {                                                                                                               \
+        (job).acts = (b)->acts ? (const FCTC_T *)(b)->acts + (ptrdiff_t)(n) * (b)->act_batch_stride : NULL;            \
+        (job).act_stride = (b)->act_time_stride;                                                                       \
+        (job).labels = (b)->labels ? (b)->labels + (ctx)->offsets[n] : NULL;                                           \
+        (job).label_length = (b)->label_lengths[n];                                                                    \
+        (job).input_length = (b)->input_lengths[n];                                                                    \
+        (job).alphabet_size = (b)->alphabet_size;                                                                      \
+        (job).blank = (b)->blank;                                                                                      \
+        (job).from_logits = (b)->from_logits;                                                                          \
+    } while (0)
+
 static void FCTC_FN(fctc_batch_one)(const void *ctx_, int n, void *scratch, int split) {
     const fctc_batch_ctx *ctx = (const fctc_batch_ctx *)ctx_;
     const fctc_batch_job *b = ctx->job;
-    const FCTC_T *acts = b->acts ? (const FCTC_T *)b->acts + (ptrdiff_t)n * b->act_batch_stride : NULL;
-    const int *labels = b->labels ? b->labels + ctx->offsets[n] : NULL;
     if (b->align) {
         FCTC_FN(fastctc_align_job) job;
         FCTC_T total;
-        job.acts = acts;
-        job.act_stride = b->act_time_stride;
-        job.labels = labels;
-        job.label_length = b->label_lengths[n];
-        job.input_length = b->input_lengths[n];
-        job.alphabet_size = b->alphabet_size;
-        job.blank = b->blank;
-        job.from_logits = b->from_logits;
+        FCTC_BATCH_INPUTS(job, b, ctx, n);
         job.path = b->paths + (ptrdiff_t)n * b->path_batch_stride;
         job.scores = b->scores ? (FCTC_T *)b->scores + (ptrdiff_t)n * b->path_batch_stride : NULL;
         job.out_rows = b->max_time;
@@ -189,14 +193,7 @@ static void FCTC_FN(fctc_batch_one)(const void *ctx_, int n, void *scratch, int 
     } else {
         FCTC_FN(fastctc_job) job;
         FCTC_T cost;
-        job.acts = acts;
-        job.act_stride = b->act_time_stride;
-        job.labels = labels;
-        job.label_length = b->label_lengths[n];
-        job.input_length = b->input_lengths[n];
-        job.alphabet_size = b->alphabet_size;
-        job.blank = b->blank;
-        job.from_logits = b->from_logits;
+        FCTC_BATCH_INPUTS(job, b, ctx, n);
         job.grad = b->grad ? (FCTC_T *)b->grad + (ptrdiff_t)n * b->grad_batch_stride : NULL;
         job.grad_stride = b->grad_time_stride;
         job.grad_rows = b->max_time;
@@ -210,6 +207,7 @@ static void FCTC_FN(fctc_batch_one)(const void *ctx_, int n, void *scratch, int 
         ((FCTC_T *)b->costs)[n] = cost;
     }
 }
+#undef FCTC_BATCH_INPUTS
 
 /* Runs a job as planned, in a workspace of at least fctc_batch_workspace() bytes (or one
  * fctc_batch_fit accepted). */
