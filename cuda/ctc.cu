@@ -286,37 +286,48 @@ template <bool WARP> FCTC_DEV fctc_i64 fctc_group_sum(fctc_i64 v, fctc_i64 *red)
 
 // ------------------------------------------------------------------ the trellis
 
-// One direction of one sequence.  Forward: alpha rows.  Backward (rev): the same
-// recursion on the reversed labels and reversed time, which gives beta + emission; the
-// stored row is beta without the frame's emission.  Stored rows are shifted by the sum of
-// the earlier rows' maxima, kept in double in offa / offb.
-template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
-    const A NINF = fctc_lim<A>::ninf();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int gsize = WARP ? 32 : (int)blockDim.x;
-    const int gtid = WARP ? lane : (int)threadIdx.x;
-    const int n = WARP ? (int)(blockIdx.x * (blockDim.x >> 5)) + warp : (int)blockIdx.x;
-    if (n >= a.N) return; // a whole warp (or block)
-    const bool rev = blockIdx.y == 1;
-    const int T = a.T, C = a.C, Lcap = a.Lcap;
-
+// One group (a warp, or the block) at work on one sequence, in one direction: forward
+// (alpha rows) or backward (rev: the same recursion on the reversed labels and reversed
+// time, which gives beta + emission; the stored row is beta without the frame's
+// emission).  Stored rows are shifted by the sum of the earlier rows' maxima, kept in
+// double in offa / offb.  fctc_trellis runs its three parts: fctc_load_labels,
+// fctc_recursion (both directions), fctc_finish (forward: log p and the cost).
+template <class A> struct fctc_group {
+    int lane, warp, gsize, gtid, n;
+    bool rev;
     // shared memory of this group: labels (Lcap ints, at most 32 K / 2 in the warp
     // kernels), reduction scratch, and in the block kernels the edge states and the warp
     // maxima of two frames (double-buffered so one barrier per frame suffices)
-    const int lab_slots = WARP ? 16 * K : Lcap;
-    const int lab_pad = (lab_slots + 3) & ~3;
-    const int group_bytes = lab_pad * 4 + 32 * 8 + (WARP ? 0 : (2 * 32 * 2 + 2 * 32) * (int)sizeof(A)) + 32;
-    unsigned char *mine = shm + (WARP ? warp * group_bytes : 0);
-    int *lab = (int *)mine;
-    fctc_i64 *red = (fctc_i64 *)(mine + lab_pad * 4);
-    A *edge = (A *)(mine + lab_pad * 4 + 32 * 8); // [2 frames][32 warps][2]
-    A *wmax = edge + 2 * 32 * 2; // [2 frames][32 warps]
-    A *fin = (A *)(mine + group_bytes - 32); // the last row's two final states
+    int *lab;
+    fctc_i64 *red;
+    A *edge; // [2 frames][32 warps][2]
+    A *wmax; // [2 frames][32 warps]
+    A *fin; // the last row's two final states
+    A *la; // this sequence's log_alpha (forward, when asked for), else null
+};
+
+// What fctc_load_labels learns of the group's sequence.
+struct fctc_seq {
+    int L, Tn; // target and input length
+    int Lc, S; // labels kept (L > Lcap: longer than T, infeasible), states 2 Lc + 1
+    bool feasible;
+    fctc_i64 blank_in; // a label equals the blank
+};
+
+// Lengths, labels (every one checked, the first Lc staged in shared memory, reversed for
+// beta), validity and feasibility of the group's sequence, and the gradient's label
+// chains.  False when the group has nothing more to do: the sequence is another launch's
+// share, its beta is not needed, or it is invalid (its outputs are written here).
+template <class A, bool WARP> FCTC_DEV bool fctc_load_labels(const fctc_args &a, const fctc_group<A> &g, fctc_seq &q) {
+    const A NINF = fctc_lim<A>::ninf();
+    const int n = g.n, gtid = g.gtid, gsize = g.gsize, C = a.C, Lcap = a.Lcap;
+    const bool rev = g.rev;
+    int *lab = g.lab;
 
     // ---- lengths and validity (no trust in device-resident values)
     const fctc_i64 Tn64 = fctc_load_int(a.in_len, a.il64, n * a.il_st);
     const fctc_i64 L64 = fctc_load_int(a.tg_len, a.tl64, n * a.tl_st);
-    bool valid = Tn64 >= 0 && Tn64 <= T && L64 >= 0 && L64 <= a.Smax && a.blank >= 0 && a.blank < C;
+    bool valid = Tn64 >= 0 && Tn64 <= a.T && L64 >= 0 && L64 <= a.Smax && a.blank >= 0 && a.blank < C;
     fctc_i64 start = 0; // first label of sequence n in concatenated targets
     if (a.concat) {
         // the earlier lengths, summed by the group; an earlier bad length, or labels
@@ -331,24 +342,24 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
             }
             part += l;
         }
-        start = fctc_group_sum<WARP>(part, red);
-        if (fctc_group_sum<WARP>(bad, red) != 0) valid = false;
+        start = fctc_group_sum<WARP>(part, g.red);
+        if (fctc_group_sum<WARP>(bad, g.red) != 0) valid = false;
         if (valid && start + L64 > a.tg_count) valid = false;
     }
-    const int L = valid ? (int)L64 : 0;
-    const int Tn = valid ? (int)Tn64 : 0;
-    const int Lc = L < Lcap ? L : Lcap; // labels kept (L > Lcap: longer than T, infeasible)
-    const int S = 2 * Lc + 1;
+    q.L = valid ? (int)L64 : 0;
+    q.Tn = valid ? (int)Tn64 : 0;
+    q.Lc = q.L < Lcap ? q.L : Lcap;
+    q.S = 2 * q.Lc + 1;
     { // this launch's share of the batch (the whole group agrees: same values)
-        const int Ssel = valid ? 2 * L + 1 : 1;
+        const int Ssel = valid ? 2 * q.L + 1 : 1;
         const int Sc = Ssel < 2 * Lcap + 1 ? Ssel : 2 * Lcap + 1;
-        if (!(Sc > a.sel_lo && Sc <= a.sel_hi)) return;
+        if (!(Sc > a.sel_lo && Sc <= a.sel_hi)) return false;
     }
-    if (rev && (!valid || L > Lc || Tn == 0 || a.ws_beta == 0)) return; // beta unused
+    if (rev && (!valid || q.L > q.Lc || q.Tn == 0 || a.ws_beta == 0)) return false; // beta unused
 
-    // ---- labels: every one checked, the first Lc staged in shared memory (reversed for beta)
+    // ---- labels
     fctc_i64 badl = 0, blank_in = 0;
-    for (int i = gtid; i < L; i += gsize) {
+    for (int i = gtid; i < q.L; i += gsize) {
         fctc_i64 v = a.concat ? fctc_load_int(a.targets, a.tg64, (start + i) * a.tg_st_s)
                               : fctc_load_int(a.targets, a.tg64, n * a.tg_st_n + i * a.tg_st_s);
         if (v < 0 || v >= C) {
@@ -356,53 +367,64 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
             v = 0;
         }
         if (v == a.blank) blank_in = 1;
-        if (i < Lc) lab[rev ? Lc - 1 - i : i] = (int)v;
+        if (i < q.Lc) lab[rev ? q.Lc - 1 - i : i] = (int)v;
     }
     fctc_group_sync<WARP>(); // publishes lab (a shuffle is no memory fence)
-    if (fctc_group_sum<WARP>(badl, red) != 0) valid = false;
-    blank_in = fctc_group_sum<WARP>(blank_in, red);
-    A *costs = (A *)a.costs;
-    A *la = (!rev && a.log_alpha) ? (A *)a.log_alpha + (fctc_i64)n * a.alpha_rows * a.alpha_cols : (A *)0;
+    if (fctc_group_sum<WARP>(badl, g.red) != 0) valid = false;
+    q.blank_in = fctc_group_sum<WARP>(blank_in, g.red);
     if (!valid) {
-        if (rev) return;
+        if (rev) return false;
         if (gtid == 0) {
-            costs[n] = fctc_lim<A>::nan();
+            ((A *)a.costs)[n] = fctc_lim<A>::nan();
             a.ws_info[4 * n + 0] = 0;
             a.ws_info[4 * n + 1] = 0;
             a.ws_info[4 * n + 2] = FCTC_BAD_VALUES;
             a.ws_info[4 * n + 3] = 0;
             a.ws_ll[n] = 0;
         }
-        if (la)
-            for (fctc_i64 i = gtid; i < (fctc_i64)a.alpha_rows * a.alpha_cols; i += gsize) la[i] = NINF;
-        return;
+        if (g.la)
+            for (fctc_i64 i = gtid; i < (fctc_i64)a.alpha_rows * a.alpha_cols; i += gsize) g.la[i] = NINF;
+        return false;
     }
     // feasibility: a target fits iff T_n >= L + (adjacent repeats); an infeasible one has
     // cost +inf and zero gradient whatever its scores, and needs no trellis (except for
     // log_alpha, whose reachable states have real values)
     fctc_i64 rep = 0;
-    for (int i = 1 + gtid; i < Lc; i += gsize) rep += lab[i] == lab[i - 1];
-    rep = fctc_group_sum<WARP>(rep, red);
-    const bool feasible = L <= Lc && (fctc_i64)Tn >= L + rep;
-    if (rev && !feasible) return;
-    if (!rev && a.ws_alpha && Lc > 0) {
+    for (int i = 1 + gtid; i < q.Lc; i += gsize) rep += lab[i] == lab[i - 1];
+    rep = fctc_group_sum<WARP>(rep, g.red);
+    q.feasible = q.L <= q.Lc && (fctc_i64)q.Tn >= q.L + rep;
+    if (rev && !q.feasible) return false;
+    if (!rev && a.ws_alpha && q.Lc > 0) {
         // chains for the gradient: nxt[i] = next index with the same label (-1: none),
         // first[i] = no earlier index has it.  Scans from shared memory, once per sequence.
         int *nxt = a.ws_nxt + (fctc_i64)n * Lcap, *first = a.ws_first + (fctc_i64)n * Lcap;
         int *glab = a.ws_lab + (fctc_i64)n * Lcap;
-        for (int i = gtid; i < Lc; i += gsize) {
+        for (int i = gtid; i < q.Lc; i += gsize) {
             const int v = lab[i];
             int j = i + 1;
-            while (j < Lc && lab[j] != v) ++j;
+            while (j < q.Lc && lab[j] != v) ++j;
             int k = 0;
             while (k < i && lab[k] != v) ++k;
-            nxt[i] = j < Lc ? j : -1;
+            nxt[i] = j < q.Lc ? j : -1;
             first[i] = k == i;
             glab[i] = v;
         }
     }
+    return true;
+}
 
-    // ---- the recursion: thread gtid owns states s = gtid * K + j, j < K (K even)
+// The recursion over the sequence's frames, one direction: thread gtid owns states
+// s = gtid * K + j, j < K (K even).  Stores the rows and offsets (when the workspace has
+// them) and the forward variables (g.la); leaves the last row in v and its offset in off.
+// Returns 1 when a NaN or +inf was read in a cell of the band (the non-finite rule).
+template <class In, class A, int K, bool WARP>
+FCTC_DEV fctc_i64 fctc_recursion(const fctc_args &a, const fctc_group<A> &g, const fctc_seq &q, A (&v)[K],
+                                 double &off) {
+    const A NINF = fctc_lim<A>::ninf();
+    const int lane = g.lane, warp = g.warp, gtid = g.gtid, n = g.n, T = a.T, S = q.S, Tn = q.Tn;
+    const bool rev = g.rev, feasible = q.feasible;
+    const int *lab = g.lab;
+    A *edge = g.edge, *wmax = g.wmax, *la = g.la;
     const In *acts = (const In *)a.acts;
     const A *lse = (const A *)a.ws_lse;
     const int s0 = gtid * K;
@@ -428,7 +450,6 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
         const A sh = a.from_logits ? lse[(fctc_i64)tt * a.N + n] : (A)0;                                               \
         for (int j = 0; j < K; ++j) dst[j] = col[j] < 0 ? NINF : (A)fctc_load(x + col[j]) - sh;                        \
     }
-    A v[K];
     for (int j = 0; j < K; ++j) v[j] = NINF;
     // Lagged normalisation: row t is stored relative to O_t = the absolute maximum of row
     // t - 3 (O_t = O_{t-1} while that is unknown), so the row maxima are reduced off the
@@ -437,7 +458,7 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
     // arithmetic.  Values then stay within about three frames of log-probabilities of 0,
     // and the offsets are summed in double, so float32 keeps its accuracy.  The lag is
     // the same in every kernel: no value depends on the geometry.
-    double off = 0; // O_{t-1}, then O_t
+    off = 0; // O_{t-1}, then O_t
     double o1 = 0, o2 = 0; // O_{t-1}, O_{t-2} at the start of step t
     A q_m = NINF, r_m = NINF; // queued maxima (relative) ...
     double q_o = 0, r_o = 0; // ... and the offsets they are relative to
@@ -540,9 +561,19 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
         }
     }
 #undef FCTC_EMIT
-    if (rev) return;
+    return undefined;
+}
 
-    // ---- log p and the cost (forward only)
+// Log p, the cost and the sequence's info from the last alpha row v (stored minus off);
+// log_alpha past the sequence's frames and states: -inf.  Forward only.
+template <class A, int K, bool WARP>
+FCTC_DEV void fctc_finish(const fctc_args &a, const fctc_group<A> &g, const fctc_seq &q, const A (&v)[K], double off,
+                          fctc_i64 undefined) {
+    const A NINF = fctc_lim<A>::ninf();
+    const int n = g.n, gtid = g.gtid, gsize = g.gsize, S = q.S, Tn = q.Tn;
+    const bool feasible = q.feasible;
+    const int s0 = gtid * K;
+    A *fin = g.fin, *la = g.la, *costs = (A *)a.costs;
     for (int j = 0; j < K; ++j) {
         const int s = s0 + j;
         if (s == S - 1) fin[0] = v[j];
@@ -563,14 +594,14 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
     // cell it reads in its band (logits: anywhere in the frame, through the log-sum-exp;
     // a frame with no finite score too) has cost NaN and NaN gradient rows
     int status = FCTC_OK;
-    if (fctc_group_sum<WARP>(feasible ? undefined : 0, red) != 0) status = FCTC_UNDEFINED;
+    if (fctc_group_sum<WARP>(feasible ? undefined : 0, g.red) != 0) status = FCTC_UNDEFINED;
     const A cost = (A)(-ll);
     if (gtid == 0) {
         costs[n] = status == FCTC_UNDEFINED ? fctc_lim<A>::nan() : cost;
-        a.ws_info[4 * n + 0] = L;
+        a.ws_info[4 * n + 0] = q.L;
         a.ws_info[4 * n + 1] = Tn;
         a.ws_info[4 * n + 2] = status;
-        a.ws_info[4 * n + 3] = (int)(blank_in != 0);
+        a.ws_info[4 * n + 3] = (int)(q.blank_in != 0);
         a.ws_ll[n] = ll;
     }
     if (la) {
@@ -580,6 +611,34 @@ template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const 
             if (t >= Tn || s >= S) la[i] = NINF;
         }
     }
+}
+
+template <class In, class A, int K, bool WARP> FCTC_DEV void fctc_trellis(const fctc_args &a, unsigned char *shm) {
+    fctc_group<A> g;
+    g.lane = threadIdx.x & 31;
+    g.warp = threadIdx.x >> 5;
+    g.gsize = WARP ? 32 : (int)blockDim.x;
+    g.gtid = WARP ? g.lane : (int)threadIdx.x;
+    g.n = WARP ? (int)(blockIdx.x * (blockDim.x >> 5)) + g.warp : (int)blockIdx.x;
+    if (g.n >= a.N) return; // a whole warp (or block)
+    g.rev = blockIdx.y == 1;
+    const int lab_slots = WARP ? 16 * K : a.Lcap;
+    const int lab_pad = (lab_slots + 3) & ~3;
+    const int group_bytes = lab_pad * 4 + 32 * 8 + (WARP ? 0 : (2 * 32 * 2 + 2 * 32) * (int)sizeof(A)) + 32;
+    unsigned char *mine = shm + (WARP ? g.warp * group_bytes : 0);
+    g.lab = (int *)mine;
+    g.red = (fctc_i64 *)(mine + lab_pad * 4);
+    g.edge = (A *)(mine + lab_pad * 4 + 32 * 8);
+    g.wmax = g.edge + 2 * 32 * 2;
+    g.fin = (A *)(mine + group_bytes - 32);
+    g.la = (!g.rev && a.log_alpha) ? (A *)a.log_alpha + (fctc_i64)g.n * a.alpha_rows * a.alpha_cols : (A *)0;
+
+    fctc_seq q;
+    if (!fctc_load_labels<A, WARP>(a, g, q)) return;
+    A v[K];
+    double off;
+    const fctc_i64 undefined = fctc_recursion<In, A, K, WARP>(a, g, q, v, off);
+    if (!g.rev) fctc_finish<A, K, WARP>(a, g, q, v, off, undefined);
 }
 
 // ------------------------------------------------------------------ the gradient

@@ -301,7 +301,7 @@ def test_every_output_element_is_written(monkeypatch):
 
 def test_single_sequence_split_over_two_threads():
     """B = 1 with a gradient and two threads: the sequence's forward and backward halves run
-    at once (fctc_sequence_threads); same bits as one thread, padded frames included, and
+    at once (fctc_sequence_split); same bits as one thread, padded frames included, and
     closer to the float64 result than optax's own float32 rounding (exact=True)."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 120, 20)).astype(np.float32)

@@ -385,8 +385,10 @@ static int fctc_stream_rows(int rows, int C, size_t elem_size) {
 #include "detail/rows_neon.h"
 #include "detail/select.h"
 #include "detail/trellis.h"
-#include "detail/batch.h"
+#include "detail/split.h"
 #include "detail/align.h"
+#include "detail/driver.h"
+#include "detail/batch.h"
 
 #define FCTC_USE_F64
 #include "detail/template.h"
@@ -397,8 +399,10 @@ static int fctc_stream_rows(int rows, int C, size_t elem_size) {
 #include "detail/rows_neon.h"
 #include "detail/select.h"
 #include "detail/trellis.h"
-#include "detail/batch.h"
+#include "detail/split.h"
 #include "detail/align.h"
+#include "detail/driver.h"
+#include "detail/batch.h"
 
 FASTCTC_DEF const char *fastctc_status_string(fastctc_status status) {
     switch (status) {
@@ -424,22 +428,6 @@ FASTCTC_DEF size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_le
     bytes += fctc_round_up(T * elem_size, FCTC_ALIGN); /* per-frame log-sum-exp */
     bytes += fctc_round_up(T * sizeof(double), FCTC_ALIGN); /* per-row alpha offsets */
     bytes += fctc_round_up(alpha_rows * W * elem_size, FCTC_ALIGN);
-    return bytes;
-}
-
-/* Scratch of one fctc_sequence_threads_* call (the split gradient pass); 0 on overflow.
- * Internal (not part of the C API): used by the Python module's batch drivers. */
-FCTC_MAYBE_UNUSED static size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size) {
-    if (max_time < 0 || max_label_length < 0 || max_label_length > (INT_MAX - 8) / 2) return 0;
-    size_t S = 2 * (size_t)max_label_length + 1;
-    size_t W = fctc_row_width(max_label_length);
-    size_t T = max_time > 0 ? (size_t)max_time : 1;
-    if (W > (SIZE_MAX / 8) / elem_size / T) return 0;
-    size_t bytes = fctc_round_up((S + 2) * sizeof(int), FCTC_ALIGN);
-    bytes += 7 * fctc_round_up(W * elem_size, FCTC_ALIGN); /* skip; the roles' private rows */
-    bytes += 2 * fctc_round_up(T * W * elem_size, FCTC_ALIGN); /* alpha and beta, whole */
-    bytes += fctc_round_up(T * elem_size, FCTC_ALIGN); /* per-frame log-sum-exp */
-    bytes += 2 * fctc_round_up(T * sizeof(double), FCTC_ALIGN); /* alpha and beta offsets */
     return bytes;
 }
 

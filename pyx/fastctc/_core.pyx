@@ -12,18 +12,20 @@ facade has already validated and normalised:
 * labels: one flat int32 array plus per-sequence offsets;
 * optional outputs: grad (a (T, N, C) view, same rules), log_alpha (N, T, K).
 
-The loop over sequences is an OpenMP ``prange`` (dynamic schedule: lengths differ)
-running without the GIL; each thread gets its own slice of one scratch buffer allocated
-before the loop, so nothing is allocated, and no Python object touched, inside it.
-Nothing here checks values: every check happens in _validate.py, before this is called.
+``engine_run`` (run_batch's, and fastctc._fast's, way in) describes the batch as one job
+of the C batch driver (include/fastctc/detail/driver.h, the one the C API runs too) and
+runs it without the GIL: the team, the split pass for lone long sequences, the
+workspace (allocated before the loop, freed after it), the per-thread scratch and the
+OpenMP loop are the driver's.  Nothing here checks values: every check happens in
+_validate.py, before this is called.
 """
 import os
 
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
-from libc.stdint cimport uintptr_t
-from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+from fastctc._driver cimport fctc_batch_job, run_job
 
 cnp.import_array()
 
@@ -43,7 +45,6 @@ cdef extern from *:
 
 cdef extern from "fastctc/fastctc.h" nogil:
     size_t fastctc_sequence_scratch_bytes(int max_time, int max_label_length, int want_grad, size_t elem_size)
-    size_t fctc_split_scratch_bytes(int max_time, int max_label_length, size_t elem_size)
     int fctc_team_cap(int wanted)
     void fctc_fork_guard_install()
     int fctc_in_forked_child()
@@ -267,40 +268,6 @@ def run_batch(acts, const int[::1] labels, const Py_ssize_t[::1] label_offsets,
 
 
 
-cdef extern from *:
-    """
-    /* One sequence through the engine, either dtype: fills the job (on the calling
-     * thread's stack, so prange bodies never share it) and runs it, split over `threads`
-     * when more than one.  acts, grad, log_alpha point at float or double (is_f64). */
-    #define FCTC_RUN_ONE(T_, SFX)                                                                 \
-        do {                                                                                      \
-            fastctc_job_##SFX job = {.acts = (const T_ *)acts, .act_stride = act_stride,           \
-                                     .labels = labels, .label_length = label_length,              \
-                                     .input_length = input_length, .alphabet_size = alphabet_size, \
-                                     .blank = blank, .from_logits = from_logits,                   \
-                                     .grad = (T_ *)grad, .grad_stride = grad_stride,               \
-                                     .grad_rows = grad_rows, .grad_scale = grad_scale,             \
-                                     .log_alpha = (T_ *)log_alpha, .alpha_stride = alpha_stride,   \
-                                     .alpha_rows = alpha_rows, .alpha_cols = alpha_cols};          \
-            return threads > 1 ? (double)fctc_sequence_threads_##SFX(&job, scratch, threads)      \
-                               : (double)fastctc_sequence_##SFX(&job, scratch);                   \
-        } while (0)
-    static double fctc_run_one(int is_f64, const void *acts, Py_ssize_t act_stride, const int *labels,
-                               int label_length, int input_length, int alphabet_size, int blank,
-                               int from_logits, void *grad, Py_ssize_t grad_stride, int grad_rows,
-                               double grad_scale, void *log_alpha, Py_ssize_t alpha_stride,
-                               int alpha_rows, int alpha_cols, void *scratch, int threads) {
-        if (is_f64) FCTC_RUN_ONE(double, f64);
-        FCTC_RUN_ONE(float, f32);
-    }
-    """
-    double fctc_run_one(int is_f64, const void *acts, Py_ssize_t act_stride, const int *labels,
-                        int label_length, int input_length, int alphabet_size, int blank,
-                        int from_logits, void *grad, Py_ssize_t grad_stride, int grad_rows,
-                        double grad_scale, void *log_alpha, Py_ssize_t alpha_stride,
-                        int alpha_rows, int alpha_cols, void *scratch, int threads) nogil
-
-
 cdef inline void *_data(object arr):
     return cnp.PyArray_DATA(<cnp.ndarray>arr)
 
@@ -380,70 +347,40 @@ cdef _run(object acts_obj, const int[::1] labels, const Py_ssize_t[::1] offsets,
 
 
 cdef int engine_run(const EngineCall *c) noexcept nogil:
-    """Runs a described batch; 0 on success, -1 when the scratch cannot be allocated.
-    The scratch is allocated here, before any parallel region, and freed on return."""
-    cdef Py_ssize_t n, item = 8 if c.is_f64 else 4
-    cdef int max_t = 0, max_l = 0, team, n_threads
-    cdef bint want_grad = c.grad != NULL, want_alpha = c.log_alpha != NULL, split
-    cdef size_t per_thread
-    cdef void *block
-    cdef unsigned char *base
-    cdef double cost
+    """Runs a described batch through the batch driver; 0 on success, -1 when the
+    workspace cannot be allocated (its size overflows or memory is exhausted)."""
+    cdef fctc_batch_job job
     if c.N == 0:
         return 0
-    # Scratch for the longest input and label; a label longer than its input is infeasible
-    # and laid out as no trellis (fctc_scratch_label_length), except with log_alpha.
-    for n in range(c.N):
-        max_t = max(max_t, c.input_lengths[n])
-        max_l = max(max_l, c.label_lengths[n] if want_alpha else min(c.label_lengths[n], c.input_lengths[n]))
-    # The team: capped at the usable processors, at what the OS can create, 1 in a forked
-    # child (threads.h).  Results do not depend on it: with fewer sequences than threads,
-    # each is split over two threads (bit-identical to one thread, detail/trellis.h).
-    team = fctc_team_cap(max(1, c.num_threads))
-    # (a problem too small to repay a parallel region -- two thread wake-ups, two barriers,
-    # about 4 us -- runs on one thread; the split is bit-identical, so only speed changes)
-    split = want_grad and not want_alpha and c.N < team and max_t * (2 * max_l + 1) >= c.split_min_cells
-    n_threads = 1 if split else min(team, c.N)
-    per_thread = (fctc_split_scratch_bytes(max_t, max_l, item) if split
-                  else fastctc_sequence_scratch_bytes(max_t, max_l, want_grad, item))
-    if per_thread == 0 or per_thread > (<size_t>-1 - 64) // <size_t>n_threads:
-        return -1
-    block = malloc(per_thread * n_threads + 64)
-    if block == NULL:
-        return -1
-    base = <unsigned char *>((<uintptr_t>block + 63) & ~(<uintptr_t>63))
-    if split or n_threads == 1:
-        # Fewer sequences than threads: one at a time, each split over two threads (the
-        # forward and backward halves run at once; see detail/trellis.h), no nested regions.
-        # One thread: no parallel region at all (a forked child must not start one).
-        for n in range(c.N):
-            cost = _run_one(c, n, base, 2 if split else 1)
-            _store_cost(c.costs, n, cost, c.is_f64)
-    else:
-        for n in prange(c.N, schedule="dynamic", chunksize=1, num_threads=n_threads):
-            cost = _run_one(c, n, base + per_thread * threadid(), 1)
-            _store_cost(c.costs, n, cost, c.is_f64)
-    free(block)
-    return 0
-
-
-cdef inline double _run_one(const EngineCall *c, Py_ssize_t n, unsigned char *scratch, int threads) noexcept nogil:
-    cdef Py_ssize_t item = 8 if c.is_f64 else 4
-    return fctc_run_one(
-        c.is_f64, c.acts + n * c.n_stride * item if c.acts != NULL else NULL, c.t_stride,
-        c.labels + c.offsets[n] if c.labels != NULL else NULL,
-        c.label_lengths[n], c.input_lengths[n], <int>c.C, c.blank, c.from_logits,
-        c.grad + n * c.gn_stride * item if c.grad != NULL else NULL, c.gt_stride, <int>c.T, c.grad_scale[n],
-        c.log_alpha + n * c.an_stride * item if c.log_alpha != NULL else NULL, c.at_stride,
-        c.alpha_rows, c.alpha_cols, scratch, threads)
-
-
-cdef inline void _store_cost(char *costs, Py_ssize_t n, double cost, bint is_f64) noexcept nogil:
-    # a float32 engine's cost went through double exactly, so the float store is exact too
-    if is_f64:
-        (<double *>costs)[n] = cost
-    else:
-        (<float *>costs)[n] = <float>cost
+    memset(&job, 0, sizeof(job))
+    job.minibatch = <int>c.N
+    job.max_time = <int>c.T
+    job.alphabet_size = <int>c.C
+    job.blank = c.blank
+    job.from_logits = c.from_logits
+    job.acts = c.acts
+    job.act_batch_stride = c.n_stride
+    job.act_time_stride = c.t_stride
+    job.labels = c.labels
+    job.label_offsets = c.offsets
+    job.label_lengths = c.label_lengths
+    job.input_lengths = c.input_lengths
+    job.costs = c.costs
+    job.grad = c.grad
+    job.grad_batch_stride = c.gn_stride
+    job.grad_time_stride = c.gt_stride
+    job.grad_scale = c.grad_scale
+    job.log_alpha = c.log_alpha
+    job.alpha_batch_stride = c.an_stride
+    job.alpha_time_stride = c.at_stride
+    job.alpha_rows = c.alpha_rows
+    job.alpha_cols = c.alpha_cols
+    # The team is capped at the usable processors, at what the OS can create, 1 in a forked
+    # child (threads.h); with fewer sequences than threads, a trellis of at least
+    # split_min_cells cells is split over two threads (bit-identical to one thread).
+    job.num_threads = max(1, c.num_threads)
+    job.split_min_cells = c.split_min_cells
+    return 0 if run_job(&job, 8 if c.is_f64 else 4) == 0 else -1
 
 
 _warn_unknown_simd_env()   # (here: it reports the level chosen, defined above)

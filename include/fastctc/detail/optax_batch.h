@@ -29,8 +29,9 @@
  * logits: optax's propagation is reproduced).  `exact` sends every sequence there.
  *
  * Before including: fastctc.h with FASTCTC_IMPLEMENTATION, FCTC_USE_F32/F64 + template.h,
- * and optax.h for the same type.  Nothing is allocated, printed or aborted inside the
- * parallel loop: one malloc before it (per-thread scratch), freed after.
+ * and optax.h for the same type.  The team, the split decision and the loop are the batch
+ * driver's (driver.h).  Nothing is allocated, printed or aborted inside the parallel loop:
+ * one malloc before it (per-thread scratch), freed after.
  */
 #ifndef FASTCTC_OPTAX_BATCH_ARGS
 #define FASTCTC_OPTAX_BATCH_ARGS
@@ -72,6 +73,15 @@ enum { FCTC_OX_FAST = 0, FCTC_OX_EXACT = 1 };
 typedef struct {
     int route, L, first, count, contiguous;
 } fctc_optax_seq_info;
+
+/* What each sequence's step reads: the batch, the routes, and the byte sizes of the
+ * per-thread buffers (engine scratch, compacted frames, their gradient rows, forward
+ * variables, optax.h's work, its forward rows when the caller wants none). */
+typedef struct {
+    const fctc_optax_batch_args *a;
+    fctc_optax_seq_info *info;
+    size_t eng, xb, gb, ab, wk, tmp;
+} fctc_optax_ctx;
 
 static size_t fctc_ox_bytes(size_t count, size_t elem) { return fctc_round_up(count * elem, FCTC_ALIGN); }
 #endif
@@ -195,8 +205,7 @@ static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, c
         job.alpha_rows = info->count;
         job.alpha_cols = 2 * N + 1;
     }
-    cost = split ? FCTC_FN(fctc_sequence_threads)(&job, engine_scratch, 2)
-                 : FCTC_FN(fastctc_sequence)(&job, engine_scratch);
+    cost = split ? FCTC_FN(fctc_sequence_split)(&job, engine_scratch) : FCTC_FN(fastctc_sequence)(&job, engine_scratch);
     if (grad && !info->contiguous) {
         for (t = 0, j = 0; t < T; ++t) {
             FCTC_T *g = grad + (ptrdiff_t)t * a->g_ts;
@@ -236,41 +245,51 @@ static int FCTC_FN(fctc_optax_fast_one)(const fctc_optax_batch_args *a, int b, c
     return cost == cost && cost != (FCTC_T)HUGE_VAL && cost != -(FCTC_T)HUGE_VAL;
 }
 
+/* One sequence of the batch on its thread's scratch (fctc_batch_loop's step): the
+ * engine, or optax.h when the sequence needs it or the engine's result is not finite. */
+static void FCTC_FN(fctc_optax_one)(const void *ctx_, int b, void *scratch, int split) {
+    const fctc_optax_ctx *ctx = (const fctc_optax_ctx *)ctx_;
+    unsigned char *mine = (unsigned char *)scratch;
+    FCTC_T *xbuf = (FCTC_T *)(mine + ctx->eng);
+    FCTC_T *gbuf = (FCTC_T *)((unsigned char *)xbuf + ctx->xb);
+    FCTC_T *abuf = (FCTC_T *)((unsigned char *)gbuf + ctx->gb);
+    FCTC_T *work = (FCTC_T *)((unsigned char *)abuf + ctx->ab);
+    FCTC_T *phi_tmp = (FCTC_T *)((unsigned char *)work + ctx->wk);
+    FCTC_T *emit_tmp = (FCTC_T *)((unsigned char *)phi_tmp + ctx->tmp / 2);
+    if (ctx->info[b].route == FCTC_OX_FAST &&
+        FCTC_FN(fctc_optax_fast_one)(ctx->a, b, &ctx->info[b], mine, xbuf, gbuf, abuf, split))
+        return;
+    FCTC_FN(fctc_optax_exact_one)(ctx->a, b, ctx->info[b].L, work, phi_tmp, emit_tmp);
+}
+
 /* The batch; returns FASTCTC_OK, FASTCTC_INVALID_ARGUMENT (sizes) or FASTCTC_OUT_OF_MEMORY. */
 static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) {
     const int B = a->B, T = a->T, K = a->K, N = a->N;
     const size_t es = sizeof(FCTC_T);
     const int want_alpha = a->phi != NULL, want_grad = a->grad != NULL;
-    fctc_optax_seq_info *info;
-    int b, threads, split = 0, any_fast = 0, any_compact = 0;
-    size_t eng = 0, xb = 0, gb = 0, ab = 0, wk = 0, tmp = 0, per_thread;
-    unsigned char *owned, *base;
+    fctc_optax_ctx ctx;
+    fctc_batch_plan plan;
+    int b, split, any_fast = 0, any_compact = 0;
+    size_t eng = 0;
+    unsigned char *owned;
     if (B < 0 || T < 1 || K < 1 || N < 0 || a->blank < 0 || a->blank >= K || a->eps_group < 1 || N > (INT_MAX - 8) / 2)
         return FASTCTC_INVALID_ARGUMENT;
     if (want_alpha && want_grad) return FASTCTC_INVALID_ARGUMENT;
     if (B == 0) return FASTCTC_OK;
     /* every per-thread buffer is at most T * max(K, 2N + 2) elements: that must fit */
     if ((size_t)T > ((size_t)PTRDIFF_MAX / 16) / ((size_t)K + 2 * (size_t)N + 2)) return FASTCTC_INVALID_ARGUMENT;
-    info = (fctc_optax_seq_info *)malloc((size_t)B * sizeof *info);
-    if (!info) return FASTCTC_OUT_OF_MEMORY;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.a = a;
+    ctx.info = (fctc_optax_seq_info *)malloc((size_t)B * sizeof *ctx.info);
+    if (!ctx.info) return FASTCTC_OUT_OF_MEMORY;
     for (b = 0; b < B; ++b) {
-        any_compact |= FCTC_FN(fctc_optax_classify)(a, b, &info[b]);
-        any_fast |= info[b].route == FCTC_OX_FAST;
+        any_compact |= FCTC_FN(fctc_optax_classify)(a, b, &ctx.info[b]);
+        any_fast |= ctx.info[b].route == FCTC_OX_FAST;
     }
-    {
-        fastctc_options o = fctc_default_options;
-        o.num_threads = a->num_threads;
-        threads = fctc_threads_for(&o, B);
-#ifdef _OPENMP
-        /* Fewer sequences than threads, with a gradient: one sequence at a time, each split
-         * over two threads (forward and backward halves at once, trellis.h), as _core does. */
-        if (want_grad && threads == B &&
-            B < fctc_team_cap(a->num_threads > 0 ? a->num_threads : omp_get_max_threads())) {
-            split = 1;
-            threads = 1;
-        }
-#endif
-    }
+    /* Fewer sequences than threads, with a gradient: one sequence at a time, each split
+     * over two threads (forward and backward halves at once, split.h), as the loss does. */
+    plan.threads = fctc_batch_threads(a->num_threads, B, want_grad, &split);
+    plan.split = split;
     if (any_fast) {
         eng = fastctc_sequence_scratch_bytes(T, N, want_grad, es);
         if (split) {
@@ -278,51 +297,29 @@ static fastctc_status FCTC_FN(fctc_optax_batch)(const fctc_optax_batch_args *a) 
             eng = (two == 0 || eng == 0) ? 0 : (two > eng ? two : eng);
         }
         if (eng == 0) {
-            free(info);
+            free(ctx.info);
             return FASTCTC_INVALID_ARGUMENT;
         }
         if (any_compact) {
-            xb = fctc_ox_bytes((size_t)T * (size_t)K, es);
-            if (want_grad) gb = xb;
+            ctx.xb = fctc_ox_bytes((size_t)T * (size_t)K, es);
+            if (want_grad) ctx.gb = ctx.xb;
         }
-        if (want_alpha) ab = fctc_ox_bytes((size_t)T * (2 * (size_t)N + 1), es);
+        if (want_alpha) ctx.ab = fctc_ox_bytes((size_t)T * (2 * (size_t)N + 1), es);
     }
+    ctx.eng = fctc_round_up(eng, FCTC_ALIGN);
     /* optax.h's scratch is reserved even when every sequence is routed to the engine: a
      * non-finite engine result is redone there (it is small: about 2T(N+1) elements) */
-    wk = fctc_ox_bytes((size_t)FCTC_FN(fctc_optax_work_size)(T, N), es);
-    if (!want_alpha) tmp = 2 * fctc_ox_bytes((size_t)T * (size_t)(N + 1), es);
-    per_thread = fctc_round_up(eng, FCTC_ALIGN) + xb + gb + ab + wk + tmp;
-    owned = (unsigned char *)malloc(per_thread * (size_t)threads + FCTC_ALIGN);
+    ctx.wk = fctc_ox_bytes((size_t)FCTC_FN(fctc_optax_work_size)(T, N), es);
+    if (!want_alpha) ctx.tmp = 2 * fctc_ox_bytes((size_t)T * (size_t)(N + 1), es);
+    plan.per_thread = ctx.eng + ctx.xb + ctx.gb + ctx.ab + ctx.wk + ctx.tmp;
+    plan.fixed = FCTC_ALIGN;
+    owned = (unsigned char *)malloc(plan.per_thread * (size_t)plan.threads + plan.fixed);
     if (!owned) {
-        free(info);
+        free(ctx.info);
         return FASTCTC_OUT_OF_MEMORY;
     }
-    base = (unsigned char *)fctc_round_up((size_t)(uintptr_t)owned, FCTC_ALIGN);
-
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-#endif
-    for (b = 0; b < B; ++b) {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num();
-#else
-        int tid = 0;
-#endif
-        unsigned char *mine = base + per_thread * (size_t)tid;
-        void *engine_scratch = mine;
-        FCTC_T *xbuf = (FCTC_T *)(mine + fctc_round_up(eng, FCTC_ALIGN));
-        FCTC_T *gbuf = (FCTC_T *)((unsigned char *)xbuf + xb);
-        FCTC_T *abuf = (FCTC_T *)((unsigned char *)gbuf + gb);
-        FCTC_T *work = (FCTC_T *)((unsigned char *)abuf + ab);
-        FCTC_T *phi_tmp = (FCTC_T *)((unsigned char *)work + wk);
-        FCTC_T *emit_tmp = (FCTC_T *)((unsigned char *)phi_tmp + tmp / 2);
-        (void)K;
-        if (info[b].route == FCTC_OX_FAST &&
-            FCTC_FN(fctc_optax_fast_one)(a, b, &info[b], engine_scratch, xbuf, gbuf, abuf, split))
-            continue;
-        FCTC_FN(fctc_optax_exact_one)(a, b, info[b].L, work, phi_tmp, emit_tmp);
-    }
+    fctc_batch_loop(&plan, B, fctc_batch_base(owned), FCTC_FN(fctc_optax_one), &ctx);
     free(owned);
-    free(info);
+    free(ctx.info);
     return FASTCTC_OK;
 }

@@ -26,8 +26,22 @@
  * backwards.  Nothing is allocated here: the caller passes scratch of
  * fastctc_sequence_scratch_bytes() bytes.
  *
- * Instantiated for float and double through template.h.
+ * Steps: the passes are written from the small functions below -- extended labels, the
+ * band, the row shift, the first alpha row and the alpha step, the last beta row and the
+ * beta step, log p from the last row, the occupancy and gradient row -- which the
+ * one-thread pass (fastctc_sequence, here), the split pass (split.h) and the aligner
+ * (align.h) share, so each rule has one definition and the passes give the same bits.
+ *
+ * Instantiated for float and double through template.h; the band, which does not depend
+ * on the element type, is compiled once (FCTC_TRELLIS_COMMON_DONE).
  */
+
+#ifndef FCTC_TRELLIS_COMMON_DONE
+#define FCTC_TRELLIS_COMMON_DONE
+/* The band of frame t of a T-frame trellis of S states: [fctc_band_lo, fctc_band_hi). */
+static int fctc_band_lo(int T, int S, int t) { return fctc_max_int(0, S - 2 * (T - t)); }
+static int fctc_band_hi(int S, int t) { return fctc_min_int(S, 2 * t + 2); }
+#endif /* FCTC_TRELLIS_COMMON_DONE */
 
 /* Large alphabets: the trellis reads a few scattered classes of every frame (the
  * labels and the blank), one cache miss each, and the row kernel waits for all of them.
@@ -83,14 +97,19 @@ static void FCTC_FN(fctc_fence)(FCTC_T *row, int lo, int hi) {
     row[hi + 1] = FCTC_NEG_INF;
 }
 
-/* Gradient row t, written once: the softmax part (logits) or zero, then minus the
- * occupancy gam[s] of every state in [lo, hi), summed per label in state order
+/* Gradient row t, written once from alpha row arow and beta row brow (both stored minus
+ * their offsets; shift = the two offsets - log p): the occupancies gam[s] = exp(alpha +
+ * beta - log p) of the states in [lo, hi), then the softmax part (logits, unless already
+ * written) or zero, minus the occupancies summed per label in state order
  * (deterministic), all times the sequence's scale. */
-static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const FCTC_T *x,
-                                   FCTC_T *g, FCTC_T lse, const FCTC_T *gam, const int *ext, int lo, int hi,
-                                   int softmax_written, int stream) {
+static void FCTC_FN(fctc_grad_row)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, int t,
+                                   const FCTC_T *arow, const FCTC_T *brow, FCTC_T shift, FCTC_T *gam, const int *ext,
+                                   int lo, int hi, FCTC_T lse, int softmax_written, int stream) {
+    const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+    FCTC_T *g = job->grad + (ptrdiff_t)t * job->grad_stride;
     const FCTC_T scale = (FCTC_T)job->grad_scale;
     int s;
+    k->gamma_row(arow, brow, shift, gam, lo, hi);
     if (!job->from_logits)
         k->fill_row(g, (FCTC_T)0, job->alphabet_size, stream);
     else if (!softmax_written)
@@ -148,13 +167,136 @@ static FCTC_T FCTC_FN(fctc_infeasible)(const FCTC_FN(fctc_kernels) * k, const FC
 
 /* Extended labels (blank, y1, blank, ..., yL, blank, then two blank pads) and the skip
  * row (0 where the s-2 -> s transition is allowed, else -inf). */
-static void FCTC_FN(fctc_extend_labels)(const FCTC_FN(fastctc_job) * job, int *ext, FCTC_T *skip) {
-    const int S = 2 * job->label_length + 1;
+static void FCTC_FN(fctc_extend_labels)(const int *labels, int L, int blank, int *ext, FCTC_T *skip) {
+    const int S = 2 * L + 1;
     int s;
-    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? job->labels[s >> 1] : job->blank;
-    ext[S] = ext[S + 1] = job->blank;
+    for (s = 0; s < S; ++s) ext[s] = (s & 1) ? labels[s >> 1] : blank;
+    ext[S] = ext[S + 1] = blank;
     for (s = 0; s < S + 2; ++s)
         skip[s] = (s < S && (s & 1) && s >= 3 && ext[s] != ext[s - 2]) ? (FCTC_T)0 : FCTC_NEG_INF;
+}
+
+/* The shift a row's values are stored under for the next step: the row's maximum, or 0
+ * when the row is all -inf (or NaN, under the non-finite rule), so no -inf - -inf. */
+static FCTC_T FCTC_FN(fctc_row_shift)(FCTC_T best) { return (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0; }
+
+/* Alpha row 0: -inf everywhere (pads included) but the band [lo, hi), which holds the
+ * emissions x[l'(s)] - shift; returns the band's maximum. */
+static FCTC_T FCTC_FN(fctc_alpha_first_row)(const FCTC_T *x, const int *ext, FCTC_T shift, FCTC_T *cur, int S, int lo,
+                                            int hi) {
+    FCTC_T best = FCTC_NEG_INF;
+    int s;
+    for (s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
+    FCTC_FN(fctc_gather_emissions)(x, ext, shift, cur, lo, hi);
+    for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
+    return best;
+}
+
+/* The forward pass's carried state: alpha(t, s) = stored(t, s) + offset (summed in
+ * double), and the shift of the last row stored (fctc_row_shift). */
+typedef struct {
+    double offset;
+    FCTC_T row_max;
+} FCTC_FN(fctc_alpha_state);
+
+/* Alpha row t over the band [lo, hi) into cur, from prev (row t - 1; unused at t = 0),
+ * carrying st; returns the row's maximum (NaN when a band emission of a row t > 0 is NaN
+ * or +inf).  prefetch: fetch frame t + 1's emissions meanwhile.  tmp: a row for the
+ * kernel's gathered emissions. */
+static FCTC_T FCTC_FN(fctc_alpha_step)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job,
+                                       const int *ext, const FCTC_T *skip, FCTC_T lse, int t, int lo, int hi,
+                                       const FCTC_T *prev, FCTC_T *cur, FCTC_T *tmp, FCTC_FN(fctc_alpha_state) * st,
+                                       int prefetch) {
+    const int T = job->input_length, S = 2 * job->label_length + 1;
+    const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+    FCTC_T best;
+    if (t == 0) {
+        best = FCTC_FN(fctc_alpha_first_row)(x, ext, lse, cur, S, lo, hi);
+    } else {
+        if (prefetch && t + 1 < T) {
+            const int C = job->alphabet_size;
+            FCTC_FN(fctc_prefetch_emissions)(x + job->act_stride, C, S, ext, lo, fctc_min_int(S, hi + 2));
+        }
+        best = k->alpha_row(prev, cur, x, ext, lse, skip, lo, hi, st->row_max, tmp);
+        FCTC_FN(fctc_fence)(cur, lo, hi);
+        st->offset += (double)st->row_max;
+    }
+    st->row_max = FCTC_FN(fctc_row_shift)(best);
+    return best;
+}
+
+/* The non-finite rule's verdict on frame t of the forward pass (1: bad), given its
+ * log-sum-exp and the maximum fctc_alpha_step returned: logits, the log-sum-exp; else
+ * the band's emissions -- checked here for the first row and for rows widened beyond
+ * the band (pruned == 0: forward variables), flagged by the row kernel (a NaN maximum)
+ * for the others. */
+static int FCTC_FN(fctc_alpha_bad)(const FCTC_FN(fastctc_job) * job, const int *ext, FCTC_T lse, int t, int pruned,
+                                   FCTC_T best) {
+    const int T = job->input_length, S = 2 * job->label_length + 1;
+    if (job->from_logits) return FCTC_FN(fctc_lse_bad)(lse);
+    if (t == 0 || !pruned)
+        return FCTC_FN(fctc_band_bad)(job->acts + (ptrdiff_t)t * job->act_stride, ext, fctc_band_lo(T, S, t),
+                                      fctc_band_hi(S, t));
+    return best != best;
+}
+
+/* log p from the last alpha row (stored minus `offset`): lse of the two end states. */
+static double FCTC_FN(fctc_log_likelihood)(const FCTC_T *last, int S, double offset) {
+    double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
+    return tail + offset;
+}
+
+/* The backward pass's carried state: nb = beta(t+1) + emit(t+1) - offset, its spare
+ * row, nb's shift (fctc_row_shift) and the running offset. */
+typedef struct {
+    FCTC_T *nb, *spare;
+    FCTC_T nb_max;
+    double offset;
+} FCTC_FN(fctc_beta_state);
+
+/* Beta row T - 1: 0 at the two end states, -inf elsewhere (pads included). */
+static void FCTC_FN(fctc_beta_last_row)(FCTC_T *cur, int S) {
+    for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
+    cur[S - 1] = 0;
+    if (S > 1) cur[S - 2] = 0;
+}
+
+/* The first nb row, beta(T-1) + emit(T-1) over the band [lo, hi) of frame T - 1 (x),
+ * from beta row cur; later ones come from fctc_beta_step. */
+static void FCTC_FN(fctc_beta_first_nb)(const FCTC_T *x, const int *ext, FCTC_T lse, const FCTC_T *cur, int lo, int hi,
+                                        FCTC_FN(fctc_beta_state) * st) {
+    FCTC_T best = FCTC_NEG_INF;
+    FCTC_FN(fctc_gather_emissions)(x, ext, lse, st->nb, lo, hi);
+    for (int s = lo; s < hi; ++s) {
+        FCTC_T v = cur[s] + st->nb[s];
+        st->nb[s] = v;
+        best = v > best ? v : best;
+    }
+    FCTC_FN(fctc_fence)(st->nb, lo, hi);
+    st->nb_max = FCTC_FN(fctc_row_shift)(best);
+}
+
+/* Beta row t < T - 1 over the band [lo, hi) into cur (stored minus st->offset), and the
+ * next nb row, carrying st.  Fetches frame t - 1's emissions meanwhile, and the label
+ * lines of gradient row g_prev when not NULL.  tmp: a row for the kernel. */
+static void FCTC_FN(fctc_beta_step)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
+                                    const FCTC_T *skip, FCTC_T lse, int t, int lo, int hi, FCTC_T *cur, FCTC_T *tmp,
+                                    FCTC_FN(fctc_beta_state) * st, FCTC_T *g_prev) {
+    const int S = 2 * job->label_length + 1;
+    const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
+    if (t > 0) {
+        int plo = fctc_max_int(0, lo - 2);
+        FCTC_FN(fctc_prefetch_emissions)(x - job->act_stride, job->alphabet_size, S, ext, plo, hi);
+        if (g_prev) FCTC_FN(fctc_prefetch_grad_labels)(g_prev, job->alphabet_size, ext, plo, hi);
+    }
+    FCTC_T best = k->beta_row(st->nb, cur, st->spare, x, ext, lse, skip, lo, hi, st->nb_max, tmp);
+    FCTC_FN(fctc_fence)(cur, lo, hi);
+    FCTC_FN(fctc_fence)(st->spare, lo, hi);
+    st->offset += (double)st->nb_max;
+    FCTC_T *swap = st->nb;
+    st->nb = st->spare;
+    st->spare = swap;
+    st->nb_max = FCTC_FN(fctc_row_shift)(best);
 }
 
 FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, void *scratch) {
@@ -181,11 +323,13 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, v
     double *row_offsets = (double *)cursor;
     cursor += fctc_round_up((size_t)(T > 0 ? T : 1) * sizeof(double), FCTC_ALIGN);
     FCTC_T *alpha_rows = FCTC_FN(fctc_carve)(&cursor, (want_grad ? (size_t)(T > 0 ? T : 1) : 2) * W);
+/* alpha row t: all T rows are kept for the gradient, else two in turn */
+#define FCTC_ALPHA_ROW(t) (alpha_rows + (want_grad ? (size_t)(t) : (size_t)((t)&1)) * W + 2)
 
     /* The rows the vector kernels gather emissions into (tmp) are read whole, their
      * even entries discarded by a blend (rows_vec.h): start them defined. */
     for (s = 0; s < (int)W; ++s) emit[s] = gam[s] = 0;
-    FCTC_FN(fctc_extend_labels)(job, ext, skip);
+    FCTC_FN(fctc_extend_labels)(job->labels, L, job->blank, ext, skip);
 
     const int prune = !want_alpha;
     int bad = 0; /* the non-finite rule */
@@ -200,8 +344,7 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, v
     if (T == 0) {
         log_likelihood_d = (L == 0) ? 0.0 : -HUGE_VAL;
     } else {
-        double offset = 0; /* alpha(t, s) = stored(t, s) + offset, summed in double */
-        FCTC_T row_max = 0; /* maximum of the previous stored row (0 when it is all -inf) */
+        FCTC_FN(fctc_alpha_state) fw = {0, 0};
         for (t = 0; t < T; ++t) {
             const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
             /* the frame's log-sum-exp just before its alpha row: the row is still cached
@@ -214,48 +357,24 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, v
                                    t + 1 < T ? x + job->act_stride : NULL);
             else
                 frame_lse[t] = k->row_lse(x, C, t + 1 < T ? x + job->act_stride : NULL);
-            FCTC_T *cur = alpha_rows + (want_grad ? (size_t)t : (size_t)(t & 1)) * W + 2;
-            int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
-            int hi = fctc_min_int(S, 2 * t + 2);
-            FCTC_T best;
-            if (t == 0) {
-                for (s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
-                FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
-                best = FCTC_NEG_INF;
-                for (s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
-            } else {
-                const FCTC_T *prev = alpha_rows + (want_grad ? (size_t)(t - 1) : (size_t)((t - 1) & 1)) * W + 2;
-                if (t + 1 < T && !softmax_in_forward) /* (the softmax row prefetched all of it) */
-                    FCTC_FN(fctc_prefetch_emissions)(x + job->act_stride, C, S, ext, lo, fctc_min_int(S, hi + 2));
-                best = k->alpha_row(prev, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, emit);
-                FCTC_FN(fctc_fence)(cur, lo, hi);
-                offset += (double)row_max;
-            }
-            /* The non-finite rule: the row kernel flags a NaN or +inf emission of its
-             * band with a NaN maximum; the first row, and the band of a row widened for
-             * forward variables, are checked here. */
-            if (job->from_logits)
-                bad |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
-            else if (t == 0 || !prune)
-                bad |= FCTC_FN(fctc_band_bad)(x, ext, fctc_max_int(0, S - 2 * (T - t)), hi);
-            else
-                bad |= best != best;
-            row_offsets[t] = offset;
-            row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
+            FCTC_T *cur = FCTC_ALPHA_ROW(t);
+            int lo = prune ? fctc_band_lo(T, S, t) : 0, hi = fctc_band_hi(S, t);
+            /* (the softmax row prefetched all of frame t + 1) */
+            FCTC_T best =
+                FCTC_FN(fctc_alpha_step)(k, job, ext, skip, frame_lse[t], t, lo, hi,
+                                         t > 0 ? FCTC_ALPHA_ROW(t - 1) : NULL, cur, emit, &fw, !softmax_in_forward);
+            bad |= FCTC_FN(fctc_alpha_bad)(job, ext, frame_lse[t], t, prune, best);
+            row_offsets[t] = fw.offset;
             if (want_alpha && t < job->alpha_rows) {
                 FCTC_T *out = job->log_alpha + (ptrdiff_t)t * job->alpha_stride;
                 int ncopy = fctc_min_int(hi, job->alpha_cols);
-                for (s = 0; s < ncopy; ++s) out[s] = (FCTC_T)((double)cur[s] + offset);
+                for (s = 0; s < ncopy; ++s) out[s] = (FCTC_T)((double)cur[s] + fw.offset);
                 for (s = ncopy; s < job->alpha_cols; ++s) out[s] = FCTC_NEG_INF;
             }
         }
         /* An infeasible target's end states lie beyond the computed band (their cells
          * were never written): its loss is +inf, as in loss-only mode. */
-        if (feasible) {
-            const FCTC_T *last = alpha_rows + (want_grad ? (size_t)(T - 1) : (size_t)((T - 1) & 1)) * W + 2;
-            double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
-            log_likelihood_d = tail + row_offsets[T - 1];
-        }
+        if (feasible) log_likelihood_d = FCTC_FN(fctc_log_likelihood)(FCTC_ALPHA_ROW(T - 1), S, row_offsets[T - 1]);
     }
 
     if (want_alpha) {
@@ -283,278 +402,28 @@ FASTCTC_DEF FCTC_T FCTC_FN(fastctc_sequence)(const FCTC_FN(fastctc_job) * job, v
                 k->fill_row(job->grad + (ptrdiff_t)t * job->grad_stride, (FCTC_T)0, C, stream_grad);
         }
         if (!bad && log_likelihood != FCTC_NEG_INF && T > 0) {
-            FCTC_T *bcur = beta_rows + 2; /* beta(t) - beta_offset */
-            FCTC_T *bnext = beta_rows + W + 2; /* beta(t+1) + emit(t+1) - beta_offset */
-            FCTC_T *bspare = emit + 2; /* receives beta(t) + emit(t) */
-            double beta_offset = 0;
-            FCTC_T next_max = 0; /* maximum of bnext (0 when all -inf) */
+            FCTC_T *bcur = beta_rows + 2; /* beta(t) - the offset */
+            /* nb in the second beta row; its spare receives beta(t) + emit(t) */
+            FCTC_FN(fctc_beta_state) bw = {beta_rows + W + 2, emit + 2, 0, 0};
             for (t = T - 1; t >= 0; --t) {
                 const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-                const FCTC_T *arow = alpha_rows + (size_t)t * W + 2;
-                FCTC_T *g = job->grad + (ptrdiff_t)t * job->grad_stride;
-                int lo = prune ? fctc_max_int(0, S - 2 * (T - t)) : 0;
-                int hi = fctc_min_int(S, 2 * t + 2);
-                if (t == T - 1) {
-                    for (s = -2; s < S + 2; ++s) bcur[s] = FCTC_NEG_INF;
-                    bcur[S - 1] = 0;
-                    if (S > 1) bcur[S - 2] = 0;
-                } else {
-                    if (t > 0) {
-                        int plo = fctc_max_int(0, lo - 2);
-                        FCTC_FN(fctc_prefetch_emissions)(x - job->act_stride, C, S, ext, plo, hi);
-                        FCTC_FN(fctc_prefetch_grad_labels)(g - job->grad_stride, C, ext, plo, hi);
-                    }
-                    FCTC_T best = k->beta_row(bnext, bcur, bspare, x, ext, frame_lse[t], skip, lo, hi, next_max, gam);
-                    FCTC_FN(fctc_fence)(bcur, lo, hi);
-                    FCTC_FN(fctc_fence)(bspare, lo, hi);
-                    beta_offset += (double)next_max;
-                    FCTC_T *swap = bnext;
-                    bnext = bspare;
-                    bspare = swap;
-                    next_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                }
+                FCTC_T *g_prev = t > 0 ? job->grad + (ptrdiff_t)(t - 1) * job->grad_stride : NULL;
+                int lo = prune ? fctc_band_lo(T, S, t) : 0, hi = fctc_band_hi(S, t);
+                if (t == T - 1)
+                    FCTC_FN(fctc_beta_last_row)(bcur, S);
+                else
+                    FCTC_FN(fctc_beta_step)(k, job, ext, skip, frame_lse[t], t, lo, hi, bcur, gam, &bw, g_prev);
                 /* alpha + beta - log p, with the large parts combined in double so that
                  * float32 keeps its precision however far the log-probs reach. */
-                k->gamma_row(arow, bcur, (FCTC_T)(row_offsets[t] + beta_offset - log_likelihood_d), gam, lo, hi);
-
-                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam, ext, lo, hi, softmax_in_forward, stream_grad);
-
-                if (t == T - 1 && t > 0) {
-                    /* the first nb row: beta(T-1) + emit(T-1); later ones come from beta_row */
-                    FCTC_T best = FCTC_NEG_INF;
-                    FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], bnext, lo, hi);
-                    for (s = lo; s < hi; ++s) {
-                        FCTC_T v = bcur[s] + bnext[s];
-                        bnext[s] = v;
-                        best = v > best ? v : best;
-                    }
-                    FCTC_FN(fctc_fence)(bnext, lo, hi);
-                    next_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-                }
+                const FCTC_T shift = (FCTC_T)(row_offsets[t] + bw.offset - log_likelihood_d);
+                FCTC_FN(fctc_grad_row)
+                (k, job, t, FCTC_ALPHA_ROW(t), bcur, shift, gam, ext, lo, hi, frame_lse[t], softmax_in_forward,
+                 stream_grad);
+                if (t == T - 1 && t > 0) FCTC_FN(fctc_beta_first_nb)(x, ext, frame_lse[t], bcur, lo, hi, &bw);
             }
         }
     }
+#undef FCTC_ALPHA_ROW
     if (stream_grad) FCTC_STREAM_FENCE();
     return (FCTC_T)(-log_likelihood_d);
-}
-
-/* ---- One sequence on two threads, the same bits as one ----
- *
- * When a batch has fewer sequences than threads (one long utterance), the gradient
- * pass of one sequence is split in three phases, with m = T / 2 and a barrier between:
- *   1. role 0: alpha rows [0, m);               role 1: beta rows [T-1 .. m]
- *   2. role 0: alpha rows [m, T), then log p from alpha(T-1), exactly as the one-thread
- *              pass forms it;                    role 1: beta rows [m-1 .. 0]
- *   3. role 0: occupancies and gradient rows [m, T); role 1: rows [0, m).
- * Each role computes the log-sum-exp (logits: and the softmax part of the gradient) and
- * the non-finite check of the frames of its phase-1 rows.  Every row, offset and
- * gradient entry comes from the same kernel call on the same inputs as in
- * fastctc_sequence, so the loss and the gradient are bit-identical to the one-thread
- * pass whatever the thread count, the team size the runtime grants, or concurrent
- * calls.  Memory: alpha and beta are both kept whole (fctc_split_scratch_bytes: about
- * twice fastctc_sequence's).  One OpenMP region of at most `threads` threads (threads
- * beyond two idle; with one thread the roles run one after the other).  Only the plain
- * gradient job of a feasible sequence with T >= 8 takes this path; any other job runs
- * fastctc_sequence.
- */
-
-/* Alpha rows [from, to) into arows (stored minus the running offset, as fastctc_sequence
- * stores them), carrying the offset and the previous row's maximum; *bad |= the
- * non-finite rule's verdict on the emissions of those frames (log-probabilities). */
-static void FCTC_FN(fctc_alpha_range)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
-                                      const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *arows, double *aoff,
-                                      size_t W, int from, int to, double *offset_io, FCTC_T *row_max_io, FCTC_T *tmp,
-                                      int *bad) {
-    const int T = job->input_length, S = 2 * job->label_length + 1;
-    double offset = *offset_io;
-    FCTC_T row_max = *row_max_io;
-    for (int t = from; t < to; ++t) {
-        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-        FCTC_T *cur = arows + (size_t)t * W + 2;
-        int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
-        FCTC_T best;
-        if (t == 0) {
-            for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
-            FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[0], cur, lo, hi);
-            best = FCTC_NEG_INF;
-            for (int s = lo; s < hi; ++s) best = cur[s] > best ? cur[s] : best;
-            *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
-        } else {
-            if (t + 1 < T && !job->from_logits) FCTC_FN(fctc_prefetch_emissions)
-            (x + job->act_stride, job->alphabet_size, S, ext, lo, fctc_min_int(S, hi + 2));
-            best = k->alpha_row(cur - W, cur, x, ext, frame_lse[t], skip, lo, hi, row_max, tmp);
-            FCTC_FN(fctc_fence)(cur, lo, hi);
-            offset += (double)row_max;
-            *bad |= best != best;
-        }
-        aoff[t] = offset;
-        row_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-    }
-    *offset_io = offset;
-    *row_max_io = row_max;
-}
-
-/* The backward pass's carried state: nb = beta(t+1) + emit(t+1) - offset, its spare
- * row, nb's maximum and the running offset. */
-typedef struct {
-    FCTC_T *nb, *spare;
-    FCTC_T nb_max;
-    double offset;
-} FCTC_FN(fctc_beta_state);
-
-/* Beta rows from `from` down to `to` (inclusive) into brows, as fastctc_sequence's
- * backward pass makes them; from == T - 1 starts the pass.  bad: NULL, or *bad |= the
- * non-finite rule's verdict on those frames' emissions (checked here, not by the beta
- * kernel: the one-thread pass has checked every frame in its forward pass already). */
-static void FCTC_FN(fctc_beta_range)(const FCTC_FN(fctc_kernels) * k, const FCTC_FN(fastctc_job) * job, const int *ext,
-                                     const FCTC_T *skip, const FCTC_T *frame_lse, FCTC_T *brows, double *boff, size_t W,
-                                     int from, int to, FCTC_FN(fctc_beta_state) * st, FCTC_T *tmp, int *bad) {
-    const int T = job->input_length, S = 2 * job->label_length + 1;
-    for (int t = from; t >= to; --t) {
-        const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-        FCTC_T *cur = brows + (size_t)t * W + 2;
-        int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
-        FCTC_T best = FCTC_NEG_INF;
-        if (t == T - 1) {
-            for (int s = -2; s < S + 2; ++s) cur[s] = FCTC_NEG_INF;
-            cur[S - 1] = 0;
-            if (S > 1) cur[S - 2] = 0;
-            st->offset = 0;
-            boff[t] = 0;
-            /* the first nb row: beta(T-1) + emit(T-1) */
-            FCTC_FN(fctc_gather_emissions)(x, ext, frame_lse[t], st->nb, lo, hi);
-            for (int s = lo; s < hi; ++s) {
-                FCTC_T v = cur[s] + st->nb[s];
-                st->nb[s] = v;
-                best = v > best ? v : best;
-            }
-            FCTC_FN(fctc_fence)(st->nb, lo, hi);
-            if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi);
-        } else {
-            if (t > 0) FCTC_FN(fctc_prefetch_emissions)
-            (x - job->act_stride, job->alphabet_size, S, ext, fctc_max_int(0, lo - 2), hi);
-            best = k->beta_row(st->nb, cur, st->spare, x, ext, frame_lse[t], skip, lo, hi, st->nb_max, tmp);
-            if (bad) *bad |= FCTC_FN(fctc_band_bad)(x, ext, lo, hi); /* (frame t's emissions are in L1 now) */
-            FCTC_FN(fctc_fence)(cur, lo, hi);
-            FCTC_FN(fctc_fence)(st->spare, lo, hi);
-            st->offset += (double)st->nb_max;
-            boff[t] = st->offset;
-            FCTC_T *swap = st->nb;
-            st->nb = st->spare;
-            st->spare = swap;
-        }
-        st->nb_max = (best > FCTC_NEG_INF && best == best) ? best : (FCTC_T)0;
-    }
-}
-
-FCTC_MAYBE_UNUSED static FCTC_T FCTC_FN(fctc_sequence_threads)(const FCTC_FN(fastctc_job) * job, void *scratch,
-                                                               int threads) {
-    const int T = job->input_length, L = job->label_length, C = job->alphabet_size;
-    const int S = 2 * L + 1;
-    int s;
-    if (threads < 2 || job->grad == NULL || job->log_alpha != NULL || T < 8 || !fctc_feasible(T, L, job->labels))
-        return FCTC_FN(fastctc_sequence)(job, scratch);
-
-    const FCTC_FN(fctc_kernels) *k = FCTC_FN(fctc_kernels_active)();
-    const size_t W = fctc_row_width(L);
-    const int m = T / 2;
-    unsigned char *cursor = (unsigned char *)scratch;
-    int *ext = (int *)cursor;
-    cursor += fctc_round_up((size_t)(S + 2) * sizeof(int), FCTC_ALIGN);
-    FCTC_T *skip = FCTC_FN(fctc_carve)(&cursor, W);
-    FCTC_T *tmp[2], *gam[2];
-    tmp[0] = FCTC_FN(fctc_carve)(&cursor, W);
-    gam[0] = FCTC_FN(fctc_carve)(&cursor, W);
-    tmp[1] = FCTC_FN(fctc_carve)(&cursor, W);
-    gam[1] = FCTC_FN(fctc_carve)(&cursor, W);
-    FCTC_T *nb_a = FCTC_FN(fctc_carve)(&cursor, W) + 2;
-    FCTC_T *nb_b = FCTC_FN(fctc_carve)(&cursor, W) + 2;
-    FCTC_T *arows = FCTC_FN(fctc_carve)(&cursor, (size_t)T * W);
-    FCTC_T *brows = FCTC_FN(fctc_carve)(&cursor, (size_t)T * W);
-    FCTC_T *frame_lse = FCTC_FN(fctc_carve)(&cursor, (size_t)T);
-    double *aoff = (double *)cursor;
-    cursor += fctc_round_up((size_t)T * sizeof(double), FCTC_ALIGN);
-    double *boff = (double *)cursor;
-
-    FCTC_FN(fctc_extend_labels)(job, ext, skip);
-    for (s = 0; s < (int)W; ++s) tmp[0][s] = gam[0][s] = tmp[1][s] = gam[1][s] = 0; /* see fastctc_sequence */
-
-    /* state carried between phases (shared; the barriers order it) */
-    int bad[2] = {0, 0};
-    double a_offset = 0, log_p = -HUGE_VAL;
-    FCTC_T a_max = 0;
-    FCTC_FN(fctc_beta_state) beta = {nb_a, nb_b, 0, 0};
-
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-#endif
-    {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        const int tid = 0, nth = 1;
-#endif
-        int role, t;
-
-        /* phase 1 */
-        for (role = tid; role < 2; role += nth) {
-            const int first = role == 0 ? 0 : m, end = role == 0 ? m : T;
-            for (t = first; t < end; ++t) {
-                const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-                const FCTC_T *next = t + 1 < end ? x + job->act_stride : NULL;
-                if (!job->from_logits)
-                    frame_lse[t] = 0;
-                else /* the gradient's softmax part, as the one-thread pass writes it */
-                    frame_lse[t] = k->softmax_row(x, C, (FCTC_T)job->grad_scale,
-                                                  job->grad + (ptrdiff_t)t * job->grad_stride, next);
-                if (job->from_logits) bad[role] |= FCTC_FN(fctc_lse_bad)(frame_lse[t]);
-            }
-            /* (log-probabilities: the rows' kernels check the emissions of these frames) */
-            if (role == 0) FCTC_FN(fctc_alpha_range)
-            (k, job, ext, skip, frame_lse, arows, aoff, W, 0, m, &a_offset, &a_max, tmp[0], &bad[0]);
-            else FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, T - 1, m, &beta, tmp[1], NULL);
-        }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        const int any_bad = bad[0] | bad[1];
-
-        /* phase 2 */
-        for (role = tid; role < 2 && !any_bad; role += nth) {
-            int checked_in_phase_1 = 0; /* (these frames' emissions were checked by the other role) */
-            if (role == 0) {
-                FCTC_FN(fctc_alpha_range)
-                (k, job, ext, skip, frame_lse, arows, aoff, W, m, T, &a_offset, &a_max, tmp[0], &checked_in_phase_1);
-                const FCTC_T *last = arows + (size_t)(T - 1) * W + 2;
-                double tail = S > 1 ? (double)FCTC_FN(fctc_lse2)(last[S - 1], last[S - 2]) : (double)last[S - 1];
-                log_p = tail + aoff[T - 1];
-            } else {
-                FCTC_FN(fctc_beta_range)(k, job, ext, skip, frame_lse, brows, boff, W, m - 1, 0, &beta, tmp[1], NULL);
-            }
-        }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-
-        /* phase 3 (the non-finite rule: a bad emission in the band made log p NaN or +inf) */
-        const int nonfinite = any_bad || !(log_p < HUGE_VAL);
-        const double lp = nonfinite ? NAN : log_p;
-        const int dead = nonfinite || (FCTC_T)lp == FCTC_NEG_INF;
-        for (role = tid; role < 2; role += nth) {
-            const int first = role == 0 ? m : 0, end = role == 0 ? job->grad_rows : m;
-            for (t = first; t < end; ++t) {
-                FCTC_T *g = job->grad + (ptrdiff_t)t * job->grad_stride;
-                if (dead || t >= T) {
-                    k->fill_row(g, (nonfinite && t < T) ? (FCTC_T)NAN : (FCTC_T)0, C, 0);
-                    continue;
-                }
-                const FCTC_T *x = job->acts + (ptrdiff_t)t * job->act_stride;
-                int lo = fctc_max_int(0, S - 2 * (T - t)), hi = fctc_min_int(S, 2 * t + 2);
-                k->gamma_row(arows + (size_t)t * W + 2, brows + (size_t)t * W + 2, (FCTC_T)(aoff[t] + boff[t] - lp),
-                             gam[role], lo, hi);
-                FCTC_FN(fctc_grad_row)(k, job, x, g, frame_lse[t], gam[role], ext, lo, hi, job->from_logits, 0);
-            }
-        }
-    }
-    return (FCTC_T)(-((bad[0] | bad[1]) || !(log_p < HUGE_VAL) ? NAN : log_p));
 }
