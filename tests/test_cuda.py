@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import types
 
 import fastctc
 import numpy as np
@@ -85,10 +86,15 @@ def test_kernel_arguments_match_launcher():
 
 
 def test_nvcc_flags_and_nvrtc_options_agree():
-    """One source for the options: NVCC_FLAGS is NVRTC_OPTIONS spelt for nvcc."""
+    """One source for the options: NVCC_FLAGS is NVRTC_OPTIONS spelt for nvcc, made from it
+    (a changed option changes both; an option nvcc_flags cannot spell is an error)."""
     opts = dict(_cuda.NVRTC_OPTIONS)
     assert f"-std={opts['std']}" in _cuda.NVCC_FLAGS
     assert ("--fmad=false" in _cuda.NVCC_FLAGS) == (opts["fma"] is False)
+    assert _cuda.NVCC_FLAGS == _cuda_build.nvcc_flags()
+    assert _cuda_build.nvcc_flags((("std", "c++20"), ("fma", True))) == ("-std=c++20", "--fmad=true")
+    with pytest.raises(KeyError, match="no nvcc spelling"):
+        _cuda_build.nvcc_flags((("std", "c++17"), ("device_code_optimize", True)))
 
 
 def test_cache_key_covers_options_and_versions(monkeypatch):
@@ -103,6 +109,9 @@ def test_cache_key_covers_options_and_versions(monkeypatch):
     assert _cuda_build.cache_key(src, "sm_90") != base
     monkeypatch.undo()
     monkeypatch.setattr(_cuda_build, "nvrtc_version", lambda: "99.0")
+    assert _cuda_build.cache_key(src, "sm_90") != base
+    monkeypatch.undo()
+    monkeypatch.setattr(_cuda_build, "PROGRAM_NAME", "other.cu")
     assert _cuda_build.cache_key(src, "sm_90") != base
 
 
@@ -152,7 +161,7 @@ def test_cubin_that_does_not_load_is_recompiled(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings.driver", drv)
     (tmp_path / "ctc-sm_90-k.cubin").write_bytes(b"\x7fELF trunc")
     assert _cuda_build.kernels(0) == {"fctc_grad_f32": "kernel"}
-    assert compiled == [False, True]                      # fresh compile, then the cache refreshed
+    assert compiled == [False]                            # one fresh compile, its cubin then cached
     assert (tmp_path / "ctc-sm_90-k.cubin").read_bytes() == b"\x7fELF good"
     assert current[0] == "caller"                         # the caller's context is current again
 
@@ -524,3 +533,95 @@ def test_launches_keep_the_callers_current_device(monkeypatch):
     with L._DeviceGuard(1):
         assert state["ctx"] == "ctx1" and state["dev"] == 1
     assert state["ctx"] == "ctx0" and state["dev"] == 0 and state["switches"] == 1
+
+
+def _fake_cupy(monkeypatch):
+    """A stand-in CuPy with two devices: arrays remember their device, every operation
+    checks that it runs with that device current (as CuPy needs), and each device has its
+    own current stream.  Returns (module, array class, current device holder)."""
+    import sys
+
+    current = [0]
+
+    class Device:
+        def __init__(self, i):
+            self.id = i
+
+        def __enter__(self):
+            self.prev = current[0]
+            current[0] = self.id
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+            return False
+
+    class Arr:
+        __cuda_array_interface__ = {}
+
+        def __init__(self, values, dev):
+            self.v, self.device = np.asarray(values), Device(dev)
+            self.shape, self.dtype = self.v.shape, self.v.dtype
+
+        def _op(self, other, f):
+            assert current[0] == self.device.id, f"CuPy work on device {current[0]} for an array on {self.device.id}"
+            o = other.v if isinstance(other, Arr) else other
+            return Arr(f(self.v, o), self.device.id)
+
+        def __gt__(self, o):
+            return self._op(o, np.greater)
+
+        def __and__(self, o):
+            return self._op(o, np.logical_and)
+
+        def __mul__(self, o):
+            return self._op(o, np.multiply)
+
+        def __rtruediv__(self, o):
+            return self._op(o, lambda a, b: b / a)
+
+        def sum(self, dtype=None):
+            return self._op(None, lambda a, _: a.sum(dtype=dtype))
+
+        def astype(self, dt):
+            return self._op(None, lambda a, _: a.astype(dt))
+
+        def reshape(self, *shape):
+            return self._op(None, lambda a, _: a.reshape(*shape))
+
+    Arr.__module__ = "cupy._core.core"
+    here = lambda: current[0]  # noqa: E731
+    cp = types.ModuleType("cupy")
+    cp.float64 = np.float64
+    cp.cuda = types.SimpleNamespace(Device=Device, get_current_stream=lambda: types.SimpleNamespace(ptr=1000 + here()))
+    cp.isinf = lambda a: a._op(None, lambda x, _: np.isinf(x))
+    cp.zeros_like = lambda a: a._op(None, lambda x, _: np.zeros_like(x))
+    cp.ones_like = lambda a: a._op(None, lambda x, _: np.ones_like(x))
+    cp.where = lambda c, a, b: c._op(None, lambda x, _: np.where(x, a.v, b.v))
+    cp.maximum = lambda a, m: a._op(m, np.maximum)
+    cp.asarray = lambda h: Arr(h, here())
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    return cp, Arr, current
+
+
+def test_cupy_arrays_use_their_devices_stream_and_keep_the_current_device(monkeypatch):
+    """CuPy arrays on a device other than the current one: the launcher takes that device's
+    current stream, the reductions and zero_infinity (fastctc._reduction, every door's)
+    run on that device, and the caller's current device is the same afterwards (stand-in
+    CuPy, every machine)."""
+    from fastctc import _cuda_launch as L
+    from fastctc import _reduction
+    cp, Arr, current = _fake_cupy(monkeypatch)
+    be = L._CuPy(1)
+    assert be.stream == 1001 and be.ordinal == 1 and current[0] == 0
+    costs = Arr([1.0, np.inf, 3.0], 1)
+    for reduction, want in (("none", [1.0, 0.0, 3.0]), ("sum", 4.0), ("mean", (1.0 / 2 + 0.0 + 3.0 / 3) / 3)):
+        got = _reduction.reduce_losses(costs, [2, 5, 3], reduction, True)
+        assert got.device.id == 1 and np.allclose(got.v, want), reduction
+        assert current[0] == 0
+    got = _reduction.reduce_losses(costs, Arr([2, 5, 3], 1), "mean", False)
+    assert np.isposinf(got.v) and current[0] == 0
+    z = _reduction.zero_infinite(costs)
+    assert z.device.id == 1 and z.v.tolist() == [1.0, 0.0, 3.0] and current[0] == 0
+    w = _reduction.loss_weights([2, 5, 3], "mean", like=costs)
+    assert w.device.id == 1 and np.allclose(w.v, [1 / 6, 1 / 15, 1 / 9]) and current[0] == 0
