@@ -504,6 +504,220 @@ def test_gpu_ctclossv2_matches_cpu(rng):
                 np.testing.assert_allclose(la.cpu().numpy(), want[1], rtol=tol, atol=tol)
 
 
+# ---------------------------------------------------------------- fastctc.torch on a GPU
+# (the route's plumbing is checked on every machine by tests/test_torch_cuda_route.py)
+
+def _ft():
+    return pytest.importorskip("fastctc.torch")
+
+
+def _torch_case(torch, T=40, N=6, C=12, S=8, seed=0):
+    """float64 logits (T, N, C) and CPU int64 targets / lengths; sequence 1 cannot fit."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, N, C, generator=g, dtype=torch.float64) * 2
+    il = torch.randint(T // 2, T + 1, (N,), generator=g)
+    il[0] = T
+    tl = torch.randint(1, S + 1, (N,), generator=g)
+    tl[-1] = S
+    tg = torch.randint(1, C, (N, S), generator=g)
+    il[1], tl[1], tg[1, :3] = 3, 3, 2
+    return x, tg, il, tl
+
+
+def _forms(torch, tg, il, tl):
+    """(name, targets, input_lengths, target_lengths) in the forms users pass on CUDA."""
+    flat = torch.cat([tg[n, : int(tl[n])] for n in range(tg.shape[0])])
+    return [("device padded", tg.cuda(), il.cuda(), tl.cuda()), ("device concat", flat.cuda(), il.cuda(), tl.cuda()),
+            ("device targets, host lengths", tg.cuda(), il, tl),
+            ("host int32 (cuDNN style)", flat.to(torch.int32), il.to(torch.int32), tl.to(torch.int32)),
+            ("lists", flat.tolist(), il.tolist(), tl.tolist())]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_torch_route_matches_cpu_route(dtype):
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch)
+    x = x.to(getattr(torch, dtype))
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    for name, *ints in _forms(torch, tg, il, tl):
+        host_ints = [t.cpu() if isinstance(t, torch.Tensor) else t for t in ints]
+        for reduction in ("none", "sum", "mean"):
+            for zero_inf in (False, True):
+                for fl in (False, True):
+                    got, want = x.cuda().requires_grad_(), x.clone().requires_grad_()
+                    lg = ft.ctc_loss(got if fl else got.log_softmax(-1), *ints, reduction=reduction,
+                                     zero_infinity=zero_inf, from_logits=fl)
+                    lw = ft.ctc_loss(want if fl else want.log_softmax(-1), *host_ints, reduction=reduction,
+                                     zero_infinity=zero_inf, from_logits=fl)
+                    w = torch.linspace(0.5, 2.0, lw.numel(), dtype=lw.dtype).reshape(lw.shape)
+                    (lg * w.cuda()).sum().backward()
+                    (lw * w).sum().backward()
+                    what = (name, reduction, zero_inf, fl)
+                    assert lg.is_cuda and got.grad.is_cuda, what
+                    torch.testing.assert_close(lg.cpu(), lw.detach(), **tol, msg=str(what))
+                    torch.testing.assert_close(got.grad.cpu(), want.grad, **tol, msg=str(what))
+
+
+@gpu
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_gpu_torch_route_never_synchronises(where):
+    """torch.cuda.set_sync_debug_mode("error") around fastctc.torch forward + backward: every
+    reduction, zero_infinity, logits and log-probabilities, no-grad calls, targets and
+    lengths on the device or on the host (then uploaded from pinned memory)."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=1)
+    ints = [t.cuda() for t in (tg, il, tl)] if where == "device" else [tg.to(torch.int32), il, tl]
+    xd = x.float().cuda()
+    ft.ctc_loss(xd.clone().requires_grad_(), *ints, from_logits=True).backward()  # kernels loaded first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for reduction in ("none", "sum", "mean"):
+            for zero_inf in (False, True):
+                for fl in (False, True):
+                    z = xd.clone().requires_grad_()
+                    inp = z if fl else z.log_softmax(-1)
+                    loss = ft.ctc_loss(inp, *ints, reduction=reduction, zero_infinity=zero_inf, from_logits=fl)
+                    loss.sum().backward()
+                    with torch.no_grad():
+                        ft.ctc_loss(inp, *ints, reduction=reduction, zero_infinity=zero_inf, from_logits=fl)
+                    ft.CTCLoss(reduction=reduction, zero_infinity=zero_inf)(inp.detach(), *ints)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@gpu
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gpu_torch_route_cuda_graph(reduction):
+    """fastctc.torch forward + backward captured in a CUDA graph (so every launch went to the
+    capturing stream) and replayed on new values: the numbers of an eager call, bit for bit."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=2)
+    tg, il, tl = (t.cuda() for t in (tg, il, tl))
+    static = x.float().cuda().requires_grad_()
+    w = torch.linspace(0.5, 2.0, x.shape[1], device="cuda") if reduction == "none" else None
+
+    def step(z):
+        loss = ft.ctc_loss(z, tg, il, tl, reduction=reduction, from_logits=True)
+        (loss * w).sum().backward() if w is not None else loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            static.grad = None
+            step(static)
+    torch.cuda.current_stream().wait_stream(side)
+    static.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step(static)
+    static_grad = static.grad
+    for seed in (3, 4):
+        new = _torch_case(torch, seed=seed)[0].float().cuda()
+        with torch.no_grad():
+            static.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        z = new.clone().requires_grad_()
+        loss = step(z)
+        assert torch.equal(static_loss, loss.detach()) and torch.equal(static_grad, z.grad), seed
+
+
+@gpu
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_gpu_torch_half_autograd(kind):
+    """float16 / bfloat16 through fastctc.torch: float32 loss, gradient in the input dtype,
+    equal to the float32 route on the same rounded values (math in float32, one rounding)."""
+    torch = _torch_cuda()
+    ft = _ft()
+    dt = getattr(torch, kind)
+    x, tg, il, tl = _torch_case(torch, seed=5)
+    ints = [t.cuda() for t in (tg, il, tl)]
+    for fl in (True, False):
+        vals = (x if fl else x.log_softmax(-1)).to(dt)
+        h, f = vals.cuda().requires_grad_(), vals.float().cuda().requires_grad_()
+        for reduction in ("mean", "none"):
+            h.grad = f.grad = None
+            lh = ft.ctc_loss(h, *ints, reduction=reduction, zero_infinity=True, from_logits=fl)
+            lf = ft.ctc_loss(f, *ints, reduction=reduction, zero_infinity=True, from_logits=fl)
+            lh.sum().backward()
+            lf.sum().backward()
+            assert lh.dtype == torch.float32 and h.grad.dtype == dt
+            assert torch.equal(lh, lf), (kind, fl, reduction)
+            assert torch.equal(h.grad, f.grad.to(dt)), (kind, fl, reduction)
+
+
+@gpu
+def test_gpu_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) on CUDA (the registered op): eager numbers, device or
+    host lengths."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=6)
+
+    def f(z, targets, input_lengths, target_lengths):
+        return ft.ctc_loss(z.log_softmax(-1), targets, input_lengths, target_lengths, zero_infinity=True)
+
+    compiled = torch.compile(f, fullgraph=True)
+    for ints in ((tg.cuda(), il.cuda(), tl.cuda()), (tg.cuda(), il, tl)):
+        ze, zc = x.float().cuda().requires_grad_(), x.float().cuda().requires_grad_()
+        le, lc = f(ze, *ints), compiled(zc, *ints)
+        le.backward()
+        lc.backward()
+        torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(zc.grad, ze.grad, rtol=1e-5, atol=1e-6)
+
+
+@gpu
+def test_gpu_torch_bad_values(rng):
+    """Bad targets/lengths on the device: that sequence's loss is NaN (checked on the device,
+    no exception, no fault, the next call fine); the same values on the host raise."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=7)
+    tg[0, 0] = 99  # >= C, inside target 0
+    il[2] = 41     # > T
+    z = x.float().cuda().requires_grad_()
+    loss = ft.ctc_loss(z, tg.cuda(), il.cuda(), tl.cuda(), reduction="none", from_logits=True)
+    loss.sum().backward()
+    c = loss.detach().cpu()
+    assert torch.isnan(c[[0, 2]]).all() and torch.isfinite(c[[3, 4, 5]]).all()
+    assert torch.isfinite(z.grad[:, 3:]).all()
+    with pytest.raises(RuntimeError, match=r"targets\[0, 0\] = 99"):
+        ft.ctc_loss(z, tg, il.clamp(max=40), tl, from_logits=True)
+    with pytest.raises(RuntimeError, match=r"input_lengths\[2\] = 41"):
+        ft.ctc_loss(z, tg.cuda(), il, tl, from_logits=True)
+    ok = ft.ctc_loss(z, tg.clamp(max=11).cuda(), il.clamp(max=40).cuda(), tl.cuda(), zero_infinity=True,
+                     from_logits=True)
+    assert torch.isfinite(ok).item()
+
+
+@gpu
+def test_gpu_torch_other_device_keeps_current_device():
+    """Inputs on cuda:1 while cuda:0 is current: computed there, on that device's stream;
+    the current device is still cuda:0 afterwards."""
+    torch = _torch_cuda()
+    ft = _ft()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    x, tg, il, tl = _torch_case(torch, seed=8)
+    torch.cuda.set_device(0)
+    results = []
+    for d in ("cuda:0", "cuda:1"):
+        z = x.float().to(d).requires_grad_()
+        loss = ft.ctc_loss(z, tg.to(d), il.to(d), tl.to(d), from_logits=True)
+        loss.backward()
+        assert torch.cuda.current_device() == 0 and loss.device == torch.device(d)
+        results.append((loss.cpu(), z.grad.cpu()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_launches_keep_the_callers_current_device(monkeypatch):
     """_DeviceGuard (stand-in driver): no switch when the arrays' device is current; else
     that device is made current for the launches and the caller's context put back."""
