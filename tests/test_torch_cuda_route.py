@@ -91,8 +91,9 @@ def _operands(tg, il, tl, form):
 
 
 class FakeLauncher:
-    """fastctc._cuda_launch's torch_forward / torch_backward contract on the CPU engine,
-    recording what it is given and checking that it is given device tensors."""
+    """fastctc._cuda_launch's forward_call / backward_call (torch_forward / torch_backward
+    keeping the call) contract on the CPU engine, recording what it is given and checking
+    that it is given device tensors."""
 
     def __init__(self):
         self.calls, self.work = [], {}
@@ -105,29 +106,25 @@ class FakeLauncher:
         costs, grad, _ = fastctc._engine.run(batch, b, from_logits, want_grad=True)
         return costs, grad
 
-    def torch_forward(self, acts, tg, il, tl, *, blank, from_logits, want_grad, max_target_length):
+    def forward_call(self, acts, tg, il, tl, *, blank, from_logits, want_grad, max_target_length):
         for name, t in (("acts", acts), ("targets", tg), ("input_lengths", il), ("target_lengths", tl)):
             assert isinstance(t, Dev), f"{name} reached the launcher as {type(t).__name__}, not a device tensor"
         assert acts.dim() == 3 and il.shape == tl.shape == (acts.shape[1],)
         self.calls.append(("forward", dict(want_grad=want_grad, max_target_length=max_target_length,
-                                           concat=tg.dim() == 1, ints=(acts, tg, il, tl))))
+                                           concat=tg.dim() == 1)))
         costs, grad = self._values(acts, tg, il, tl, blank, from_logits)
         if max_target_length is not None:  # the bound the route passes must hold every target
             assert max_target_length >= host(tl).max(initial=0)
-        ws = dev(torch.zeros(16 if want_grad else 1, dtype=torch.uint8))
-        self.work[ws.data_ptr()] = (grad, want_grad)
-        return dev(torch.from_numpy(costs)), ws
+        call = types.SimpleNamespace(grad=grad, want_grad=want_grad, operands=(acts, tg, il, tl), N=acts.shape[1],
+                                     ws=dev(torch.zeros(16 if want_grad else 1, dtype=torch.uint8)))
+        self.work[id(call)] = call
+        return dev(torch.from_numpy(costs)), call
 
-    def torch_backward(self, acts, tg, il, tl, workspace, weights, *, blank, from_logits, mean, max_target_length):
-        # autograd hands saved tensors back without their subclass: the backward is checked
-        # to get the forward's own memory (nothing copied to or from the host in between)
-        grad, had_grad = self.work[workspace.data_ptr()]
-        assert had_grad, "torch_backward was given a loss-only workspace"
-        fwd = [c for c in self.calls if c[0] == "forward"][-1][1]
-        assert all(a.data_ptr() == b.data_ptr() for a, b in zip((acts, tg, il, tl), fwd["ints"])), \
-            "torch_backward must get the forward's activations, targets and lengths"
-        assert max_target_length == fwd["max_target_length"]
-        N = acts.shape[1]
+    def backward_call(self, call, weights, *, mean):
+        assert self.work.get(id(call)) is call, "backward_call must get a call of this launcher's forward_call"
+        assert call.want_grad, "backward_call was given a loss-only forward"
+        acts, tg, il, tl = call.operands
+        grad, N = call.grad, call.N
         if weights is None:
             w = np.ones(N)
         else:
@@ -326,8 +323,22 @@ def test_route_errors(route):
             fct._cuda_ctc_loss(lp, *ops, 0, "mean", False, False)
         with pytest.raises(RuntimeError):  # the torch door's errors are RuntimeErrors too
             fct._cuda_ctc_loss(lp, *ops, 0, "mean", False, False)
-    with pytest.raises(fastctc.CTCValueRuntimeError, match="blank"):
-        fct._cuda_ctc_loss(lp, tg, il, tl, 6, "mean", False, False)
+    all_device = [  # nothing on the host: the shape checks alone, same messages
+        ((dev(tg[:3]), dev(il), dev(tl)), "targets must have shape \\(N, S\\) with N = 4"),
+        ((dev(tg[0, 0]), dev(il), dev(tl)), "targets must have rank 2"),
+        ((dev(tg), dev(il[:3]), dev(tl)), "input_lengths must have shape \\(N,\\) = \\(4,\\)"),
+        ((dev(tg), dev(il), dev(tl[:1])), "target_lengths must have shape"),
+    ]
+    for ops, match in all_device:
+        with pytest.raises(fastctc.CTCValueRuntimeError, match=match):
+            fct._cuda_ctc_loss(lp, *ops, 0, "mean", False, False)
+        with pytest.raises(fastctc.CTCValueRuntimeError, match=match):  # the CPU route's words
+            fct.ctc_loss(x, *[torch.from_numpy(host(t)) for t in ops])
+    with pytest.raises(fastctc.CTCValueRuntimeError, match="unbatched"):
+        fct._cuda_ctc_loss(dev(x[:, 0]), dev(tg[0]), dev(il), dev(tl[:1]), 0, "mean", False, False)
+    for ints in ((tg, il, tl), (dev(tg), dev(il), dev(tl))):
+        with pytest.raises(fastctc.CTCValueRuntimeError, match="blank"):
+            fct._cuda_ctc_loss(lp, *ints, 6, "mean", False, False)
     with pytest.raises(fastctc.CTCValueRuntimeError, match="rank 2 or 3"):
         fct._cuda_ctc_loss(dev(x[0, 0]), tg, il, tl, 0, "mean", False, False)
     assert not fake.calls and not uploads  # every error before any upload or launch
@@ -441,3 +452,20 @@ def test_emulated_op_matches_cpu_op(emulated):
     want_c, want_g = torch.ops.fastctc.ctc_loss(lp, tg, il, tl, 0, False, True, 0)
     np.testing.assert_allclose(host(costs), want_c.numpy(), rtol=1e-10)
     np.testing.assert_allclose(host(grad), want_g.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_emulated_forward_call_and_backward_call_are_torch_forward_and_backward(emulated):
+    """The launcher's forward_call / backward_call (the call kept from forward to backward)
+    give torch_forward / torch_backward's bits; a loss-only call has no gradient to give."""
+    x, tg, il, tl = _case(15, T=10, N=3, C=5, S=3)
+    acts, ints = dev(x), [dev(t) for t in (tg, il, tl)]
+    w = dev(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))
+    costs, ws = L.torch_forward(acts, *ints, from_logits=True)
+    grad = L.torch_backward(acts, *ints, ws, w, from_logits=True, mean=True)
+    costs2, call = L.forward_call(acts, *ints, from_logits=True)
+    grad2 = L.backward_call(call, w, mean=True)
+    assert torch.equal(costs, costs2) and torch.equal(grad, grad2)
+    assert torch.equal(L.backward_call(call, w, mean=True), grad)  # a second backward (retain_graph)
+    _, loss_only = L.forward_call(acts, *ints, from_logits=True, want_grad=False)
+    with pytest.raises(fastctc.CTCValueError, match="want_grad=True"):
+        L.backward_call(loss_only, w)

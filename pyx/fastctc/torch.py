@@ -36,8 +36,9 @@ RuntimeError, the class torch.nn.functional.ctc_loss raises for bad lengths, sha
 dtypes), so `except RuntimeError` keeps working.  Empty
 log_probs (T, N or C zero) raise as PyTorch 2.13 does.
 
-CUDA tensors go to the GPU path's sync-free entry points (fastctc._cuda_launch.torch_forward /
-torch_backward) when it is available, otherwise a RuntimeError says why it is not.  On CUDA
+CUDA tensors go to the GPU path's sync-free entry points (fastctc._cuda_launch's torch_forward /
+torch_backward, as forward_call / backward_call) when it is available, otherwise a
+RuntimeError says why it is not.  On CUDA
 nothing waits for the device: targets and lengths may live on the device (their values are
 then checked there: an out-of-range value makes that sequence's loss NaN) or on the host
 (checked as on the CPU, uploaded without blocking); reduction 'mean' and zero_infinity are
@@ -189,7 +190,8 @@ def _host_acts(log_probs):
 
 
 # ---------------------------------------------------------------------------------------
-# CUDA route: fastctc._cuda_launch's sync-free entry points (torch_forward / torch_backward).
+# CUDA route: fastctc._cuda_launch's sync-free entry points (torch_forward / torch_backward,
+# as forward_call / backward_call).
 #
 # Nothing here reads a CUDA tensor's values on the host: targets and lengths that live on
 # the device are checked for dtype, shape and device only (a bad value makes that
@@ -199,7 +201,8 @@ def _host_acts(log_probs):
 # captured in a CUDA graph when targets and lengths are CUDA tensors.
 #
 # Eager autograd (_CudaCTCFunction): the forward keeps the trellis (alpha and beta rows,
-# 2 L + 1 states a frame) in a workspace and the backward's one bandwidth-bound kernel
+# 2 L + 1 states a frame) in a workspace (with the launcher's checked call, so that the
+# backward is one argument packing and one launch) and the backward's one bandwidth-bound kernel
 # writes the final gradient, already scaled by the upstream gradient and, for 'mean', by
 # 1 / (max(target_length, 1) N) on the device.  Lazier than a gradient made in the forward:
 # no (T, N, C) buffer held between forward and backward (the workspace is T N (2 L + 1)
@@ -268,6 +271,13 @@ def _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, fro
     if unbatched:
         acts = acts.unsqueeze(1)
     N = acts.shape[1]
+    if all(on):  # nothing held on the host: shapes only, no validator pass over stand-ins
+        from ._validate import check_index
+        try:
+            return (acts, *_device_shapes(acts, targets, input_lengths, target_lengths, unbatched, acts_name),
+                    check_index(blank, "blank", acts.shape[2]), None, unbatched)
+        except (CTCValueError, CTCTypeError) as exc:
+            raise as_runtime_error(exc) from None
     if not any(on):
         probe = _shape_probe(log_probs)  # shape and dtype only: the values stay on the device
         batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits, acts=probe)
@@ -314,6 +324,32 @@ def _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, fro
     return acts, tg, il, tl, blank, lmax, unbatched
 
 
+def _device_shapes(acts, targets, input_lengths, target_lengths, unbatched, acts_name):
+    """(targets, input_lengths (N,), target_lengths (N,)) for device-held operands, their
+    shapes checked as the validator checks them (the same messages)."""
+    from ._validate import INT32_MAX
+    T, N, C = acts.shape
+    for dim_name, dim in (("T", T), ("N", N), ("C", C)):
+        if dim > INT32_MAX:
+            raise CTCValueError(f"{acts_name} dimension {dim_name} = {dim} exceeds {INT32_MAX}")
+    if targets.dim() == 2:
+        if targets.shape[0] != N:
+            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tuple(targets.shape)}")
+    elif targets.dim() != 1:
+        raise CTCValueError(f"targets must have rank 2 (N, S) padded or rank 1 (sum(target_lengths),) "
+                            f"concatenated; got shape {tuple(targets.shape)}")
+    lengths = []
+    for x, name in ((input_lengths, "input_lengths"), (target_lengths, "target_lengths")):
+        # by element count, as PyTorch (and the validator) read lengths
+        if unbatched and x.numel() != 1:
+            raise CTCValueError(f"{name} must be a scalar (or hold one value) for unbatched (T, C) input, "
+                                f"got shape {tuple(x.shape)}")
+        if not unbatched and (x.numel() != N or (x.dim() == 0 and N != 1)):
+            raise CTCValueError(f"{name} must have shape (N,) = ({N},), got shape {tuple(x.shape)}")
+        lengths.append(x.reshape(N))
+    return targets, lengths[0], lengths[1]
+
+
 def _launched(fn, *args, **kwargs):
     """A launcher entry point, its input errors raised as the torch door's RuntimeError classes."""
     try:
@@ -325,22 +361,23 @@ def _launched(fn, *args, **kwargs):
 
 
 def _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
-    """(costs (N,) on the device, workspace, operands): the trellis queued, nothing read back."""
+    """(costs (N,) on the device, the launcher's call (its operands, plan and workspace: what
+    the backward needs), operands): the trellis queued, nothing read back.  The launcher's
+    forward_call / backward_call are torch_forward / torch_backward keeping the call, so a
+    backward does not check and plan the same operands again."""
     L = _launcher()
     ops = _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, from_logits)
     acts, tg, il, tl, blank, lmax, _ = ops
-    costs, ws = _launched(L.torch_forward, acts, tg, il, tl, blank=blank, from_logits=from_logits,
-                          want_grad=want_grad, max_target_length=lmax)
-    return costs, ws, ops
+    costs, call = _launched(L.forward_call, acts, tg, il, tl, blank=blank, from_logits=from_logits,
+                            want_grad=want_grad, max_target_length=lmax)
+    return costs, call, ops
 
 
-def _cuda_grad(ops, workspace, weights, from_logits, mean):
-    """The gradient (like log_probs) from the forward's workspace: weights[n] (or one weight
-    for all; None: 1) times d cost_n / d acts, further divided by max(target_length_n, 1) N
-    on the device when mean."""
-    acts, tg, il, tl, blank, lmax, unbatched = ops
-    grad = _launched(_launcher().torch_backward, acts, tg, il, tl, workspace, weights, blank=blank,
-                     from_logits=from_logits, mean=mean, max_target_length=lmax)
+def _cuda_grad(call, weights, mean, unbatched):
+    """The gradient (like log_probs) from the forward's call: weights[n] (or one weight for
+    all; None: 1) times d cost_n / d acts, further divided by max(target_length_n, 1) N on
+    the device when mean."""
+    grad = _launched(_launcher().backward_call, call, weights, mean=mean)
     return grad[:, 0] if unbatched else grad
 
 
@@ -352,25 +389,24 @@ def _cuda_loss(costs, ops, reduction, zero_infinity):
 class _CudaCTCFunction(torch.autograd.Function):
     """Eager autograd on CUDA: forward = trellis + reduction on the device (workspace kept),
     backward = one gradient kernel weighted by the upstream gradient (see the note above).
-    call: (targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+    args: (targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
     from_logits), one tuple so that autograd does not inspect each of them per call."""
 
     @staticmethod
-    def forward(ctx, log_probs, call):
-        targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits = call
-        costs, ws, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, True)
-        ctx.ops = ops[4:]
-        ctx.opts = (from_logits, reduction == "mean")
-        ctx.save_for_backward(log_probs, ws, *ops[1:4])
+    def forward(ctx, log_probs, args):
+        targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits = args
+        costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, True)
+        ctx.call, ctx.mean, ctx.unbatched = call, reduction == "mean", ops[6]
+        # saved (not used) so that autograd refuses a backward after an in-place change of
+        # the activations, targets or lengths the call reads
+        ctx.save_for_backward(log_probs, *ops[1:4])
         return _cuda_loss(costs, ops, reduction, zero_infinity)
 
     @staticmethod
     def backward(ctx, grad_out):
-        log_probs, ws, tg, il, tl = ctx.saved_tensors
-        acts = log_probs.detach()
-        ops = (acts.unsqueeze(1) if acts.dim() == 2 else acts, tg, il, tl, *ctx.ops)
+        log_probs = ctx.saved_tensors[0]
         # grad_out: (N,) for 'none', () otherwise: the kernel reads it with its stride, on the device
-        grad = _cuda_grad(ops, ws, grad_out, *ctx.opts)
+        grad = _cuda_grad(ctx.call, grad_out, ctx.mean, ctx.unbatched)
         if torch.is_grad_enabled():  # create_graph=True: mark the result as not differentiable again
             grad = _NoSecondDerivative.apply(grad, log_probs)
         return grad, None
@@ -388,15 +424,15 @@ def _cuda_ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, red
 def _cuda_forward(log_probs, args, want_grad):
     """_forward's contract on CUDA: (loss, gradient rows weighted by the reduction or None)."""
     targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, _ = args
-    costs, ws, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
-    grad = _cuda_grad(ops, ws, None, from_logits, reduction == "mean") if want_grad else None
+    costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
+    grad = _cuda_grad(call, None, reduction == "mean", ops[6]) if want_grad else None
     return _cuda_loss(costs, ops, reduction, zero_infinity), grad
 
 
 def _cuda_op(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
     """fastctc::ctc_loss's CUDA kernel: (costs (N,), gradient of their sum or an empty tensor)."""
-    costs, ws, ops = _cuda_costs(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
-    return costs, (_cuda_grad(ops, ws, None, from_logits, False) if want_grad else acts.new_empty(0))
+    costs, call, ops = _cuda_costs(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
+    return costs, (_cuda_grad(call, None, False, ops[6]) if want_grad else acts.new_empty(0))
 
 
 def _costs_and_grad(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad,
