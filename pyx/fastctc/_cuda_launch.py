@@ -56,6 +56,8 @@ min(total labels, T) unless max_target_length is given.
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ._reduction import reduce_losses
@@ -167,18 +169,25 @@ _SPECS = {}
 
 def pack_args(values: dict, spec=TRELLIS_ARGS):
     """Kernel arguments as numpy scalars (pointers as Python ints), in the kernel's order.
-    Scalars of one kind are made by one array conversion (this runs on every call, and
-    the host cost per call is what a tiny batch pays)."""
+    Scalars of one kind are made by one array conversion, their values fetched by one
+    itemgetter (this runs on every call, and the host cost per call is what a tiny batch
+    pays)."""
     groups = _SPECS.get(id(spec))
     if groups is None:
-        groups = _SPECS[id(spec)] = [
-            (kind, [i for i, (_, k) in enumerate(spec) if k == kind], [n for n, k in spec if k == kind])
-            for kind in ("p", "i", "q", "d")]
+        groups = []
+        for kind in ("p", "i", "q", "d"):
+            idx = tuple(i for i, (_, k) in enumerate(spec) if k == kind)
+            names = [n for n, k in spec if k == kind]
+            if not names:
+                continue
+            get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, n=names[0]: (d[n],))
+            groups.append((idx, get, _DTYPES.get(kind)))
+        _SPECS[id(spec)] = groups
     out = [None] * len(spec)
-    for kind, idx, names in groups:
-        vals = [values[n] for n in names]
-        if kind != "p":
-            vals = list(np.array(vals, dtype=_DTYPES[kind]))
+    for idx, get, dtype in groups:
+        vals = get(values)
+        if dtype is not None:
+            vals = np.array(vals, dtype=dtype)  # iterating it yields numpy scalars of that type
         for i, v in zip(idx, vals):
             out[i] = v
     return out
