@@ -90,6 +90,23 @@ def _operands(tg, il, tl, form):
     return out
 
 
+class FakeCall:
+    """The stand-in launcher's call: the CPU engine's unit gradient, and the arrays a real
+    call reads (arrays() / release() as fastctc._cuda_launch._Call)."""
+
+    def __init__(self, grad, want_grad, operands, tl_values):
+        self.grad, self.want_grad, self.tl_values = grad, want_grad, tl_values
+        self.N, self.dtype = operands[0].shape[1], operands[0].dtype
+        self._arrays = (*operands, dev(torch.zeros(16 if want_grad else 1, dtype=torch.uint8)))
+        self.released = False
+
+    def arrays(self):
+        return self._arrays
+
+    def release(self):
+        self._arrays, self.released = None, True
+
+
 class FakeLauncher:
     """fastctc._cuda_launch's forward_call / backward_call (torch_forward / torch_backward
     keeping the call) contract on the CPU engine, recording what it is given and checking
@@ -115,16 +132,14 @@ class FakeLauncher:
         costs, grad = self._values(acts, tg, il, tl, blank, from_logits)
         if max_target_length is not None:  # the bound the route passes must hold every target
             assert max_target_length >= host(tl).max(initial=0)
-        call = types.SimpleNamespace(grad=grad, want_grad=want_grad, operands=(acts, tg, il, tl), N=acts.shape[1],
-                                     ws=dev(torch.zeros(16 if want_grad else 1, dtype=torch.uint8)))
+        call = FakeCall(grad, want_grad, (acts, tg, il, tl), host(tl))
         self.work[id(call)] = call
         return dev(torch.from_numpy(costs)), call
 
     def backward_call(self, call, weights, *, mean):
         assert self.work.get(id(call)) is call, "backward_call must get a call of this launcher's forward_call"
         assert call.want_grad, "backward_call was given a loss-only forward"
-        acts, tg, il, tl = call.operands
-        grad, N = call.grad, call.N
+        grad, N, tl = call.grad, call.N, call.tl_values
         if weights is None:
             w = np.ones(N)
         else:
@@ -133,8 +148,8 @@ class FakeLauncher:
             w = np.broadcast_to(host(weights).astype(np.float64).reshape(-1), (N,))
         self.calls.append(("backward", dict(mean=mean, weights=None if weights is None else tuple(weights.shape))))
         if mean:
-            w = w / (np.maximum(host(tl), 1) * N)
-        out = torch.from_numpy(grad.astype(np.float64) * w[None, :, None]).to(acts.dtype)
+            w = w / (np.maximum(tl, 1) * N)
+        out = torch.from_numpy(grad.astype(np.float64) * w[None, :, None]).to(call.dtype)
         return dev(out)
 
 
@@ -180,6 +195,8 @@ def test_route_matches_cpu_route(route, form, reduction):
         xd = dev(lp).requires_grad_(True)
         loss = fct._cuda_ctc_loss(xd, *ops, 0, reduction, zero_infinity, False)
         assert isinstance(loss, Dev) and loss.dtype == torch.float64
+        # the call kept for the backward holds no arrays: autograd's saved tensors do
+        assert [c.released for c in fake.work.values()][-1:] == [True]
         w = _upstream(loss.shape, loss.dtype)
         loss.backward(dev(w))
         want_loss, want_grad = _cpu_reference(lp, *ops, reduction, zero_infinity, False, w)
@@ -469,3 +486,28 @@ def test_emulated_forward_call_and_backward_call_are_torch_forward_and_backward(
     _, loss_only = L.forward_call(acts, *ints, from_logits=True, want_grad=False)
     with pytest.raises(fastctc.CTCValueError, match="want_grad=True"):
         L.backward_call(loss_only, w)
+
+
+def test_emulated_graph_kept_alive_does_not_hold_the_workspace(emulated, monkeypatch):
+    """A loss tensor kept after its backward (a graph alive) does not keep the workspace or
+    the activations the kernels read: they are saved tensors, freed by the backward."""
+    import gc
+    import weakref
+    refs = []
+    real = L.forward_call
+
+    def spy(*args, **kwargs):
+        costs, call = real(*args, **kwargs)
+        refs.append(weakref.ref(call.ws))
+        return costs, call
+
+    monkeypatch.setattr(L, "forward_call", spy)
+    x, tg, il, tl = _case(16, T=10, N=3, C=5, S=3)
+    xd = dev(x).requires_grad_(True)
+    kept = fct._cuda_ctc_loss(xd, *[dev(t) for t in (tg, il, tl)], 0, "mean", False, True)
+    kept.backward(dev(torch.ones((), dtype=torch.float64)), retain_graph=True)
+    gc.collect()
+    assert refs[0]() is not None  # retain_graph: a second backward will need it
+    kept.backward(dev(torch.ones((), dtype=torch.float64)))
+    gc.collect()
+    assert refs[0]() is None and kept.grad_fn is not None

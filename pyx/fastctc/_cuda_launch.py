@@ -32,7 +32,8 @@ changed):
     forward_call(...) -> (costs, call); backward_call(call, weights, *, mean=False) -> grad
         torch_forward / torch_backward keeping the forward's checked operands, plan and
         workspace (call.ws) for the backward (what fastctc.torch's autograd uses: the
-        backward then costs one argument packing and one launch).
+        backward then costs one argument packing and one launch); call.arrays() /
+        call.release() let the caller own the arrays the call reads.
 
     run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logits,
                want_grad, grad_weights=None, want_alpha=False, max_target_length=None,
@@ -447,6 +448,19 @@ class _Call:
         self._args = None
         self._fwd_args = None
 
+    def arrays(self):
+        """The arrays this call's launches read: activations (as launched), targets,
+        lengths, workspace.  A caller that keeps the call after its forward keeps these
+        alive itself (autograd: as saved tensors) and drops the call's own references with
+        release(), so that they are freed with the caller's, not with the call."""
+        return self.x, self.tg, self.il, self.tl, self.ws
+
+    def release(self):
+        """Drops the call's references to its arrays (see arrays()): it keeps their
+        addresses only, valid while the caller keeps the arrays."""
+        self.x = self.tg = self.il = self.tl = self.ws = None
+        self._keep = []
+
     def set_weights(self, grad_weights, mean):
         be, N = self.be, self.N
         self._args = None
@@ -596,8 +610,9 @@ def forward_call(log_probs, targets, input_lengths, target_lengths, *, blank=0, 
                  want_grad=True, max_target_length=None):
     """torch_forward's work, returning (costs, call): the checked operands, plan and
     workspace (call.ws) of this call, which backward_call turns into the gradient without
-    checking and planning the same operands again (fastctc.torch's autograd keeps the call
-    from its forward to its backward; the call holds its operands, so they stay allocated)."""
+    checking and planning the same operands again.  The call holds its arrays (so they stay
+    allocated) until call.release(); fastctc.torch's autograd saves call.arrays() as saved
+    tensors instead, so they are freed after the backward as any saved tensor is."""
     call = _Call(log_probs, targets, input_lengths, target_lengths, blank=blank, from_logits=from_logits,
                  want_grad=want_grad, max_target_length=max_target_length)
     costs = call.be.empty((call.N,), call.acc)

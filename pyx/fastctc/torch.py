@@ -396,10 +396,13 @@ class _CudaCTCFunction(torch.autograd.Function):
     def forward(ctx, log_probs, args):
         targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits = args
         costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, True)
+        # the arrays the call reads (activations, targets, lengths, workspace) become saved
+        # tensors: freed after the backward like any (a graph kept alive by a loss tensor
+        # does not hold the workspace), and autograd refuses a backward after an in-place
+        # change of one of them; the call itself keeps their addresses only
+        ctx.save_for_backward(log_probs, *call.arrays())
+        call.release()
         ctx.call, ctx.mean, ctx.unbatched = call, reduction == "mean", ops[6]
-        # saved (not used) so that autograd refuses a backward after an in-place change of
-        # the activations, targets or lengths the call reads
-        ctx.save_for_backward(log_probs, *ops[1:4])
         return _cuda_loss(costs, ops, reduction, zero_infinity)
 
     @staticmethod
