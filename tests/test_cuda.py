@@ -512,16 +512,10 @@ def _ft():
 
 
 def _torch_case(torch, T=40, N=6, C=12, S=8, seed=0):
-    """float64 logits (T, N, C) and CPU int64 targets / lengths; sequence 1 cannot fit."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, N, C, generator=g, dtype=torch.float64) * 2
-    il = torch.randint(T // 2, T + 1, (N,), generator=g)
-    il[0] = T
-    tl = torch.randint(1, S + 1, (N,), generator=g)
-    tl[-1] = S
-    tg = torch.randint(1, C, (N, S), generator=g)
-    il[1], tl[1], tg[1, :3] = 3, 3, 2
-    return x, tg, il, tl
+    """float64 logits (T, N, C) and CPU int64 targets / lengths; sequence 1 cannot fit (the
+    CPU-runnable route tests' case, imported here once torch is known to be present)."""
+    from test_torch_cuda_route import _case
+    return _case(seed, T=T, N=N, C=C, S=S)
 
 
 def _forms(torch, tg, il, tl):
@@ -681,7 +675,7 @@ def test_gpu_torch_bad_values(rng):
     torch = _torch_cuda()
     ft = _ft()
     x, tg, il, tl = _torch_case(torch, seed=7)
-    tg[0, 0] = 99  # >= C, inside target 0
+    tg[0, 0], tl[0] = 99, max(int(tl[0]), 1)  # >= C, inside target 0
     il[2] = 41     # > T
     z = x.float().cuda().requires_grad_()
     loss = ft.ctc_loss(z, tg.cuda(), il.cuda(), tl.cuda(), reduction="none", from_logits=True)
