@@ -36,15 +36,15 @@ RuntimeError, the class torch.nn.functional.ctc_loss raises for bad lengths, sha
 dtypes), so `except RuntimeError` keeps working.  Empty
 log_probs (T, N or C zero) raise as PyTorch 2.13 does.
 
-CUDA tensors go to the GPU path's sync-free entry points (fastctc._cuda_launch's torch_forward /
-torch_backward, as forward_call / backward_call) when it is available, otherwise a
-RuntimeError says why it is not.  On CUDA
-nothing waits for the device: targets and lengths may live on the device (their values are
-then checked there: an out-of-range value makes that sequence's loss NaN) or on the host
-(checked as on the CPU, uploaded without blocking); reduction 'mean' and zero_infinity are
-computed on the device; every kernel runs on the current stream; with targets and lengths
-on the device a forward + backward can be captured in a CUDA graph.  The eager gradient is
-computed in the backward, already scaled by the upstream gradient.
+CUDA tensors go to the GPU path's sync-free entry points (fastctc._cuda_launch's
+torch_forward / torch_backward, as forward_call / backward_call) when it is available,
+otherwise a RuntimeError says why it is not.  On CUDA nothing waits for the device:
+targets and lengths may live on the device (their values are then checked there: an
+out-of-range value makes that sequence's loss NaN) or on the host (checked as on the CPU,
+uploaded without blocking); reduction 'mean' and zero_infinity are computed on the device;
+every kernel runs on the current stream; with targets and lengths on the device a forward +
+backward can be captured in a CUDA graph.  The eager gradient is computed in the backward,
+already scaled by the upstream gradient (docs/gpu.md, "fastctc.torch on CUDA tensors").
 """
 from __future__ import annotations
 
