@@ -9,7 +9,7 @@ overrun is skipped and says so).  Without a usable GPU it writes a report saying
 exits 0.  Exit status: 0 when every check passed (or no GPU), 1 otherwise.
 
 Checks: the GPU tests of tests/test_cuda.py (fastctc.torch on CUDA among them) and the CUDA
-op test of tests/test_torch_op.py; parity with the CPU engine on the benchmark
+op test of tests/test_torch.py; parity with the CPU engine on the benchmark
 shapes; bit-identical results over 20 runs, on 2 streams, in 2 processes and across batch
 compositions (a sequence alone, in its batch, in a batch with a wider padding that sends it
 through the block kernel); CUDA-graph capture and replay (the entry points and
@@ -102,7 +102,7 @@ def check_env(torch, rep):
 
 def check_pytest(torch, rep, timeout):
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
-           "tests/test_torch_op.py", "-k", "gpu or cuda_op", "-m", "not slow or slow"]
+           "tests/test_torch.py", "-k", "gpu or cuda_op", "-m", "not slow or slow"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "pyx"), os.environ.get("PYTHONPATH", "")]))
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)

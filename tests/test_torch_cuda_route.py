@@ -341,7 +341,7 @@ def test_route_errors(route):
         with pytest.raises(RuntimeError):  # the torch door's errors are RuntimeErrors too
             fct._cuda_ctc_loss(lp, *ops, 0, "mean", False, False)
     all_device = [  # nothing on the host: the shape checks alone, same messages
-        ((dev(tg[:3]), dev(il), dev(tl)), "targets must have shape \\(N, S\\) with N = 4"),
+        ((dev(tg[:3]), dev(il), dev(tl)), "targets must have shape \\(N, S\\) with batch size N = 4"),
         ((dev(tg[0, 0]), dev(il), dev(tl)), "targets must have rank 2"),
         ((dev(tg), dev(il[:3]), dev(tl)), "input_lengths must have shape \\(N,\\) = \\(4,\\)"),
         ((dev(tg), dev(il), dev(tl[:1])), "target_lengths must have shape"),

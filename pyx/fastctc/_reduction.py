@@ -24,6 +24,7 @@ batches (tests/test_reduction.py holds them to it).
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import numpy as np
 
@@ -35,9 +36,9 @@ def namespace(x):
     if isinstance(x, np.ndarray):
         return np
     mod = type(x).__module__.split(".")[0]
-    if mod == "torch":
-        import torch
-        return torch
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if mod == "torch" or (torch is not None and isinstance(x, torch.Tensor)):  # subclasses too
+        return torch if torch is not None else __import__("torch")
     if mod == "cupy":
         import cupy
         return cupy

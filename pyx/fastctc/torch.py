@@ -326,28 +326,20 @@ def _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, fro
 
 def _device_shapes(acts, targets, input_lengths, target_lengths, unbatched, acts_name):
     """(targets, input_lengths (N,), target_lengths (N,)) for device-held operands, their
-    shapes checked as the validator checks them (the same messages)."""
-    from ._validate import INT32_MAX
+    shapes checked by the validator's own rules (zero stand-ins of the same shapes for the
+    lengths, which it reads by element count)."""
+    from ._validate import INT32_MAX, check_batch_size, check_lengths, check_rank
     T, N, C = acts.shape
     for dim_name, dim in (("T", T), ("N", N), ("C", C)):
         if dim > INT32_MAX:
             raise CTCValueError(f"{acts_name} dimension {dim_name} = {dim} exceeds {INT32_MAX}")
     if targets.dim() == 2:
-        if targets.shape[0] != N:
-            raise CTCValueError(f"targets must have shape (N, S) with N = {N}, got shape {tuple(targets.shape)}")
+        check_batch_size(tuple(targets.shape), "targets", N, "(N, S)")
     elif targets.dim() != 1:
-        raise CTCValueError(f"targets must have rank 2 (N, S) padded or rank 1 (sum(target_lengths),) "
-                            f"concatenated; got shape {tuple(targets.shape)}")
-    lengths = []
+        check_rank(tuple(targets.shape), "targets", (2, 1), "(N, S) padded or (sum(target_lengths),) concatenated")
     for x, name in ((input_lengths, "input_lengths"), (target_lengths, "target_lengths")):
-        # by element count, as PyTorch (and the validator) read lengths
-        if unbatched and x.numel() != 1:
-            raise CTCValueError(f"{name} must be a scalar (or hold one value) for unbatched (T, C) input, "
-                                f"got shape {tuple(x.shape)}")
-        if not unbatched and (x.numel() != N or (x.dim() == 0 and N != 1)):
-            raise CTCValueError(f"{name} must have shape (N,) = ({N},), got shape {tuple(x.shape)}")
-        lengths.append(x.reshape(N))
-    return targets, lengths[0], lengths[1]
+        check_lengths(np.broadcast_to(np.zeros((), np.int64), tuple(x.shape)), name, N, unbatched)
+    return targets, input_lengths.reshape(N), target_lengths.reshape(N)
 
 
 def _launched(fn, *args, **kwargs):
