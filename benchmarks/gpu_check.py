@@ -8,11 +8,14 @@ finish within 8 minutes on an H200 (each check has a share of the time; a check 
 overrun is skipped and says so).  Without a usable GPU it writes a report saying why and
 exits 0.  Exit status: 0 when every check passed (or no GPU), 1 otherwise.
 
-Checks: the GPU tests of tests/test_cuda.py; parity with the CPU engine on the benchmark
+Checks: the GPU tests of tests/test_cuda.py (fastctc.torch on CUDA among them) and the CUDA
+op test of tests/test_torch.py; parity with the CPU engine on the benchmark
 shapes; bit-identical results over 20 runs, on 2 streams, in 2 processes and across batch
 compositions (a sequence alone, in its batch, in a batch with a wider padding that sends it
-through the block kernel); CUDA-graph capture and replay; torch's sync-debug mode "error";
-the fixed cost of a tiny fastctc.torch forward+backward; T*N*C > 2^31; bad values living on
+through the block kernel); CUDA-graph capture and replay (the entry points and
+fastctc.torch); torch's sync-debug mode "error" (the entry points and fastctc.torch, every
+reduction, device and host targets/lengths); the fixed cost of a tiny fastctc.torch
+forward+backward (device and host lengths, forward only); T*N*C > 2^31; bad values living on
 the device; float16/bfloat16 against the float32 kernel; the NaN rule; then
 benchmarks/bench_gpu.py.
 """
@@ -98,8 +101,8 @@ def check_env(torch, rep):
 
 
 def check_pytest(torch, rep, timeout):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py", "-k", "gpu",
-           "-m", "not slow or slow"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+           "tests/test_torch.py", "-k", "gpu or cuda_op", "-m", "not slow or slow"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "pyx"), os.environ.get("PYTHONPATH", "")]))
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -194,15 +197,26 @@ x, tg, il, tl = gpu_check._data(torch, 50, 4, 10, 5, seed=3)
 xl = x.clone().requires_grad_()
 s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
 with torch.cuda.stream(s):
-    ft.ctc_loss(xl, tg, il, tl, from_logits=True).backward()
+    for _ in range(3):
+        xl.grad = None
+        ft.ctc_loss(xl, tg, il, tl, from_logits=True).backward()
 torch.cuda.current_stream().wait_stream(s)
+xl.grad = None
 g = torch.cuda.CUDAGraph()
 try:
     with torch.cuda.graph(g):
         loss = ft.ctc_loss(xl, tg, il, tl, from_logits=True)
         loss.backward()
+    grad = xl.grad
+    new = gpu_check._data(torch, 50, 4, 10, 5, seed=4)[0]
+    with torch.no_grad():
+        xl.copy_(new)
     g.replay(); torch.cuda.synchronize()
-    print("DOOR captured and replayed")
+    z = new.clone().requires_grad_()
+    ref = ft.ctc_loss(z, tg, il, tl, from_logits=True)
+    ref.backward()
+    same = torch.equal(loss, ref.detach()) and torch.equal(grad, z.grad)
+    print("DOOR", "identical" if same else "DIFFERENT", "after capture and replay on new values")
 except Exception as exc:
     print("DOOR not capturable:", exc.__class__.__name__, str(exc)[:150].replace(chr(10), " "))
 """
@@ -235,11 +249,12 @@ def check_graph(torch, rep):
     ok = torch.equal(gc, ec) and torch.equal(gg, eg)
     detail = f"torch_forward + torch_backward captured and replayed on new inputs: {'identical' if ok else 'DIFFERENT'}"
     # the user-facing door, in a separate process (a failed capture must not disturb the
-    # rest of the check); informative until fastctc.torch calls the sync-free entry points
+    # rest of the check)
     out = subprocess.run([sys.executable, "-c", _DOOR_CAPTURE.format(pyx=os.path.join(ROOT, "pyx"), here=HERE)],
                          capture_output=True, text=True, timeout=120)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("DOOR")), "DOOR " + out.stderr[-200:])
-    detail += "; fastctc.torch.ctc_loss forward+backward under capture (informative): " + line[5:]
+    ok &= line.startswith("DOOR identical")
+    detail += "; fastctc.torch.ctc_loss forward+backward (mean) captured and replayed: " + line[5:]
     return ok, detail
 
 
@@ -258,17 +273,23 @@ def check_sync_debug(torch, rep):
                 results.append((label, True, "no synchronisation"))
             except Exception as exc:
                 results.append((label, False, f"{exc.__class__.__name__}: {str(exc)[:200]}"))
-        try:
-            import fastctc.torch as ft
-            xl = x.clone().requires_grad_()
-            ft.ctc_loss(xl, tg, il, tl, from_logits=True).backward()
-            results.append(("fastctc.torch.ctc_loss forward+backward (informative)", None, "no synchronisation"))
-        except Exception as exc:
-            results.append(("fastctc.torch.ctc_loss forward+backward (informative)", None,
-                            f"{exc.__class__.__name__}: {str(exc)[:200]}"))
+        import fastctc.torch as ft
+        for label, ints in (("fastctc.torch device targets/lengths", (tg, il, tl)),
+                            ("fastctc.torch host targets/lengths", host)):
+            try:
+                for reduction in ("mean", "sum", "none"):
+                    for zero_inf in (False, True):
+                        xl = x.clone().requires_grad_()
+                        ft.ctc_loss(xl, *ints, reduction=reduction, zero_infinity=zero_inf,
+                                    from_logits=True).sum().backward()
+                        ft.ctc_loss(xl.detach().log_softmax(-1), *ints, reduction=reduction)  # no autograd
+                results.append((label + " (forward+backward, every reduction and zero_infinity)", True,
+                                "no synchronisation"))
+            except Exception as exc:
+                results.append((label, False, f"{exc.__class__.__name__}: {str(exc)[:200]}"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    ok = all(r[1] for r in results if r[1] is not None)
+    ok = all(r[1] for r in results)
     return ok, "; ".join(f"{a}: {c}" for a, _, c in results)
 
 
@@ -286,6 +307,15 @@ def check_fixed_cost(torch, rep):
     def entry():
         L.torch_ctc(x, tg, il, tl, from_logits=True)
 
+    host = [t.cpu() for t in (tg, il, tl)]
+
+    def ours_host():
+        xl.grad = None
+        ft.ctc_loss(xl, *host, from_logits=True).backward()
+
+    def ours_forward():
+        ft.ctc_loss(x, tg, il, tl, from_logits=True)
+
     def native():
         xl.grad = None
         with torch.backends.cudnn.flags(enabled=False):
@@ -293,6 +323,8 @@ def check_fixed_cost(torch, rep):
 
     out = {}
     for name, f in (("fastctc.torch forward+backward", ours), ("sync-free entry point torch_ctc", entry),
+                    ("fastctc.torch forward+backward, host targets/lengths", ours_host),
+                    ("fastctc.torch forward only (no autograd)", ours_forward),
                     ("torch native forward+backward", native)):
         for _ in range(20):
             f()
@@ -422,7 +454,7 @@ CHECKS = [  # name, function, seconds it may take (it is skipped when less is le
     ("NaN rule", check_nan_rule, 5),
     ("T*N*C > 2^31", check_huge, 40),
     ("benchmark (benchmarks/bench_gpu.py)", check_bench, 100),
-    ("tests/test_cuda.py GPU tests", check_pytest, 60),  # last: its timeout is what is left
+    ("tests/test_cuda.py GPU tests", check_pytest, 90),  # last: its timeout is what is left
 ]
 
 

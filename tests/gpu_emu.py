@@ -177,6 +177,22 @@ def build(folder, extra_flags=()):
     return ctypes.CDLL(lib)
 
 
+_SHARED = {}
+
+
+def shared(extra_flags=()):
+    """build() once per process and flag set, into a temporary folder: the test modules that
+    drive the emulated kernels share one library (a build takes ~15 s on two cores)."""
+    key = tuple(extra_flags)
+    if key not in _SHARED:
+        import atexit
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="fastctc-emu-")
+        atexit.register(shutil.rmtree, folder, True)
+        _SHARED[key] = build(folder, extra_flags)
+    return _SHARED[key]
+
+
 _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "d": ctypes.c_double}
 _HEAD = [ctypes.c_int] * 4
 

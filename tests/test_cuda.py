@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import types
 
 import fastctc
 import numpy as np
@@ -85,10 +86,15 @@ def test_kernel_arguments_match_launcher():
 
 
 def test_nvcc_flags_and_nvrtc_options_agree():
-    """One source for the options: NVCC_FLAGS is NVRTC_OPTIONS spelt for nvcc."""
+    """One source for the options: NVCC_FLAGS is NVRTC_OPTIONS spelt for nvcc, made from it
+    (a changed option changes both; an option nvcc_flags cannot spell is an error)."""
     opts = dict(_cuda.NVRTC_OPTIONS)
     assert f"-std={opts['std']}" in _cuda.NVCC_FLAGS
     assert ("--fmad=false" in _cuda.NVCC_FLAGS) == (opts["fma"] is False)
+    assert _cuda.NVCC_FLAGS == _cuda_build.nvcc_flags()
+    assert _cuda_build.nvcc_flags((("std", "c++20"), ("fma", True))) == ("-std=c++20", "--fmad=true")
+    with pytest.raises(KeyError, match="no nvcc spelling"):
+        _cuda_build.nvcc_flags((("std", "c++17"), ("device_code_optimize", True)))
 
 
 def test_cache_key_covers_options_and_versions(monkeypatch):
@@ -103,6 +109,9 @@ def test_cache_key_covers_options_and_versions(monkeypatch):
     assert _cuda_build.cache_key(src, "sm_90") != base
     monkeypatch.undo()
     monkeypatch.setattr(_cuda_build, "nvrtc_version", lambda: "99.0")
+    assert _cuda_build.cache_key(src, "sm_90") != base
+    monkeypatch.undo()
+    monkeypatch.setattr(_cuda_build, "PROGRAM_NAME", "other.cu")
     assert _cuda_build.cache_key(src, "sm_90") != base
 
 
@@ -152,7 +161,7 @@ def test_cubin_that_does_not_load_is_recompiled(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings.driver", drv)
     (tmp_path / "ctc-sm_90-k.cubin").write_bytes(b"\x7fELF trunc")
     assert _cuda_build.kernels(0) == {"fctc_grad_f32": "kernel"}
-    assert compiled == [False, True]                      # fresh compile, then the cache refreshed
+    assert compiled == [False]                            # one fresh compile, its cubin then cached
     assert (tmp_path / "ctc-sm_90-k.cubin").read_bytes() == b"\x7fELF good"
     assert current[0] == "caller"                         # the caller's context is current again
 
@@ -495,6 +504,214 @@ def test_gpu_ctclossv2_matches_cpu(rng):
                 np.testing.assert_allclose(la.cpu().numpy(), want[1], rtol=tol, atol=tol)
 
 
+# ---------------------------------------------------------------- fastctc.torch on a GPU
+# (the route's plumbing is checked on every machine by tests/test_torch_cuda_route.py)
+
+def _ft():
+    return pytest.importorskip("fastctc.torch")
+
+
+def _torch_case(torch, T=40, N=6, C=12, S=8, seed=0):
+    """float64 logits (T, N, C) and CPU int64 targets / lengths; sequence 1 cannot fit (the
+    CPU-runnable route tests' case, imported here once torch is known to be present)."""
+    from test_torch_cuda_route import _case
+    return _case(seed, T=T, N=N, C=C, S=S)
+
+
+def _forms(torch, tg, il, tl):
+    """(name, targets, input_lengths, target_lengths) in the forms users pass on CUDA."""
+    flat = torch.cat([tg[n, : int(tl[n])] for n in range(tg.shape[0])])
+    return [("device padded", tg.cuda(), il.cuda(), tl.cuda()), ("device concat", flat.cuda(), il.cuda(), tl.cuda()),
+            ("device targets, host lengths", tg.cuda(), il, tl),
+            ("host int32 (cuDNN style)", flat.to(torch.int32), il.to(torch.int32), tl.to(torch.int32)),
+            ("lists", flat.tolist(), il.tolist(), tl.tolist())]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_torch_route_matches_cpu_route(dtype):
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch)
+    x = x.to(getattr(torch, dtype))
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    for name, *ints in _forms(torch, tg, il, tl):
+        host_ints = [t.cpu() if isinstance(t, torch.Tensor) else t for t in ints]
+        for reduction in ("none", "sum", "mean"):
+            for zero_inf in (False, True):
+                for fl in (False, True):
+                    got, want = x.cuda().requires_grad_(), x.clone().requires_grad_()
+                    lg = ft.ctc_loss(got if fl else got.log_softmax(-1), *ints, reduction=reduction,
+                                     zero_infinity=zero_inf, from_logits=fl)
+                    lw = ft.ctc_loss(want if fl else want.log_softmax(-1), *host_ints, reduction=reduction,
+                                     zero_infinity=zero_inf, from_logits=fl)
+                    w = torch.linspace(0.5, 2.0, lw.numel(), dtype=lw.dtype).reshape(lw.shape)
+                    (lg * w.cuda()).sum().backward()
+                    (lw * w).sum().backward()
+                    what = (name, reduction, zero_inf, fl)
+                    assert lg.is_cuda and got.grad.is_cuda, what
+                    torch.testing.assert_close(lg.cpu(), lw.detach(), **tol, msg=str(what))
+                    torch.testing.assert_close(got.grad.cpu(), want.grad, **tol, msg=str(what))
+
+
+@gpu
+@pytest.mark.parametrize("where", ["device", "host"])
+def test_gpu_torch_route_never_synchronises(where):
+    """torch.cuda.set_sync_debug_mode("error") around fastctc.torch forward + backward: every
+    reduction, zero_infinity, logits and log-probabilities, no-grad calls, targets and
+    lengths on the device or on the host (then uploaded from pinned memory)."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=1)
+    ints = [t.cuda() for t in (tg, il, tl)] if where == "device" else [tg.to(torch.int32), il, tl]
+    xd = x.float().cuda()
+    ft.ctc_loss(xd.clone().requires_grad_(), *ints, from_logits=True).backward()  # kernels loaded first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for reduction in ("none", "sum", "mean"):
+            for zero_inf in (False, True):
+                for fl in (False, True):
+                    z = xd.clone().requires_grad_()
+                    inp = z if fl else z.log_softmax(-1)
+                    loss = ft.ctc_loss(inp, *ints, reduction=reduction, zero_infinity=zero_inf, from_logits=fl)
+                    loss.sum().backward()
+                    with torch.no_grad():
+                        ft.ctc_loss(inp, *ints, reduction=reduction, zero_infinity=zero_inf, from_logits=fl)
+                    ft.CTCLoss(reduction=reduction, zero_infinity=zero_inf)(inp.detach(), *ints)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@gpu
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gpu_torch_route_cuda_graph(reduction):
+    """fastctc.torch forward + backward captured in a CUDA graph (so every launch went to the
+    capturing stream) and replayed on new values: the numbers of an eager call, bit for bit."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=2)
+    tg, il, tl = (t.cuda() for t in (tg, il, tl))
+    static = x.float().cuda().requires_grad_()
+    w = torch.linspace(0.5, 2.0, x.shape[1], device="cuda") if reduction == "none" else None
+
+    def step(z):
+        loss = ft.ctc_loss(z, tg, il, tl, reduction=reduction, from_logits=True)
+        (loss * w).sum().backward() if w is not None else loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            static.grad = None
+            step(static)
+    torch.cuda.current_stream().wait_stream(side)
+    static.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step(static)
+    static_grad = static.grad
+    for seed in (3, 4):
+        new = _torch_case(torch, seed=seed)[0].float().cuda()
+        with torch.no_grad():
+            static.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        z = new.clone().requires_grad_()
+        loss = step(z)
+        assert torch.equal(static_loss, loss.detach()) and torch.equal(static_grad, z.grad), seed
+
+
+@gpu
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_gpu_torch_half_autograd(kind):
+    """float16 / bfloat16 through fastctc.torch: float32 loss, gradient in the input dtype,
+    equal to the float32 route on the same rounded values (math in float32, one rounding)."""
+    torch = _torch_cuda()
+    ft = _ft()
+    dt = getattr(torch, kind)
+    x, tg, il, tl = _torch_case(torch, seed=5)
+    ints = [t.cuda() for t in (tg, il, tl)]
+    for fl in (True, False):
+        vals = (x if fl else x.log_softmax(-1)).to(dt)
+        h, f = vals.cuda().requires_grad_(), vals.float().cuda().requires_grad_()
+        for reduction in ("mean", "none"):
+            h.grad = f.grad = None
+            lh = ft.ctc_loss(h, *ints, reduction=reduction, zero_infinity=True, from_logits=fl)
+            lf = ft.ctc_loss(f, *ints, reduction=reduction, zero_infinity=True, from_logits=fl)
+            lh.sum().backward()
+            lf.sum().backward()
+            assert lh.dtype == torch.float32 and h.grad.dtype == dt
+            assert torch.equal(lh, lf), (kind, fl, reduction)
+            assert torch.equal(h.grad, f.grad.to(dt)), (kind, fl, reduction)
+
+
+@gpu
+def test_gpu_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) on CUDA (the registered op): eager numbers, device or
+    host lengths."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=6)
+
+    def f(z, targets, input_lengths, target_lengths):
+        return ft.ctc_loss(z.log_softmax(-1), targets, input_lengths, target_lengths, zero_infinity=True)
+
+    compiled = torch.compile(f, fullgraph=True)
+    for ints in ((tg.cuda(), il.cuda(), tl.cuda()), (tg.cuda(), il, tl)):
+        ze, zc = x.float().cuda().requires_grad_(), x.float().cuda().requires_grad_()
+        le, lc = f(ze, *ints), compiled(zc, *ints)
+        le.backward()
+        lc.backward()
+        torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(zc.grad, ze.grad, rtol=1e-5, atol=1e-6)
+
+
+@gpu
+def test_gpu_torch_bad_values(rng):
+    """Bad targets/lengths on the device: that sequence's loss is NaN (checked on the device,
+    no exception, no fault, the next call fine); the same values on the host raise."""
+    torch = _torch_cuda()
+    ft = _ft()
+    x, tg, il, tl = _torch_case(torch, seed=7)
+    tg[0, 0], tl[0] = 99, max(int(tl[0]), 1)  # >= C, inside target 0
+    il[2] = 41     # > T
+    z = x.float().cuda().requires_grad_()
+    loss = ft.ctc_loss(z, tg.cuda(), il.cuda(), tl.cuda(), reduction="none", from_logits=True)
+    loss.sum().backward()
+    c = loss.detach().cpu()
+    assert torch.isnan(c[[0, 2]]).all() and torch.isfinite(c[[3, 4, 5]]).all()
+    assert torch.isfinite(z.grad[:, 3:]).all()
+    with pytest.raises(RuntimeError, match=r"targets\[0, 0\] = 99"):
+        ft.ctc_loss(z, tg, il.clamp(max=40), tl, from_logits=True)
+    with pytest.raises(RuntimeError, match=r"input_lengths\[2\] = 41"):
+        ft.ctc_loss(z, tg.cuda(), il, tl, from_logits=True)
+    ok = ft.ctc_loss(z, tg.clamp(max=11).cuda(), il.clamp(max=40).cuda(), tl.cuda(), zero_infinity=True,
+                     from_logits=True)
+    assert torch.isfinite(ok).item()
+
+
+@gpu
+def test_gpu_torch_other_device_keeps_current_device():
+    """Inputs on cuda:1 while cuda:0 is current: computed there, on that device's stream;
+    the current device is still cuda:0 afterwards."""
+    torch = _torch_cuda()
+    ft = _ft()
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    x, tg, il, tl = _torch_case(torch, seed=8)
+    torch.cuda.set_device(0)
+    results = []
+    for d in ("cuda:0", "cuda:1"):
+        z = x.float().to(d).requires_grad_()
+        loss = ft.ctc_loss(z, tg.to(d), il.to(d), tl.to(d), from_logits=True)
+        loss.backward()
+        assert torch.cuda.current_device() == 0 and loss.device == torch.device(d)
+        results.append((loss.cpu(), z.grad.cpu()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_launches_keep_the_callers_current_device(monkeypatch):
     """_DeviceGuard (stand-in driver): no switch when the arrays' device is current; else
     that device is made current for the launches and the caller's context put back."""
@@ -524,3 +741,95 @@ def test_launches_keep_the_callers_current_device(monkeypatch):
     with L._DeviceGuard(1):
         assert state["ctx"] == "ctx1" and state["dev"] == 1
     assert state["ctx"] == "ctx0" and state["dev"] == 0 and state["switches"] == 1
+
+
+def _fake_cupy(monkeypatch):
+    """A stand-in CuPy with two devices: arrays remember their device, every operation
+    checks that it runs with that device current (as CuPy needs), and each device has its
+    own current stream.  Returns (module, array class, current device holder)."""
+    import sys
+
+    current = [0]
+
+    class Device:
+        def __init__(self, i):
+            self.id = i
+
+        def __enter__(self):
+            self.prev = current[0]
+            current[0] = self.id
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+            return False
+
+    class Arr:
+        __cuda_array_interface__ = {}
+
+        def __init__(self, values, dev):
+            self.v, self.device = np.asarray(values), Device(dev)
+            self.shape, self.dtype = self.v.shape, self.v.dtype
+
+        def _op(self, other, f):
+            assert current[0] == self.device.id, f"CuPy work on device {current[0]} for an array on {self.device.id}"
+            o = other.v if isinstance(other, Arr) else other
+            return Arr(f(self.v, o), self.device.id)
+
+        def __gt__(self, o):
+            return self._op(o, np.greater)
+
+        def __and__(self, o):
+            return self._op(o, np.logical_and)
+
+        def __mul__(self, o):
+            return self._op(o, np.multiply)
+
+        def __rtruediv__(self, o):
+            return self._op(o, lambda a, b: b / a)
+
+        def sum(self, dtype=None):
+            return self._op(None, lambda a, _: a.sum(dtype=dtype))
+
+        def astype(self, dt):
+            return self._op(None, lambda a, _: a.astype(dt))
+
+        def reshape(self, *shape):
+            return self._op(None, lambda a, _: a.reshape(*shape))
+
+    Arr.__module__ = "cupy._core.core"
+    here = lambda: current[0]  # noqa: E731
+    cp = types.ModuleType("cupy")
+    cp.float64 = np.float64
+    cp.cuda = types.SimpleNamespace(Device=Device, get_current_stream=lambda: types.SimpleNamespace(ptr=1000 + here()))
+    cp.isinf = lambda a: a._op(None, lambda x, _: np.isinf(x))
+    cp.zeros_like = lambda a: a._op(None, lambda x, _: np.zeros_like(x))
+    cp.ones_like = lambda a: a._op(None, lambda x, _: np.ones_like(x))
+    cp.where = lambda c, a, b: c._op(None, lambda x, _: np.where(x, a.v, b.v))
+    cp.maximum = lambda a, m: a._op(m, np.maximum)
+    cp.asarray = lambda h: Arr(h, here())
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    return cp, Arr, current
+
+
+def test_cupy_arrays_use_their_devices_stream_and_keep_the_current_device(monkeypatch):
+    """CuPy arrays on a device other than the current one: the launcher takes that device's
+    current stream, the reductions and zero_infinity (fastctc._reduction, every door's)
+    run on that device, and the caller's current device is the same afterwards (stand-in
+    CuPy, every machine)."""
+    from fastctc import _cuda_launch as L
+    from fastctc import _reduction
+    cp, Arr, current = _fake_cupy(monkeypatch)
+    be = L._CuPy(1)
+    assert be.stream == 1001 and be.ordinal == 1 and current[0] == 0
+    costs = Arr([1.0, np.inf, 3.0], 1)
+    for reduction, want in (("none", [1.0, 0.0, 3.0]), ("sum", 4.0), ("mean", (1.0 / 2 + 0.0 + 3.0 / 3) / 3)):
+        got = _reduction.reduce_losses(costs, [2, 5, 3], reduction, True)
+        assert got.device.id == 1 and np.allclose(got.v, want), reduction
+        assert current[0] == 0
+    got = _reduction.reduce_losses(costs, Arr([2, 5, 3], 1), "mean", False)
+    assert np.isposinf(got.v) and current[0] == 0
+    z = _reduction.zero_infinite(costs)
+    assert z.device.id == 1 and z.v.tolist() == [1.0, 0.0, 3.0] and current[0] == 0
+    w = _reduction.loss_weights([2, 5, 3], "mean", like=costs)
+    assert w.device.id == 1 and np.allclose(w.v, [1 / 6, 1 / 15, 1 / 9]) and current[0] == 0

@@ -19,9 +19,9 @@ from reference import random_case, random_log_probs
 
 
 @pytest.fixture(scope="module")
-def emu(tmp_path_factory):
+def emu():
     try:
-        return gpu_emu.build(str(tmp_path_factory.mktemp("emu")))
+        return gpu_emu.shared()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
 

@@ -13,13 +13,13 @@
   and time sizes, the same numbers as eager), torch.export, gradcheck through the op,
   second derivatives that raise instead of being silently wrong, float16/bfloat16 inputs
   and autocast.
-* CUDA: the dispatch contract (with a stand-in module), the error for CUDA tensors when
-  no GPU path exists; the CUDA cases skip, saying so, on machines without a GPU.
+* CUDA: the error for CUDA tensors when no GPU path exists; the CUDA cases skip, saying so,
+  on machines without a GPU (the CUDA route itself: tests/test_torch_cuda_route.py on every
+  machine, tests/test_cuda.py on a GPU).
 
 The fast eager route's own tests (the compiled argument check) are in test_torch_fast.py.
 """
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -193,39 +193,6 @@ def test_cuda_tensor_without_gpu_path_is_a_clear_error(monkeypatch):
     logits, tg, il, tl = _case(23)
     with pytest.raises(RuntimeError, match="GPU path is unavailable"):
         fct.ctc_loss(logits.cuda().log_softmax(2), tg, il, tl)
-
-
-def test_device_dispatch_contract(monkeypatch):
-    """The device branch with a stand-in fastctc._cuda (computing on the CPU engine): the
-    arguments it is given and what is made of its results (reduction, backward)."""
-    calls = []
-
-    def run_device(acts, targets_padded, input_lengths, target_lengths, *, blank, from_logits, want_grad,
-                   grad_weights, want_alpha):
-        calls.append(dict(S=targets_padded.shape, blank=blank, want_grad=want_grad))
-        costs, grad = [], []
-        for n in range(acts.shape[1]):
-            L = int(target_lengths[n])
-            c, g = _engine.ctc_loss_and_grad(acts[:, n : n + 1].numpy(), targets_padded[n : n + 1, :L].numpy(),
-                                             input_lengths[n : n + 1].numpy(), [L], blank=blank,
-                                             reduction="sum", from_logits=from_logits)
-            costs.append(float(c))
-            grad.append(torch.from_numpy(g))
-        return torch.tensor(costs, dtype=acts.dtype), torch.cat(grad, 1) if want_grad else None, None
-
-    fake = types.SimpleNamespace(status=lambda: {"available": True}, run_device=run_device)
-    monkeypatch.setitem(sys.modules, "fastctc._cuda", fake)
-    monkeypatch.setattr(fastctc, "_cuda", fake, raising=False)
-    logits, tg, il, tl = _case(29)
-    want = logits.clone().requires_grad_(True)
-    F.ctc_loss(want.log_softmax(2), tg, il, tl).backward()
-    got = logits.clone().requires_grad_(True)
-    lp = got.log_softmax(2)
-    batch, blank = fct._validate(lp, _concat(tg, tl), il, tl, 0, False)
-    costs, grad = fct._run_device(lp, batch, blank, False, True)
-    assert calls[-1] == dict(S=(4, int(tl.max())), blank=0, want_grad=True)
-    torch.testing.assert_close(costs, F.ctc_loss(lp, tg, il, tl, reduction="none"))
-    assert grad.shape == lp.shape
 
 
 def test_random_forward_backward_awkward_inputs(rng):

@@ -2,12 +2,14 @@
 
     source_path()            -> where cuda/ctc.cu is
     NVRTC_OPTIONS            the one source of the compile options (cache key, NVRTC, nvcc test)
+    nvcc_flags(), NVCC_FLAGS NVRTC_OPTIONS spelt for nvcc
     compile_cubin(arch)      -> cubin bytes (NVRTC only: works without a GPU or a driver)
     cache_key(source, arch)  -> the disk-cache key: source, arch, every option, NVRTC and
                                 cuda-core versions
     kernels(ordinal)         -> {kernel name: cuda.core Kernel} for that device, compiled or
                                 loaded once per process; a cached cubin that does not load is
-                                recompiled; the caller's current device/context is restored
+                                recompiled (once) and its cache entry replaced; the caller's
+                                current device/context is restored
     status()                 -> dict, cheap, never raises (used by fastctc.info())
 
 Imported lazily: nothing here runs at `import fastctc`, and cuda.core / cuda.bindings are
@@ -22,12 +24,28 @@ import threading
 
 from ._validate import CTCRuntimeError
 
-# NVRTC options, as cuda.core ProgramOptions keywords.  fma=False (--fmad=false): no
-# multiply-add contraction, so that a value never depends on how the compiler scheduled
-# the context it was inlined into (the warp and block kernels share their arithmetic and
-# must agree bit for bit).  NVCC_FLAGS is the same list for nvcc (the compile test).
+# NVRTC options, as cuda.core ProgramOptions keywords: the one list of compile options
+# (the cache key, NVRTC and, spelt by nvcc_flags, the nvcc compile test read it).
+# fma=False (--fmad=false): no multiply-add contraction, so that a value never depends on
+# how the compiler scheduled the context it was inlined into (the warp and block kernels
+# share their arithmetic and must agree bit for bit).
 NVRTC_OPTIONS = (("std", "c++17"), ("fma", False))
-NVCC_FLAGS = ("-std=c++17", "--fmad=false")
+PROGRAM_NAME = "ctc.cu"  # NVRTC's name for the program (its messages quote it); in the key too
+
+
+def nvcc_flags(options=None) -> tuple:
+    """NVRTC_OPTIONS spelt for nvcc; an option without an nvcc spelling here is an error,
+    so that a new option cannot reach NVRTC but not the nvcc compile test."""
+    spell = {"std": lambda v: f"-std={v}", "fma": lambda v: f"--fmad={'true' if v else 'false'}"}
+    out = []
+    for key, value in NVRTC_OPTIONS if options is None else options:
+        if key not in spell:
+            raise KeyError(f"NVRTC option {key!r} has no nvcc spelling in fastctc._cuda_build.nvcc_flags")
+        out.append(spell[key](value))
+    return tuple(out)
+
+
+NVCC_FLAGS = nvcc_flags()
 # Bumped whenever the cache layout or the meaning of a cached file changes.
 _CACHE_FORMAT = "2"
 
@@ -81,7 +99,7 @@ def _numbered(source: str) -> str:
 def cache_key(source: str, arch: str) -> str:
     """Everything that can change the cubin: the source, the arch, every compile option,
     the NVRTC and cuda-core versions, and the cache format."""
-    parts = [_CACHE_FORMAT, source, arch, nvrtc_version(), cuda_core_version(),
+    parts = [_CACHE_FORMAT, source, arch, PROGRAM_NAME, nvrtc_version(), cuda_core_version(),
              *(f"{k}={v!r}" for k, v in NVRTC_OPTIONS)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
@@ -104,7 +122,7 @@ def compile_cubin(arch: str, source: str | None = None, use_cache: bool = True) 
         if data:
             return data
     from cuda.core import Program, ProgramOptions
-    options = ProgramOptions(name="ctc.cu", arch=arch, **dict(NVRTC_OPTIONS))
+    options = ProgramOptions(name=PROGRAM_NAME, arch=arch, **dict(NVRTC_OPTIONS))
     try:
         code = Program(source, "c++", options).compile("cubin")
     except Exception as exc:  # cuda.core raises with NVRTC's log in the message
@@ -112,16 +130,22 @@ def compile_cubin(arch: str, source: str | None = None, use_cache: bool = True) 
                                f"source:\n{_numbered(source)}") from exc
     data = bytes(code.code)
     if use_cache:
-        try:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ctc-", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        store_cubin(path, data)
     return data
+
+
+def store_cubin(path: str, data: bytes) -> None:
+    """Writes a cache entry atomically (a temporary file, then os.replace); a cache folder
+    that cannot be written only costs the reuse."""
+    try:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ctc-", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def kernel_names() -> list:
@@ -179,8 +203,9 @@ def kernels(ordinal: int) -> dict:
                     os.remove(cache_path(source, arch))
                 except OSError:
                     pass
-                found = _load(compile_cubin(arch, source, use_cache=False))
-                compile_cubin(arch, source)  # refresh the cache entry for the next process
+                fresh = compile_cubin(arch, source, use_cache=False)
+                found = _load(fresh)
+                store_cubin(cache_path(source, arch), fresh)  # the next process loads it (no second compile)
         _loaded[ordinal] = found
         return found
 

@@ -29,6 +29,11 @@ changed):
     torch_ctc(log_probs, targets, input_lengths, target_lengths, weights=None, *, blank=0,
               from_logits=False, mean=False, max_target_length=None) -> (costs, grad)
         Both in one call (weights None: 1 for every sequence).
+    forward_call(...) -> (costs, call); backward_call(call, weights, *, mean=False) -> grad
+        torch_forward / torch_backward keeping the forward's checked operands, plan and
+        workspace (call.ws) for the backward (what fastctc.torch's autograd uses: the
+        backward then costs one argument packing and one launch); call.arrays() /
+        call.release() let the caller own the arrays the call reads.
 
     run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logits,
                want_grad, grad_weights=None, want_alpha=False, max_target_length=None,
@@ -51,6 +56,8 @@ longest target is not known without a synchronisation, so it is bounded by
 min(total labels, T) unless max_target_length is given.
 """
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 
@@ -163,24 +170,35 @@ _SPECS = {}
 
 def pack_args(values: dict, spec=TRELLIS_ARGS):
     """Kernel arguments as numpy scalars (pointers as Python ints), in the kernel's order.
-    Scalars of one kind are made by one array conversion (this runs on every call, and
-    the host cost per call is what a tiny batch pays)."""
+    Scalars of one kind are made by one array conversion, their values fetched by one
+    itemgetter (this runs on every call, and the host cost per call is what a tiny batch
+    pays)."""
     groups = _SPECS.get(id(spec))
     if groups is None:
-        groups = _SPECS[id(spec)] = [
-            (kind, [i for i, (_, k) in enumerate(spec) if k == kind], [n for n, k in spec if k == kind])
-            for kind in ("p", "i", "q", "d")]
+        groups = []
+        for kind in ("p", "i", "q", "d"):
+            idx = tuple(i for i, (_, k) in enumerate(spec) if k == kind)
+            names = [n for n, k in spec if k == kind]
+            if not names:
+                continue
+            get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, n=names[0]: (d[n],))
+            groups.append((idx, get, _DTYPES.get(kind)))
+        _SPECS[id(spec)] = groups
     out = [None] * len(spec)
-    for kind, idx, names in groups:
-        vals = [values[n] for n in names]
-        if kind != "p":
-            vals = list(np.array(vals, dtype=_DTYPES[kind]))
+    for idx, get, dtype in groups:
+        vals = get(values)
+        if dtype is not None:
+            vals = np.array(vals, dtype=dtype)  # iterating it yields numpy scalars of that type
         for i, v in zip(idx, vals):
             out[i] = v
     return out
 
 
 _SEL = (TRELLIS_ARGS.index(("sel_lo", "i")), TRELLIS_ARGS.index(("sel_hi", "i")))
+# the arguments a backward changes after its forward (weights, outputs): a gradient launch
+# after a forward launch of the same call repacks these only
+_GRAD_FIELDS = tuple((i, n, k) for i, (n, k) in enumerate(TRELLIS_ARGS)
+                     if n in ("w", "w_kind", "w_st", "w_mul", "mean", "costs", "grad", "log_alpha"))
 
 
 # ------------------------------------------------------------------ arrays
@@ -215,6 +233,10 @@ class _Torch:
         self.ordinal = device.index if device.index is not None else torch.cuda.current_device()
         # the current stream *of that device*: no change of the current device
         self.stream = torch.cuda.current_stream(device).cuda_stream
+
+    def refresh_stream(self):
+        if self.device.type == "cuda":
+            self.stream = self.torch.cuda.current_stream(self.device).cuda_stream
 
     def dtype_name(self, x):
         return _TORCH_NAMES.get(str(x.dtype), str(x.dtype))
@@ -252,8 +274,11 @@ class _CuPy:
         self.cp = cupy
         self.device = device_id
         self.ordinal = device_id
-        with cupy.cuda.Device(device_id):  # restores the caller's current device on exit
-            self.stream = cupy.cuda.get_current_stream().ptr
+        self.refresh_stream()
+
+    def refresh_stream(self):
+        with self.cp.cuda.Device(self.device):  # restores the caller's current device on exit
+            self.stream = self.cp.cuda.get_current_stream().ptr
 
     @staticmethod
     def dtype_name(x):
@@ -421,6 +446,20 @@ class _Call:
         self.from_logits = bool(from_logits)
         self._keep = []
         self._args = None
+        self._fwd_args = None
+
+    def arrays(self):
+        """The arrays this call's launches read: activations (as launched), targets,
+        lengths, workspace.  A caller that keeps the call after its forward keeps these
+        alive itself (autograd: as saved tensors) and drops the call's own references with
+        release(), so that they are freed with the caller's, not with the call."""
+        return self.x, self.tg, self.il, self.tl, self.ws
+
+    def release(self):
+        """Drops the call's references to its arrays (see arrays()): it keeps their
+        addresses only, valid while the caller keeps the arrays."""
+        self.x = self.tg = self.il = self.tl = self.ws = None
+        self._keep = []
 
     def set_weights(self, grad_weights, mean):
         be, N = self.be, self.N
@@ -466,7 +505,7 @@ class _Call:
             rows = self.T * self.N
             v["lse"] = v["ws_lse"]
             todo.append(("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS)))
-        args = self._args = pack_args(v)
+        args = self._args = self._fwd_args = pack_args(v)
         for tag, grid, block, shm, lo, hi in self.plan["launches"]:
             a = list(args)
             a[_SEL[0]], a[_SEL[1]] = np.int32(lo), np.int32(hi)
@@ -480,8 +519,16 @@ class _Call:
             return
         rows = self.T * self.N
         with _DeviceGuard(self.be.ordinal):
-            # the forward's arguments when this call made them (sel_lo / sel_hi unused here)
-            args = self._args if self._args is not None else pack_args(self.values)
+            # the forward's arguments when this call made them (sel_lo / sel_hi unused here),
+            # with the weights and outputs of this launch when they changed since
+            args = self._args
+            if args is None and self._fwd_args is not None:
+                args = list(self._fwd_args)
+                v = self.values
+                for i, name, kind in _GRAD_FIELDS:
+                    args[i] = v[name] if kind == "p" else _DTYPES[kind](v[name])
+            elif args is None:
+                args = pack_args(self.values)
             self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0, args)
 
 
@@ -554,12 +601,43 @@ def run_device(acts, targets, input_lengths, target_lengths, *, blank, from_logi
 def torch_forward(log_probs, targets, input_lengths, target_lengths, *, blank=0, from_logits=False,
                   want_grad=True, max_target_length=None):
     """(costs, workspace) without a host synchronisation; see the module docstring."""
+    costs, call = forward_call(log_probs, targets, input_lengths, target_lengths, blank=blank,
+                               from_logits=from_logits, want_grad=want_grad, max_target_length=max_target_length)
+    return costs, call.ws
+
+
+def forward_call(log_probs, targets, input_lengths, target_lengths, *, blank=0, from_logits=False,
+                 want_grad=True, max_target_length=None):
+    """torch_forward's work, returning (costs, call): the checked operands, plan and
+    workspace (call.ws) of this call, which backward_call turns into the gradient without
+    checking and planning the same operands again.  The call holds its arrays (so they stay
+    allocated) until call.release(); fastctc.torch's autograd saves call.arrays() as saved
+    tensors instead, so they are freed after the backward as any saved tensor is."""
     call = _Call(log_probs, targets, input_lengths, target_lengths, blank=blank, from_logits=from_logits,
                  want_grad=want_grad, max_target_length=max_target_length)
     costs = call.be.empty((call.N,), call.acc)
     call.values["costs"] = call.be.ptr(costs)
     call.launch_forward()
-    return costs, call.ws
+    call.values["costs"] = 0  # the forward's output is the caller's: a later launch must not touch it
+    call.want_grad = bool(want_grad)
+    return costs, call
+
+
+def backward_call(call, weights, *, mean=False):
+    """torch_backward for a call forward_call made with want_grad=True: grad (T, N, C) in
+    the input's dtype, on the current stream of the inputs' device (read again: a backward
+    may run on another stream than its forward), without a host synchronisation."""
+    if not getattr(call, "want_grad", False):
+        raise CTCValueError("backward_call needs a forward_call made with want_grad=True (its workspace holds "
+                            "the forward and backward variables)")
+    be = call.be
+    be.refresh_stream()
+    grad = be.empty((call.T, call.N, call.C), call.kind)
+    call.values["grad"] = be.ptr(grad)
+    call.set_weights(weights, mean)
+    call.launch_grad()
+    call.values["grad"] = 0
+    return grad
 
 
 def torch_backward(log_probs, targets, input_lengths, target_lengths, workspace, weights, *, blank=0,

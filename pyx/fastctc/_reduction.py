@@ -23,6 +23,9 @@ batches (tests/test_reduction.py holds them to it).
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import numpy as np
 
 __all__ = ["reduce_losses", "loss_weights", "zero_infinite", "namespace"]
@@ -33,9 +36,9 @@ def namespace(x):
     if isinstance(x, np.ndarray):
         return np
     mod = type(x).__module__.split(".")[0]
-    if mod == "torch":
-        import torch
-        return torch
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if mod == "torch" or (torch is not None and isinstance(x, torch.Tensor)):  # subclasses too
+        return torch if torch is not None else __import__("torch")
     if mod == "cupy":
         import cupy
         return cupy
@@ -43,6 +46,15 @@ def namespace(x):
         import jax.numpy as jnp
         return jnp
     return np
+
+
+def _on_device_of(xp, x):
+    """A context in which CuPy works on x's device (CuPy allocates and launches on the
+    current device, with that device's current stream; the caller's current device is
+    restored on exit); nothing for other kinds, whose operations follow their operands."""
+    if xp is not np and xp.__name__ == "cupy":
+        return xp.cuda.Device(x.device.id)
+    return contextlib.nullcontext()
 
 
 def _astype(xp, x, dtype):
@@ -61,7 +73,8 @@ def zero_infinite(costs):
         out = costs.copy()
         out[np.isposinf(out)] = 0
         return out
-    return xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
+    with _on_device_of(xp, costs):
+        return xp.where(xp.isinf(costs) & (costs > 0), xp.zeros_like(costs), costs)
 
 
 def _lengths_like(xp, like, label_lengths):
@@ -97,10 +110,11 @@ def loss_weights(label_lengths, reduction: str, like=None):
     1 / (max(target_length, 1) * N) for 'mean'.  like: an array whose kind and device the
     result takes (default: a NumPy array)."""
     xp = np if like is None else namespace(like)
-    tl = _lengths_like(xp, like, label_lengths)
-    if reduction != "mean":
-        return xp.ones_like(tl)
-    return 1.0 / (xp.maximum(tl, xp.ones_like(tl)) * tl.shape[0])
+    with _on_device_of(xp, like):
+        tl = _lengths_like(xp, like, label_lengths)
+        if reduction != "mean":
+            return xp.ones_like(tl)
+        return 1.0 / (xp.maximum(tl, xp.ones_like(tl)) * tl.shape[0])
 
 
 def reduce_losses(costs, label_lengths, reduction: str, zero_infinity: bool):
@@ -108,14 +122,15 @@ def reduce_losses(costs, label_lengths, reduction: str, zero_infinity: bool):
     costs for 'none', else a 0-d array of costs' kind, dtype and device (see the module
     docstring).  label_lengths: (N,) integers of any kind (read only for 'mean')."""
     xp = namespace(costs)
-    if zero_infinity:
-        costs = zero_infinite(costs)
-    if reduction == "none":
-        return costs
-    if reduction == "sum":
-        total = costs.sum(dtype=xp.float64)
-    else:
-        total = (costs * loss_weights(label_lengths, "mean", like=costs)).sum(dtype=xp.float64)
-        if costs.shape[0] == 0:
-            total = total + float("nan")  # the mean of no losses
-    return _astype(xp, total, costs.dtype)
+    with _on_device_of(xp, costs):
+        if zero_infinity:
+            costs = zero_infinite(costs)
+        if reduction == "none":
+            return costs
+        if reduction == "sum":
+            total = costs.sum(dtype=xp.float64)
+        else:
+            total = (costs * loss_weights(label_lengths, "mean", like=costs)).sum(dtype=xp.float64)
+            if costs.shape[0] == 0:
+                total = total + float("nan")  # the mean of no losses
+        return _astype(xp, total, costs.dtype)

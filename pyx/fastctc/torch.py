@@ -36,8 +36,15 @@ RuntimeError, the class torch.nn.functional.ctc_loss raises for bad lengths, sha
 dtypes), so `except RuntimeError` keeps working.  Empty
 log_probs (T, N or C zero) raise as PyTorch 2.13 does.
 
-CUDA tensors go to fastctc._cuda.run_device when the GPU path is available (see
-_cuda_costs); otherwise a RuntimeError says why it is not.
+CUDA tensors go to the GPU path's sync-free entry points (fastctc._cuda_launch's
+torch_forward / torch_backward, as forward_call / backward_call) when it is available,
+otherwise a RuntimeError says why it is not.  On CUDA nothing waits for the device:
+targets and lengths may live on the device (their values are then checked there: an
+out-of-range value makes that sequence's loss NaN) or on the host (checked as on the CPU,
+uploaded without blocking); reduction 'mean' and zero_infinity are computed on the device;
+every kernel runs on the current stream; with targets and lengths on the device a forward +
+backward can be captured in a CUDA graph.  The eager gradient is computed in the backward,
+already scaled by the upstream gradient (docs/gpu.md, "fastctc.torch on CUDA tensors").
 """
 from __future__ import annotations
 
@@ -182,39 +189,250 @@ def _host_acts(log_probs):
     return acts.float() if acts.dtype in _HALF else acts
 
 
-def _cuda_costs(log_probs, batch, blank, from_logits, want_grad):
-    """(costs (N,), grad like log_probs or None) on log_probs' CUDA device.  The one place
-    that calls the GPU path, so that path's entry point can change without touching the rest."""
-    ok, reason = gpu_status()
-    if not ok:
-        raise CTCRuntimeError(f"log_probs is on {log_probs.device}, but fastctc's GPU path is unavailable: "
-                              f"{reason}. Move the inputs to the CPU (.cpu()) to use the CPU engine.")
-    from . import _cuda
-    device = log_probs.device
-    N = batch.label_lengths.shape[0]
-    S = int(batch.label_lengths.max()) if N else 0
-    padded = np.zeros((N, S), dtype=np.int32)
-    if S:
-        mask = np.arange(S)[None, :] < batch.label_lengths[:, None]
-        padded[mask] = batch.labels
+# ---------------------------------------------------------------------------------------
+# CUDA route: fastctc._cuda_launch's sync-free entry points (torch_forward / torch_backward,
+# as forward_call / backward_call).
+#
+# Nothing here reads a CUDA tensor's values on the host: targets and lengths that live on
+# the device are checked for dtype, shape and device only (a bad value makes that
+# sequence's cost NaN, on the device); targets and lengths held on the host are checked
+# as on the CPU route (the same errors) and uploaded in one pinned, non-blocking copy.
+# Every launch goes to the current stream of log_probs' device, so the route can be
+# captured in a CUDA graph when targets and lengths are CUDA tensors.
+#
+# Eager autograd (_CudaCTCFunction): the forward keeps the trellis (alpha and beta rows,
+# 2 L + 1 states a frame) in a workspace (with the launcher's checked call, so that the
+# backward is one argument packing and one launch) and the backward's one bandwidth-bound kernel
+# writes the final gradient, already scaled by the upstream gradient and, for 'mean', by
+# 1 / (max(target_length, 1) N) on the device.  Lazier than a gradient made in the forward:
+# no (T, N, C) buffer held between forward and backward (the workspace is T N (2 L + 1)
+# accumulators, C / (2 L) times smaller on large alphabets), no second pass multiplying it
+# by the upstream gradient, and no gradient at all when backward never runs.
+# The registered op (torch.compile) keeps its functional contract (losses and the gradient
+# of their sum, computed in the forward; its backward op scales it): a custom op's outputs
+# must be described by its fake kernel from shapes alone, and the workspace's size depends
+# on the longest target, a value held on the host.
+
+_GPU_CHECKED = [None]  # the fastctc._cuda module whose status() said the GPU path works
+
+
+def _launcher():
+    """fastctc._cuda_launch, after making sure the GPU path is available (asked once per
+    process: the status query costs driver calls), else a RuntimeError saying why."""
+    import sys
+    mod = sys.modules.get("fastctc._cuda")
+    if mod is None or mod is not _GPU_CHECKED[0]:
+        ok, reason = gpu_status()
+        if not ok:
+            raise CTCRuntimeError(f"log_probs is on a CUDA device, but fastctc's GPU path is unavailable: {reason}. "
+                                  "Move the inputs to the CPU (.cpu()) to use the CPU engine.")
+        _GPU_CHECKED[0] = sys.modules.get("fastctc._cuda")
+    from . import _cuda_launch
+    return _cuda_launch
+
+
+def _on_device(x):
+    """Whether x is a CUDA tensor (its values are then never read on the host)."""
+    return isinstance(x, torch.Tensor) and x.is_cuda
+
+
+def _upload(arr, device):
+    """Host integers (int64 ndarray) to the device without blocking the host: copied into
+    pinned memory, then an asynchronous copy on the current stream (the caching host
+    allocator does not reuse the pinned block before that copy has run)."""
+    return torch.from_numpy(arr).pin_memory().to(device, non_blocking=True)
+
+
+def _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, from_logits):
+    """The launcher's operands for a CUDA log_probs, checked without reading a device value:
+    (acts (T, N, C) view, targets, input_lengths (N,), target_lengths (N,), blank,
+    max_target_length or None, unbatched).  Host-held targets and lengths: checked by the CPU
+    route's validator (same errors) and uploaded together, int64, in one copy; CUDA-held
+    ones: dtype, shape and device checked here, values on the device."""
+    acts_name = "logits" if from_logits else "log_probs"
+    ops = (targets, input_lengths, target_lengths)
+    on = tuple(_on_device(x) for x in ops)
+    try:
+        _check_acts(log_probs, acts_name)
+        if log_probs.dim() not in (2, 3):
+            raise CTCValueError(f"{acts_name} must have rank 2 or 3, shape (T, N, C) or unbatched (T, C); "
+                                f"got shape {tuple(log_probs.shape)}")
+        device = log_probs.device
+        for x, name, dev in zip(ops, ("targets", "input_lengths", "target_lengths"), on):
+            if dev and x.device != device:
+                raise CTCValueError(f"{name} is on {x.device} but {acts_name} is on {device}: pass it on "
+                                    f"{device} or on the host")
+            if dev and x.dtype not in (torch.int32, torch.int64):
+                raise CTCTypeError(f"{name} on the device must have dtype torch.int32 or torch.int64, got {x.dtype}")
+    except (CTCValueError, CTCTypeError) as exc:
+        raise as_runtime_error(exc) from None
+    unbatched = log_probs.dim() == 2
     acts = log_probs.detach()
-    if acts.dim() == 2:
+    if unbatched:
         acts = acts.unsqueeze(1)
-    costs, grad, _ = _cuda.run_device(
-        acts, torch.from_numpy(padded).to(device), torch.from_numpy(batch.input_lengths).to(device),
-        torch.from_numpy(batch.label_lengths).to(device), blank=blank, from_logits=from_logits,
-        want_grad=want_grad, grad_weights=None, want_alpha=False)
-    if grad is not None and log_probs.dim() == 2:
-        grad = grad[:, 0, :]
-    return costs, grad
+    N = acts.shape[1]
+    if all(on):  # nothing held on the host: shapes only, no validator pass over stand-ins
+        from ._validate import check_index
+        try:
+            return (acts, *_device_shapes(acts, targets, input_lengths, target_lengths, unbatched, acts_name),
+                    check_index(blank, "blank", acts.shape[2]), None, unbatched)
+        except (CTCValueError, CTCTypeError) as exc:
+            raise as_runtime_error(exc) from None
+    if not any(on):
+        probe = _shape_probe(log_probs)  # shape and dtype only: the values stay on the device
+        batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits, acts=probe)
+        total = batch.labels.shape[0]
+        buf = _upload(np.concatenate([batch.labels, batch.input_lengths, batch.label_lengths]).astype(np.int64),
+                      device)
+        lmax = int(batch.label_lengths.max()) if N else 0
+        return acts, buf[:total], buf[total:total + N], buf[total + N:], blank, lmax, unbatched
+    # Some operands on the device: the validator checks the host-held ones, seeing zeros in
+    # place of the device-held ones (the validator's own shape rules apply to those; for
+    # concatenated targets with device lengths, lengths summing to their count, so that
+    # every host-held label is range-checked).
+    zeros = lambda shape: np.broadcast_to(np.zeros((), np.int64), tuple(shape))  # noqa: E731
+    tg_h = zeros(targets.shape) if on[0] else _cpu_ints(targets, "targets")
+    il_h = zeros(input_lengths.shape) if on[1] else input_lengths
+    if on[2]:
+        tl_h = np.zeros(tuple(target_lengths.shape), np.int64)
+        if np.ndim(tg_h) == 1 and tl_h.size:
+            tl_h.reshape(-1)[0] = np.shape(tg_h)[0]
+    else:
+        tl_h = target_lengths
+    batch, blank = _validate(log_probs, tg_h, il_h, tl_h, blank, from_logits, acts=_shape_probe(log_probs))
+    host, shapes = [], []
+    if not on[0]:
+        host.append(np.asarray(tg_h, dtype=np.int64).reshape(-1))
+        shapes.append(np.shape(tg_h))
+    if not on[1]:
+        host.append(batch.input_lengths.astype(np.int64))
+        shapes.append((N,))
+    if not on[2]:
+        host.append(batch.label_lengths.astype(np.int64))
+        shapes.append((N,))
+    parts = []
+    if host:
+        buf, pos = _upload(np.concatenate(host), device), 0
+        for a, shape in zip(host, shapes):
+            parts.append(buf[pos:pos + a.shape[0]].view(shape))
+            pos += a.shape[0]
+    parts.reverse()
+    tg = targets if on[0] else parts.pop()
+    il = input_lengths.reshape(N) if on[1] else parts.pop()
+    tl = target_lengths.reshape(N) if on[2] else parts.pop()
+    lmax = None if on[2] else (int(batch.label_lengths.max()) if N else 0)
+    return acts, tg, il, tl, blank, lmax, unbatched
 
 
-_run_device = _cuda_costs  # the name the dispatch-contract test and older callers use
+def _device_shapes(acts, targets, input_lengths, target_lengths, unbatched, acts_name):
+    """(targets, input_lengths (N,), target_lengths (N,)) for device-held operands, their
+    shapes checked by the validator's own rules (zero stand-ins of the same shapes for the
+    lengths, which it reads by element count)."""
+    from ._validate import INT32_MAX, check_batch_size, check_lengths, check_rank
+    T, N, C = acts.shape
+    for dim_name, dim in (("T", T), ("N", N), ("C", C)):
+        if dim > INT32_MAX:
+            raise CTCValueError(f"{acts_name} dimension {dim_name} = {dim} exceeds {INT32_MAX}")
+    if targets.dim() == 2:
+        check_batch_size(tuple(targets.shape), "targets", N, "(N, S)")
+    elif targets.dim() != 1:
+        check_rank(tuple(targets.shape), "targets", (2, 1), "(N, S) padded or (sum(target_lengths),) concatenated")
+    for x, name in ((input_lengths, "input_lengths"), (target_lengths, "target_lengths")):
+        check_lengths(np.broadcast_to(np.zeros((), np.int64), tuple(x.shape)), name, N, unbatched)
+    return targets, input_lengths.reshape(N), target_lengths.reshape(N)
+
+
+def _launched(fn, *args, **kwargs):
+    """A launcher entry point, its input errors raised as the torch door's RuntimeError classes."""
+    try:
+        return fn(*args, **kwargs)
+    except (CTCValueError, CTCTypeError) as exc:
+        if isinstance(exc, RuntimeError):
+            raise
+        raise as_runtime_error(exc) from None
+
+
+def _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
+    """(costs (N,) on the device, the launcher's call (its operands, plan and workspace: what
+    the backward needs), operands): the trellis queued, nothing read back.  The launcher's
+    forward_call / backward_call are torch_forward / torch_backward keeping the call, so a
+    backward does not check and plan the same operands again."""
+    L = _launcher()
+    ops = _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, from_logits)
+    acts, tg, il, tl, blank, lmax, _ = ops
+    costs, call = _launched(L.forward_call, acts, tg, il, tl, blank=blank, from_logits=from_logits,
+                            want_grad=want_grad, max_target_length=lmax)
+    return costs, call, ops
+
+
+def _cuda_grad(call, weights, mean, unbatched):
+    """The gradient (like log_probs) from the forward's call: weights[n] (or one weight for
+    all; None: 1) times d cost_n / d acts, further divided by max(target_length_n, 1) N on
+    the device when mean."""
+    grad = _launched(_launcher().backward_call, call, weights, mean=mean)
+    return grad[:, 0] if unbatched else grad
+
+
+def _cuda_loss(costs, ops, reduction, zero_infinity):
+    loss = _reduce(costs, ops[3], reduction, zero_infinity)
+    return loss.reshape(()) if ops[6] and reduction == "none" else loss
+
+
+class _CudaCTCFunction(torch.autograd.Function):
+    """Eager autograd on CUDA: forward = trellis + reduction on the device (workspace kept),
+    backward = one gradient kernel weighted by the upstream gradient (see the note above).
+    args: (targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+    from_logits), one tuple so that autograd does not inspect each of them per call."""
+
+    @staticmethod
+    def forward(ctx, log_probs, args):
+        targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits = args
+        costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, True)
+        # the arrays the call reads (activations, targets, lengths, workspace) become saved
+        # tensors: freed after the backward like any (a graph kept alive by a loss tensor
+        # does not hold the workspace), and autograd refuses a backward after an in-place
+        # change of one of them; the call itself keeps their addresses only
+        ctx.save_for_backward(log_probs, *call.arrays())
+        call.release()
+        ctx.call, ctx.mean, ctx.unbatched = call, reduction == "mean", ops[6]
+        return _cuda_loss(costs, ops, reduction, zero_infinity)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        log_probs = ctx.saved_tensors[0]
+        # grad_out: (N,) for 'none', () otherwise: the kernel reads it with its stride, on the device
+        grad = _cuda_grad(ctx.call, grad_out, ctx.mean, ctx.unbatched)
+        if torch.is_grad_enabled():  # create_graph=True: mark the result as not differentiable again
+            grad = _NoSecondDerivative.apply(grad, log_probs)
+        return grad, None
+
+
+def _cuda_ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits):
+    """ctc_loss for a CUDA log_probs (eager): sync-free, graph-capturable with device targets."""
+    if log_probs.requires_grad and torch.is_grad_enabled():
+        return _CudaCTCFunction.apply(log_probs, (targets, input_lengths, target_lengths, blank, reduction,
+                                                  zero_infinity, from_logits))
+    costs, _, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, False)
+    return _cuda_loss(costs, ops, reduction, zero_infinity)
+
+
+def _cuda_forward(log_probs, args, want_grad):
+    """_forward's contract on CUDA: (loss, gradient rows weighted by the reduction or None)."""
+    targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, _ = args
+    costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
+    grad = _cuda_grad(call, None, reduction == "mean", ops[6]) if want_grad else None
+    return _cuda_loss(costs, ops, reduction, zero_infinity), grad
+
+
+def _cuda_op(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
+    """fastctc::ctc_loss's CUDA kernel: (costs (N,), gradient of their sum or an empty tensor)."""
+    costs, call, ops = _cuda_costs(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
+    return costs, (_cuda_grad(call, None, False, ops[6]) if want_grad else acts.new_empty(0))
 
 
 def _costs_and_grad(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad,
                     num_threads, weights_for=None):
-    """The engine on either device: (costs tensor (N,), grad tensor like log_probs or None,
+    """The CPU engine (CUDA tensors take _cuda_costs): (costs tensor (N,), grad tensor like log_probs or None,
     label_lengths ndarray, unbatched).  weights_for: a reduction whose per-sequence weights
     the CPU engine folds into the gradient rows (saves a multiplication in backward)."""
     acts_name = "logits" if from_logits else "log_probs"
@@ -222,13 +440,6 @@ def _costs_and_grad(log_probs, targets, input_lengths, target_lengths, blank, fr
         _check_acts(log_probs, acts_name)
     except CTCTypeError as exc:
         raise as_runtime_error(exc) from None
-    if log_probs.device.type != "cpu":
-        batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits)
-        costs, grad = _cuda_costs(log_probs, batch, blank, from_logits, want_grad)
-        if grad is not None and weights_for is not None:
-            w = torch.from_numpy(_fast.grad_weights(batch.label_lengths, weights_for)).to(grad.device, grad.dtype)
-            grad = grad * (w.reshape(1, -1, 1) if grad.dim() == 3 else w.reshape(1, 1))
-        return costs, grad, batch.label_lengths, batch.unbatched
     acts_t = _host_acts(log_probs)
     batch, blank = _validate(log_probs, targets, input_lengths, target_lengths, blank, from_logits,
                              acts=acts_t.numpy())
@@ -286,19 +497,13 @@ def _forward(log_probs, args, want_grad):
 
 
 def _forward_general(log_probs, args, want_grad):
+    if _on_device(log_probs):
+        return _cuda_forward(log_probs, args, want_grad)
     targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads = args
     costs, grad, label_lengths, unbatched = _costs_and_grad(
         log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad, num_threads,
         weights_for=reduction if want_grad else None)
-    if log_probs.device.type == "cpu":
-        loss = torch.from_numpy(_fast.reduce(costs.numpy(), label_lengths, reduction, zero_infinity))
-    else:
-        loss = _reduce(costs, torch.from_numpy(label_lengths).to(costs.device), reduction, zero_infinity)
-        if zero_infinity and grad is not None:
-            # keeps any GPU backend honest about zero_infinity's "and its gradient" promise
-            bad = torch.isposinf(costs)
-            grad = torch.where(bad.reshape(1, -1, 1) if grad.dim() == 3 else bad.reshape(1, 1),
-                               torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+    loss = torch.from_numpy(_fast.reduce(costs.numpy(), label_lengths, reduction, zero_infinity))
     if unbatched and reduction == "none":
         loss = loss.reshape(())
     return loss, grad
@@ -346,6 +551,8 @@ def _ctc_op(acts: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tens
     """Per-sequence CTC losses (N,) (float32 for half inputs) and, when want_grad, the
     gradient of their sum with respect to acts (acts' shape and dtype); else an empty
     tensor.  acts: (T, N, C) or unbatched (T, C) log-probabilities (logits if from_logits)."""
+    if acts.is_cuda:
+        return _cuda_op(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
     costs, grad, _, _ = _costs_and_grad(acts, targets, input_lengths, target_lengths, blank, from_logits,
                                         want_grad, num_threads if num_threads > 0 else None)
     if grad is None:
@@ -409,9 +616,11 @@ for _device in ("cpu", "cuda"):
 
 
 def _index_tensor(x, device):
+    """Targets / lengths as a tensor for the op; host values stay on the host for a CUDA
+    log_probs (the op checks them there and uploads them without blocking)."""
     if isinstance(x, torch.Tensor):
         return x
-    return torch.as_tensor(x, device=device)
+    return torch.as_tensor(x, device=device if device.type == "cpu" else "cpu")
 
 
 def _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
@@ -427,6 +636,8 @@ def _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduc
     target_lengths = _index_tensor(target_lengths, device)
     costs, _ = torch.ops.fastctc.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank,
                                           from_logits, want_grad, num_threads or 0)
+    if reduction == "mean" and costs.device != target_lengths.device:  # no blocking upload for the divisor
+        target_lengths = target_lengths.to(costs.device, non_blocking=True)
     loss = _reduce(costs, target_lengths, reduction, zero_infinity)
     if log_probs.dim() == 2 and reduction == "none":
         loss = loss.reshape(())
@@ -515,6 +726,9 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
                                          and not isinstance(log_probs, torch.nn.Parameter)):
         return _ctc_loss_op(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                             zero_infinity, from_logits, num_threads)
+    if log_probs.is_cuda:  # the sync-free CUDA route (lazy gradient)
+        return _cuda_ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                              from_logits)
     args = (targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, num_threads)
     if log_probs.requires_grad and torch.is_grad_enabled():
         return _CTCLossFunction.apply(log_probs, args)

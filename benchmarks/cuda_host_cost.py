@@ -1,0 +1,89 @@
+"""Host-side cost of the GPU path's Python, measured on any machine (no GPU needed).
+
+    PYTHONPATH=$PWD/pyx python benchmarks/cuda_host_cost.py [--calls 2000] [--rounds 7]
+
+What a tiny call spends in Python before any kernel runs: fastctc.torch's CUDA route
+(forward + backward, forward only, targets/lengths on the device or the host) and the
+launcher's torch_ctc, with CPU tensors standing in for CUDA ones and the kernel launches
+stubbed out (cuda.core's own launch cost and torch's CUDA dispatch come on top on a GPU).
+Rounds alternate the variants; medians and minima per call.  The GPU fixed cost itself is
+measured by benchmarks/gpu_check.py ("fixed cost").
+"""
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyx"))
+
+
+def stub(torch):
+    """fastctc.torch's CUDA route and fastctc._cuda_launch on CPU tensors, launches counted, not run."""
+    import fastctc.torch as fct
+    from fastctc import _cuda_launch as L
+
+    class CpuTorch(L._Torch):
+        def __init__(self):
+            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
+
+    launches = []
+    L._backend_for = lambda acts: (CpuTorch(), acts, lambda r: r)
+    L.is_cuda_array = lambda x: isinstance(x, torch.Tensor)
+    L._Call._launch = lambda self, name, *a: launches.append(name)
+    L._DeviceGuard = lambda ordinal: contextlib.nullcontext()
+    fct._launcher = lambda: L
+    fct._on_device = lambda x: isinstance(x, torch.Tensor) and not getattr(x, "_host", False)
+    fct._upload = lambda arr, device: torch.from_numpy(arr)
+    return fct, L, launches
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    import torch
+    fct, L, launches = stub(torch)
+    x = torch.randn(8, 1, 5)
+    tg, il, tl = torch.tensor([[1, 2]]), torch.tensor([8]), torch.tensor([2])
+    host = [t.clone() for t in (tg, il, tl)]
+    for t in host:
+        t._host = True  # held on the host: validated and uploaded by the route
+    xl = x.clone().requires_grad_()
+
+    def fwd_bwd(ints):
+        def f():
+            xl.grad = None
+            fct._cuda_ctc_loss(xl, *ints, 0, "mean", False, True).backward()
+        return f
+
+    variants = {
+        "fastctc.torch forward+backward, device targets/lengths": fwd_bwd((tg, il, tl)),
+        "fastctc.torch forward+backward, host targets/lengths": fwd_bwd(host),
+        "fastctc.torch forward only (no autograd)": lambda: fct._cuda_ctc_loss(x, tg, il, tl, 0, "mean", False, True),
+        "_cuda_launch.torch_ctc (loss + gradient)": lambda: L.torch_ctc(x, tg, il, tl, from_logits=True),
+    }
+    times = {k: [] for k in variants}
+    for f in variants.values():
+        for _ in range(100):
+            f()
+    for _ in range(args.rounds):
+        for name, f in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(args.calls):
+                f()
+            times[name].append((time.perf_counter() - t0) / args.calls * 1e6)
+    launches.clear()
+    variants["fastctc.torch forward+backward, device targets/lengths"]()
+    print(f"host cost per call, launches stubbed (torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"{args.rounds} rounds of {args.calls} calls)")
+    for name, ts in times.items():
+        print(f"  {name}: median {np.median(ts):.1f} us, min {min(ts):.1f} us")
+    print("  launches of one fastctc.torch forward+backward:", ", ".join(launches))
+
+
+if __name__ == "__main__":
+    main()
