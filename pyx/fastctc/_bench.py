@@ -210,6 +210,12 @@ def bound_ms(shape, bandwidth_gbs, itemsize=4):
     return 2 * T * N * C * itemsize / (bandwidth_gbs * 1e9) * 1e3
 
 
+def _ms(x):
+    """A time in ms for the table: two decimals, or three significant digits below 0.1 ms
+    (tiny problems take microseconds: '0.00' would read as nothing measured)."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.3g}"
+
+
 def markdown(rows, bandwidth_gbs):
     head = ["shape (T,N,C,S)", "threads", "case", "fastctc ms", "torch ms", "speed-up vs torch",
             "optax ms", "speed-up vs optax", "copy-bound ms"]
@@ -221,10 +227,10 @@ def markdown(rows, bandwidth_gbs):
         bound = (bound_ms(r["shape"], bandwidth_gbs)
                  if r["shape"] in MEMORY_BOUND and r["case"].startswith("loss+grad (logits") else None)
         out.append("| " + " | ".join([
-            f"{r['shape']} ({r['T,N,C,S']})", str(r["threads"]), r["case"], f"{f:.2f}",
-            f"{t:.2f}" if t else "-", f"{r['torch_speedup']:.1f}x" if t else "-",
-            f"{o:.2f}" if o else "-", f"{r['optax_speedup']:.1f}x" if o else "-",
-            f"{bound:.2f} ({f / bound:.1f}x)" if bound else "-"]) + " |")
+            f"{r['shape']} ({r['T,N,C,S']})", str(r["threads"]), r["case"], _ms(f),
+            _ms(t) if t else "-", f"{r['torch_speedup']:.1f}x" if t else "-",
+            _ms(o) if o else "-", f"{r['optax_speedup']:.1f}x" if o else "-",
+            f"{_ms(bound)} ({f / bound:.1f}x)" if bound else "-"]) + " |")
     return "\n".join(out)
 
 
