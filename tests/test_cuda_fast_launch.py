@@ -295,6 +295,7 @@ def test_launch_errors_name_the_kernel_and_the_argument():
 def test_module_touches_no_driver_until_used():
     """Importing fastctc._cuda_fast installs no driver function (it would need libcuda):
     without set_driver_launch a launch says so instead of crashing."""
+    import os
     import subprocess
     import sys
     code = ("from fastctc import _cuda_fast as F\n"
@@ -306,8 +307,9 @@ def test_module_touches_no_driver_until_used():
             "else:\n"
             "    raise SystemExit('launched without a driver')\n"
             "print('ok')\n")
+    pyx = os.path.dirname(os.path.dirname(F.__file__))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=dict(__import__("os").environ, PYTHONPATH=__import__("os").path.dirname(F.__file__) + "/.."))
+                         env=dict(os.environ, PYTHONPATH=pyx))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
