@@ -8,6 +8,11 @@ launcher's torch_ctc, with CPU tensors standing in for CUDA ones and the kernel 
 stubbed out (cuda.core's own launch cost and torch's CUDA dispatch come on top on a GPU).
 Rounds alternate the variants; medians and minima per call.  The GPU fixed cost itself is
 measured by benchmarks/gpu_check.py ("fixed cost").
+
+Rows marked "C launch" run the opt-in compiled launcher (FASTCTC_CUDA_LAUNCH=c,
+fastctc._cuda_fast) with its C recorder standing in for cuLaunchKernel: they include that
+route's whole argument packing, while the default rows stop before cuda.core's launch()
+(whose own cost, which the C route also removes, only a GPU measures).
 """
 import argparse
 import contextlib
@@ -18,6 +23,22 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyx"))
+
+
+def L_names():
+    from fastctc import _cuda_build
+    return _cuda_build.kernel_names()
+
+
+def c_route(f, L):
+    """f run through the C launcher (the launch mode flipped for this call only)."""
+    def g():
+        L.LAUNCH_MODE = "c"
+        try:
+            f()
+        finally:
+            L.LAUNCH_MODE = "python"
+    return g
 
 
 def stub(torch):
@@ -34,6 +55,9 @@ def stub(torch):
     L.is_cuda_array = lambda x: isinstance(x, torch.Tensor)
     L._Call._launch = lambda self, name, *a: launches.append(name)
     L._DeviceGuard = lambda ordinal: contextlib.nullcontext()
+    L._kernel_handles = lambda ordinal, h={n: 0x1000 + i for i, n in enumerate(L_names())}: h
+    from fastctc import _cuda_fast
+    _cuda_fast.recorder_enable()  # the C route's launches go to the recorder (a ring of 64)
     fct._launcher = lambda: L
     fct._on_device = lambda x: isinstance(x, torch.Tensor) and not getattr(x, "_host", False)
     fct._upload = lambda arr, device: torch.from_numpy(arr)
@@ -66,6 +90,8 @@ def main(argv=None):
         "fastctc.torch forward only (no autograd)": lambda: fct._cuda_ctc_loss(x, tg, il, tl, 0, "mean", False, True),
         "_cuda_launch.torch_ctc (loss + gradient)": lambda: L.torch_ctc(x, tg, il, tl, from_logits=True),
     }
+    for name in list(variants):
+        variants[name + ", C launch"] = c_route(variants[name], L)
     times = {k: [] for k in variants}
     for f in variants.values():
         for _ in range(100):

@@ -50,6 +50,12 @@ on the host, so torch_forward / torch_backward can be captured in a CUDA graph. 
 targets and lengths as CUDA tensors when capturing: host values are uploaded from a pinned
 buffer at capture time and a replay would reuse that buffer.
 
+Launch route: by default each launch packs its arguments as NumPy scalars and goes through
+cuda.core's launch().  FASTCTC_CUDA_LAUNCH=c (read at import; LAUNCH_MODE holds it) selects
+the experimental compiled launcher fastctc._cuda_fast instead: the arguments are packed in C
+straight from the call's values and handed to the driver's cuLaunchKernel (its address from
+cuda-bindings' cuGetProcAddress, looked up on first use).  Same kernels, same arguments.
+
 Workspace: alpha and beta rows of W >= 2 Lcap + 1 states (W a multiple of 4), with Lcap
 = min(longest target, T); for concatenated targets whose lengths live on the device the
 longest target is not known without a synchronisation, so it is bounded by
@@ -58,6 +64,8 @@ min(total labels, T) unless max_target_length is given.
 from __future__ import annotations
 
 import operator
+import os
+import warnings
 
 import numpy as np
 
@@ -192,6 +200,68 @@ def pack_args(values: dict, spec=TRELLIS_ARGS):
         for i, v in zip(idx, vals):
             out[i] = v
     return out
+
+
+# ------------------------------------------------------------------ launch route
+
+def _launch_mode_from_env():
+    raw = os.environ.get("FASTCTC_CUDA_LAUNCH", "").strip().lower()
+    if raw in ("", "python", "default"):
+        return "python"
+    if raw == "c":
+        return "c"
+    warnings.warn(f"FASTCTC_CUDA_LAUNCH={raw!r} is not one of 'c', 'python': using the default (cuda.core) launch",
+                  RuntimeWarning, stacklevel=2)
+    return "python"
+
+
+# "python": cuda.core's launch() (the default); "c": fastctc._cuda_fast (experimental).
+# Benchmarks flip it in one process to compare the two.
+LAUNCH_MODE = _launch_mode_from_env()
+
+_fast = None       # fastctc._cuda_fast once the driver's cuLaunchKernel is installed
+_specs = None      # (TRELLIS_ARGS, LSE_ARGS) as _cuda_fast.Spec
+_handles = {}      # device ordinal -> {kernel name: CUkernel address}
+
+
+def _driver_launch_address() -> int:
+    """The address of the driver's cuLaunchKernel (legacy default-stream semantics, as the
+    stream handles torch and CuPy give are), through cuda-bindings' cuGetProcAddress."""
+    from cuda.bindings import driver
+    flags = driver.CUdriverProcAddress_flags.CU_GET_PROC_ADDRESS_LEGACY_STREAM
+    err, pfn, found = driver.cuGetProcAddress(b"cuLaunchKernel", 12000, flags)
+    ok = driver.CUdriverProcAddressQueryResult.CU_GET_PROC_ADDRESS_SUCCESS
+    if int(err) != 0 or int(found) != int(ok) or not int(pfn):
+        raise RuntimeError(f"FASTCTC_CUDA_LAUNCH=c: the driver gives no cuLaunchKernel (cuGetProcAddress: {err}, "
+                           f"{found}); unset FASTCTC_CUDA_LAUNCH to use cuda.core's launch")
+    return int(pfn)
+
+
+def _c_launcher():
+    """fastctc._cuda_fast with cuLaunchKernel installed (the driver is asked on first use
+    only: importing the module touches no driver, so it imports on machines without CUDA)."""
+    global _fast, _specs
+    if _fast is not None:
+        return _fast
+    from . import _cuda_fast
+    if _specs is None:
+        _specs = (_cuda_fast.Spec(TRELLIS_ARGS), _cuda_fast.Spec(LSE_ARGS))
+    if not _cuda_fast.driver_installed() and not _cuda_fast.recording():
+        _cuda_fast.set_driver_launch(_driver_launch_address())
+    if _cuda_fast.driver_installed():  # kept once the driver is in (not while only the test recorder is)
+        _fast = _cuda_fast
+    return _cuda_fast
+
+
+def _kernel_handles(ordinal: int) -> dict:
+    """{kernel name: CUkernel address} of the device's kernels (loaded once per process;
+    cuLaunchKernel takes a CUkernel cast to CUfunction and launches it in the context of
+    the stream it is given)."""
+    found = _handles.get(ordinal)
+    if found is None:
+        from . import _cuda_build
+        found = _handles[ordinal] = {name: int(k.handle) for name, k in _cuda_build.kernels(ordinal).items()}
+    return found
 
 
 _SEL = (TRELLIS_ARGS.index(("sel_lo", "i")), TRELLIS_ARGS.index(("sel_hi", "i")))
@@ -500,6 +570,8 @@ class _Call:
         v = self.values
         if self.N == 0:
             return
+        if LAUNCH_MODE == "c":
+            return self._forward_c()
         todo = []
         if self.from_logits and self.T:
             rows = self.T * self.N
@@ -518,6 +590,8 @@ class _Call:
         if self.N == 0 or self.T == 0:
             return
         rows = self.T * self.N
+        if LAUNCH_MODE == "c":
+            return self._grad_c(rows)
         with _DeviceGuard(self.be.ordinal):
             # the forward's arguments when this call made them (sel_lo / sel_hi unused here),
             # with the weights and outputs of this launch when they changed since
@@ -530,6 +604,33 @@ class _Call:
             elif args is None:
                 args = pack_args(self.values)
             self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0, args)
+
+    # -- launches through fastctc._cuda_fast (FASTCTC_CUDA_LAUNCH=c): the arguments are
+    # packed in C from self.values, which holds exactly what pack_args would pack at this
+    # point (the forward's and the gradient's launches alike), so no NumPy scalar is made
+    def _forward_c(self):
+        fast = _fast or _c_launcher()
+        trellis, lse = _specs
+        v, ordinal = self.values, self.be.ordinal
+        stream = int(self.be.stream)
+        handles = _kernel_handles(ordinal)
+        with _DeviceGuard(ordinal):
+            if self.from_logits and self.T:
+                v["lse"] = v["ws_lse"]
+                name = "fctc_lse_" + self.suffix
+                fast.launch(name, handles[name], stream, -(-(self.T * self.N) // 8), 256, 0, lse, v)
+            for tag, grid, block, shm, lo, hi in self.plan["launches"]:
+                name = f"fctc_trellis_{self.suffix}_{tag}"
+                fast.launch(name, handles[name], stream, grid, block, shm, trellis, v, lo, hi)
+
+    def _grad_c(self, rows):
+        fast = _fast or _c_launcher()
+        name = "fctc_grad_" + self.suffix
+        ordinal = self.be.ordinal
+        handle = _kernel_handles(ordinal)[name]
+        with _DeviceGuard(ordinal):
+            fast.launch(name, handle, int(self.be.stream), -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0,
+                        _specs[0], self.values)
 
 
 class _DeviceGuard:
