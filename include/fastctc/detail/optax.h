@@ -71,6 +71,22 @@ static inline FCTC_T FCTC_FN(fctc_ox_lp)(const FCTC_T *xt, int k, int K, FCTC_T 
     return (xt[k] - mx) - lsum;
 }
 
+/* The blank scores a frame starts from: the previous frame's blanks (the initial state at
+ * t = 0: pphi_src and pemit_src NULL), each n > 0 merged with the previous emission of
+ * label n-1 through the epsilon transition (free unless label n-1 repeats as label n).
+ * Used by the forward sweep and, recomputed, by the reverse sweep. */
+static inline void FCTC_FN(fctc_ox_prev_blanks)(const FCTC_T *pphi_src, const FCTC_T *pemit_src, const int *labels,
+                                                int N, FCTC_T eps, FCTC_T *pphi) {
+    const FCTC_T zero = 0;
+    pphi[0] = pphi_src ? pphi_src[0] : zero;
+    for (int n = 1; n <= N; ++n) {
+        FCTC_T prev = pphi_src ? pphi_src[n] : eps;
+        FCTC_T pe = pemit_src ? pemit_src[n - 1] : eps;
+        FCTC_T rep = n < N && labels[n - 1] == labels[n] ? (FCTC_T)1 : zero;
+        pphi[n] = FCTC_FN(fctc_ox_lae)(prev, pe + eps * rep);
+    }
+}
+
 static int FCTC_FN(fctc_optax_sequence)(const FCTC_T *x, ptrdiff_t x_ts, int T, int K, const FCTC_T *pad,
                                         ptrdiff_t pad_s, const int *labels, int N, int label_len, int blank, FCTC_T eps,
                                         FCTC_T *phi, ptrdiff_t phi_ts, FCTC_T *emit, ptrdiff_t emit_ts, FCTC_T *grad,
@@ -102,15 +118,7 @@ static int FCTC_FN(fctc_optax_sequence)(const FCTC_T *x, ptrdiff_t x_ts, int T, 
         FCTC_T p = pad[(ptrdiff_t)t * pad_s];
         FCTC_T lpp = FCTC_FN(fctc_ox_lp)(xt, blank, K, mx, lsum);
         /* previous state (the initial one at t = 0) and its epsilon-updated blank scores */
-        for (int n = 0; n <= N; ++n) {
-            FCTC_T prev = pphi_src ? pphi_src[n] : (n == 0 ? zero : eps);
-            if (n == 0)
-                pphi[0] = prev;
-            else {
-                FCTC_T pe = pemit_src ? pemit_src[n - 1] : eps;
-                pphi[n] = FCTC_FN(fctc_ox_lae)(prev, pe + eps * REP(n - 1));
-            }
-        }
+        FCTC_FN(fctc_ox_prev_blanks)(pphi_src, pemit_src, labels, N, eps, pphi);
         /* emissions first (they read nothing written this frame), then blanks; the blank
            row may alias nothing of the previous one since rows differ in t */
         for (int n = 0; n < N; ++n) {
@@ -168,14 +176,8 @@ static int FCTC_FN(fctc_optax_sequence)(const FCTC_T *x, ptrdiff_t x_ts, int T, 
         FCTC_T g_lpp = 0;
         for (int k = 0; k < K; ++k) gt[k] = 0;
         /* recompute this frame's epsilon-updated blank scores */
+        FCTC_FN(fctc_ox_prev_blanks)(pphi_src, pemit_src, labels, N, eps, pphi);
         for (int n = 0; n <= N; ++n) {
-            FCTC_T prev = pphi_src ? pphi_src[n] : (n == 0 ? zero : eps);
-            if (n == 0)
-                pphi[0] = prev;
-            else {
-                FCTC_T pe = pemit_src ? pemit_src[n - 1] : eps;
-                pphi[n] = FCTC_FN(fctc_ox_lae)(prev, pe + eps * REP(n - 1));
-            }
             g_pphi[n] = 0;
             g_phi_prev[n] = p * g_phi[n]; /* carried over on padded frames */
         }
