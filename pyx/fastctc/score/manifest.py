@@ -69,13 +69,19 @@ def records(path, batch=4096, columns=None):
         except Exception as e:
             raise UsageError(f"manifest {path!r}: cannot read it ({e})") from None
         return
+    yield from _parsed_lines(path, batch)
+
+
+def _parsed_lines(path, *args, **kwargs):
+    """parse_lines(file, path, 1, *args, **kwargs) over the JSON-lines manifest at path,
+    an OS error while opening or reading it raised as a usage error."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
     with f:
         try:
-            yield from parse_lines(f, path, 1, batch)
+            yield from parse_lines(f, path, 1, *args, **kwargs)
         except OSError as e:
             raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
 
@@ -188,16 +194,8 @@ def scan(path, window=0) -> Ids:
     hashes = array("q")
     offsets = [] if window and not _is_parquet(path) else None
     if offsets is not None:
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
-        with f:
-            try:
-                for hs in parse_lines(f, path, 1, 4096, offsets, window, ids_only=True):
-                    hashes.extend(hs)
-            except OSError as e:
-                raise UsageError(f"manifest {path!r}: cannot read it ({os_cause(e)})") from None
+        for hs in _parsed_lines(path, 4096, offsets, window, ids_only=True):
+            hashes.extend(hs)
     else:
         for recs in records(path, columns=("id",)):
             hashes.extend(hash(_id_of(r, path, line)) for line, r in recs)
