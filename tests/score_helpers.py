@@ -6,9 +6,28 @@ paths plus the items as written (id, emissions array, token ids).
 """
 import json
 import os
+import sys
 
 import numpy as np
 from reference import log_softmax  # noqa: F401  (the test files import it from here)
+
+PYX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyx")
+
+
+def cli_env(**extra):
+    """The environment of a `python -m fastctc` subprocess: this checkout's package first
+    on PYTHONPATH, one OpenMP thread, then `extra`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PYX + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def cli_cmd(*args):
+    """argv of `python -m fastctc ARGS...` (each argument as a string)."""
+    return [sys.executable, "-m", "fastctc", *map(str, args)]
+
 
 SYMBOLS = ["<b>", "a", "b", "c", " ", "xy"]   # blank at 0; "xy" (two characters) never occurs in texts
 

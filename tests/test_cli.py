@@ -12,21 +12,8 @@ import types
 import pytest
 from fastctc import cli
 from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-PYX = os.path.join(ROOT, "pyx")
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYX + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    return env
-
-
-def _cmd(*args):
-    return [sys.executable, "-m", "fastctc", *map(str, args)]
+from score_helpers import cli_cmd as _cmd
+from score_helpers import cli_env as _env
 
 
 def test_version_and_info(capsys):

@@ -17,28 +17,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from fastctc import cli
 from score_helpers import by_id, make_set, read_jsonl, read_rows, write_manifest
+from score_helpers import cli_cmd as _cmd
+from score_helpers import cli_env as _env
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-PYX = os.path.join(ROOT, "pyx")
 COLS = ("nll", "nll_per_frame", "nll_per_token", "frames", "tokens", "error")
 
-
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYX + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    return env
-
-
-def _cmd(*args):
-    return [sys.executable, "-m", "fastctc", *map(str, args)]
 
 
 def _one_line_error(err, *needles):
