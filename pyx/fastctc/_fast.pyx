@@ -124,7 +124,6 @@ cdef bint _plain(object acts, object targets, object input_lengths, object targe
     cdef const char *tbase
     cdef Py_ssize_t tst0 = 0, tst1 = 0
     cdef int64_t v
-    cdef long b
     cdef char *mem
     if type(acts) is not np.ndarray or type(blank) is not int:
         return False
@@ -231,6 +230,12 @@ def prepare(acts, targets, input_lengths, target_lengths, blank):
     return batch, blank
 
 
+cdef inline double _mean_weight(int32_t target_length, Py_ssize_t N) noexcept nogil:
+    # a loss's weight under 'mean': 1 / (max(target_length, 1) * N)
+    cdef double d = target_length if target_length > 1 else 1.0
+    return 1.0 / (d * N)
+
+
 def grad_weights(label_lengths, str reduction):
     """Per-sequence weight of each loss in the reduced loss (float64 (N,)): 1 for 'none'
     and 'sum', 1 / (max(target_length, 1) * N) for 'mean', as fastctc._reduction.loss_weights computes it."""
@@ -238,11 +243,9 @@ def grad_weights(label_lengths, str reduction):
     cdef Py_ssize_t n, N = tl.shape[0]
     w = np.empty(N, dtype=np.float64)
     cdef double[::1] wv = w
-    cdef double d
     for n in range(N):
         if reduction == "mean":
-            d = tl[n] if tl[n] > 1 else 1.0
-            wv[n] = 1.0 / (d * N)
+            wv[n] = _mean_weight(tl[n], N)
         else:
             wv[n] = 1.0
     return w
@@ -253,7 +256,7 @@ cdef object _reduce(cnp.ndarray c, const int32_t *tl, Py_ssize_t N, str reductio
     cdef bint f32 = cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT32
     cdef float *cf = <float *>cnp.PyArray_DATA(c)
     cdef double *cd = <double *>cnp.PyArray_DATA(c)
-    cdef double x, d, acc = 0.0
+    cdef double x, acc = 0.0
     cdef double inf = float("inf")
     cdef Py_ssize_t n
     if zero_infinity:
@@ -274,8 +277,7 @@ cdef object _reduce(cnp.ndarray c, const int32_t *tl, Py_ssize_t N, str reductio
     for n in range(N):
         x = cf[n] if f32 else cd[n]
         if reduction == "mean":
-            d = tl[n] if tl[n] > 1 else 1.0
-            x = x * (1.0 / (d * N))
+            x = x * _mean_weight(tl[n], N)
         acc += x
     return np.asarray(acc, dtype=c.dtype)
 
@@ -305,7 +307,6 @@ def ctc_call(acts, targets, input_lengths, target_lengths, blank, str reduction,
     cdef int status, threads
     cdef Py_ssize_t n, item
     cdef double *weights
-    cdef double d
     memset(&p, 0, sizeof(Plain))
     if not _plain(acts, targets, input_lengths, target_lengths, blank, &p):
         return None
@@ -319,8 +320,7 @@ def ctc_call(acts, targets, input_lengths, target_lengths, blank, str reduction,
             raise MemoryError()
         try:
             for n in range(p.N):  # grad_weights(): 'mean' weighs the gradient rows
-                d = p.label_lengths[n] if p.label_lengths[n] > 1 else 1.0
-                weights[n] = 1.0 / (d * p.N) if reduction == "mean" else 1.0
+                weights[n] = _mean_weight(p.label_lengths[n], p.N) if reduction == "mean" else 1.0
             memset(&call, 0, sizeof(EngineCall))
             call.is_f64 = item == 8
             call.acts = <const char *>cnp.PyArray_DATA(a)
