@@ -84,18 +84,15 @@ def run(batch: Batch, blank: int, from_logits: bool, want_grad: bool = False,
     return costs, grad, log_alpha
 
 
-def _prepare(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
-             from_logits, num_threads):
-    reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
-                                                                            num_threads)
-    # the compiled check takes the common forms; anything else (or anything wrong) goes
-    # through check_ctc_inputs, which handles it or raises the documented error
-    checked = _fast.prepare(log_probs, targets, input_lengths, target_lengths, blank)
+def _batch(log_probs, targets, input_lengths, target_lengths, blank, from_logits, try_compiled):
+    """(Batch, blank): the compiled check for the common forms (unless the caller's
+    compiled call already declined these inputs: try_compiled False), else check_ctc_inputs,
+    which handles the form or raises the documented error."""
+    checked = _fast.prepare(log_probs, targets, input_lengths, target_lengths, blank) if try_compiled else None
     if checked is None:
         checked = check_ctc_inputs(log_probs, targets, input_lengths, target_lengths, blank,
                                    acts_name="logits" if from_logits else "log_probs")
-    batch, blank = checked
-    return batch, blank, reduction, zero_infinity, from_logits, num_threads
+    return checked
 
 
 def on_gpu(log_probs) -> bool:
@@ -195,9 +192,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
                           from_logits, False, num_threads)  # the plain call, compiled end to end
     if done is not None:
         return done[0]
-    batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
-        log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
-        from_logits, num_threads)
+    batch, blank = _batch(log_probs, targets, input_lengths, target_lengths, blank, from_logits, False)
     costs, _, _ = run(batch, blank, from_logits, num_threads=num_threads)
     loss = _fast.reduce(costs, batch.label_lengths, reduction, zero_infinity)
     if batch.unbatched and reduction == "none":
@@ -287,16 +282,15 @@ def ctc_loss_and_grad(log_probs, targets, input_lengths, target_lengths, blank=0
                                       "gradient is allocated by the GPU path")
         return _gpu_call(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                          zero_infinity, from_logits, True)
+    reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity, from_logits,
+                                                                            num_threads)
     if grad_out is None:
-        reduction, zero_infinity, from_logits, num_threads = check_call_options(reduction, zero_infinity,
-                                                                                from_logits, num_threads)
         done = _fast.ctc_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
                               from_logits, True, num_threads)  # the plain call, compiled end to end
         if done is not None:
             return done
-    batch, blank, reduction, zero_infinity, from_logits, num_threads = _prepare(
-        log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
-        from_logits, num_threads)
+    batch, blank = _batch(log_probs, targets, input_lengths, target_lengths, blank, from_logits,
+                          try_compiled=grad_out is not None)
     engine_grad = None
     if grad_out is not None:
         acts_name = "logits" if from_logits else "log_probs"
