@@ -10,9 +10,12 @@ Rounds alternate the variants; medians and minima per call.  The GPU fixed cost 
 measured by benchmarks/gpu_check.py ("fixed cost").
 
 Rows marked "C launch" run the opt-in compiled launcher (FASTCTC_CUDA_LAUNCH=c,
-fastctc._cuda_fast) with its C recorder standing in for cuLaunchKernel: they include that
-route's whole argument packing, while the default rows stop before cuda.core's launch()
-(whose own cost, which the C route also removes, only a GPU measures).
+fastctc._cuda_fast) with its C recorder standing in for cuLaunchKernel: fastctc.torch's
+calls with device-held targets and lengths then take the compiled route (_cuda_fast.torch_call:
+checks, workspace, argument packing, launches and the reduction kernel in one C call a
+direction); host-held ones and torch_ctc take the Python route with C launches.  They
+include the whole packing, while the default rows stop before cuda.core's launch() (whose
+own cost, which the C route also removes, only a GPU measures).
 """
 import argparse
 import contextlib
@@ -58,8 +61,11 @@ def stub(torch):
     L._kernel_handles = lambda ordinal, h={n: 0x1000 + i for i, n in enumerate(L_names())}: h
     from fastctc import _cuda_fast
     _cuda_fast.recorder_enable()  # the C route's launches go to the recorder (a ring of 64)
+    _cuda_fast.emulate(True)  # the compiled torch route takes CPU tensors as device 0's
+    names = L_names() + ["fctc_reduce_f32", "fctc_reduce_f64"]
+    _cuda_fast.set_kernels(0, {n: 0x1000 + i for i, n in enumerate(names)})
     fct._launcher = lambda: L
-    fct._on_device = lambda x: isinstance(x, torch.Tensor) and not getattr(x, "_host", False)
+    fct._on_device = lambda x: isinstance(x, torch.Tensor)
     fct._upload = lambda arr, device: torch.from_numpy(arr)
     return fct, L, launches
 
@@ -73,9 +79,9 @@ def main(argv=None):
     fct, L, launches = stub(torch)
     x = torch.randn(8, 1, 5)
     tg, il, tl = torch.tensor([[1, 2]]), torch.tensor([8]), torch.tensor([2])
-    host = [t.clone() for t in (tg, il, tl)]
-    for t in host:
-        t._host = True  # held on the host: validated and uploaded by the route
+    # held on the host (NumPy arrays here: in this stand-in every tensor counts as a device
+    # tensor): validated and uploaded by the Python route, which the compiled route leaves them to
+    host = [t.numpy().copy() for t in (tg, il, tl)]
     xl = x.clone().requires_grad_()
 
     def fwd_bwd(ints):

@@ -247,3 +247,546 @@ def recorder_take():
                         params=[(<char *>&r.params[j])[:8] for j in range(r.nparams)]))
     _nrecords = 0
     return out
+
+
+# ================================================================ the plan of one call
+#
+# The workspace layout and the launches of one call, written once for every caller:
+# fastctc._cuda_launch.plan (the Python route, the emulation) wraps plan() below, and the
+# compiled torch route reads the same C function.
+
+cdef enum:
+    ALIGN = 256
+    WARPS_PER_CTA = 4      # sequences per CTA in the warp kernels (launch bound 128 threads)
+    GRAD_WARPS = 8         # rows per CTA in the gradient kernel (its shared array is sized for 8)
+    MAX_STATES = 512 * 16  # the largest extended target a block kernel holds (L <= 4095)
+    N_REGIONS = 10
+
+# the workspace's regions, in layout order (the kernels' ws_* arguments)
+REGIONS = ("ws_alpha", "ws_beta", "ws_offa", "ws_offb", "ws_lse", "ws_lab", "ws_nxt", "ws_first", "ws_info",
+           "ws_ll")
+
+cdef struct PlanLaunch:
+    int K                  # states a thread holds
+    bint warp              # warp kernel (w) or block kernel (b)
+    unsigned int gx, gy, block, shm
+    int sel_lo, sel_hi
+
+cdef struct Plan:
+    long long Lcap, W, total
+    long long offsets[N_REGIONS]   # byte offsets, -1 for a region this call does not use
+    int nlaunch
+    PlanLaunch launch[2]
+
+
+cdef inline long long _up(long long x, long long m) noexcept nogil:
+    return (x + m - 1) // m * m
+
+
+cdef inline long long _group_bytes(int K, bint warp, long long Lcap, int acc) noexcept nogil:
+    # dynamic shared memory of one group (mirrors fctc_trellis's layout in cuda/ctc.cu)
+    return (_up(16 * K if warp else Lcap, 4) * 4 + 32 * 8
+            + (0 if warp else (2 * 32 * 2 + 2 * 32) * acc) + 32)
+
+
+cdef bint _plan(Plan *p, long long T, long long N, long long Smax, bint want_grad, bint from_logits,
+                int acc) noexcept nogil:
+    """Fills p; False when the longest target exceeds the kernels' MAX_STATES."""
+    cdef long long Lcap = Smax if Smax < T else T
+    cdef long long Scap, rows, size
+    cdef long long sizes[N_REGIONS]
+    cdef int i, Kw, Kb, dirs = 2 if want_grad else 1
+    if Lcap < 0:
+        Lcap = 0
+    Scap = 2 * Lcap + 1
+    if Scap > MAX_STATES:
+        return False
+    p.Lcap = Lcap
+    p.W = _up(Scap, 4)
+    rows = N * T * p.W * acc if want_grad else 0
+    sizes[0] = rows
+    sizes[1] = rows
+    sizes[2] = N * T * 8 if want_grad else 0
+    sizes[3] = sizes[2]
+    sizes[4] = T * N * acc if from_logits else 0
+    sizes[5] = N * Lcap * 4 if want_grad else 0
+    sizes[6] = sizes[5]
+    sizes[7] = sizes[5]
+    sizes[8] = N * 4 * 4
+    sizes[9] = N * 8
+    p.total = 0
+    for i in range(N_REGIONS):
+        size = sizes[i]
+        if size == 0:
+            p.offsets[i] = -1
+        else:
+            p.offsets[i] = p.total
+            p.total += _up(size, ALIGN)
+    if p.total < ALIGN:
+        p.total = ALIGN
+    Kw = 2 if Scap <= 64 else (4 if Scap <= 128 else 8)
+    p.nlaunch = 1
+    p.launch[0].K, p.launch[0].warp = Kw, True
+    p.launch[0].gx, p.launch[0].gy = <unsigned int>((N + WARPS_PER_CTA - 1) // WARPS_PER_CTA), dirs
+    p.launch[0].block = 32 * WARPS_PER_CTA
+    p.launch[0].shm = <unsigned int>(WARPS_PER_CTA * _group_bytes(Kw, True, Lcap, acc))
+    p.launch[0].sel_lo, p.launch[0].sel_hi = 0, 32 * Kw
+    if Scap > 32 * Kw:
+        Kb = 4 if Scap <= 4096 else 16
+        p.nlaunch = 2
+        p.launch[1].K, p.launch[1].warp = Kb, False
+        p.launch[1].gx, p.launch[1].gy = <unsigned int>N, dirs
+        p.launch[1].block = <unsigned int>_up((Scap + Kb - 1) // Kb, 32)
+        p.launch[1].shm = <unsigned int>_group_bytes(Kb, False, Lcap, acc)
+        p.launch[1].sel_lo, p.launch[1].sel_hi = 32 * Kw, <int>Scap
+    return True
+
+
+def group_bytes(int K, bint warp, long long Lcap, int acc_bytes):
+    """Bytes of dynamic shared memory of one group of the trellis kernels."""
+    return _group_bytes(K, warp, Lcap, acc_bytes)
+
+
+def plan(long long T, long long N, long long Smax, bint want_grad, bint from_logits, int acc_bytes):
+    """The plan of one call as a dict (see fastctc._cuda_launch.plan), or None when the
+    longest target exceeds the kernels' limit of MAX_STATES extended states."""
+    cdef Plan p
+    cdef int i
+    if not _plan(&p, T, N, Smax, want_grad, from_logits, acc_bytes):
+        return None
+    launches = []
+    for i in range(p.nlaunch):
+        launches.append((f"{'w' if p.launch[i].warp else 'b'}{p.launch[i].K}",
+                         (p.launch[i].gx, p.launch[i].gy), p.launch[i].block, p.launch[i].shm,
+                         p.launch[i].sel_lo, p.launch[i].sel_hi))
+    offsets = {REGIONS[i]: (None if p.offsets[i] < 0 else p.offsets[i]) for i in range(N_REGIONS)}
+    return dict(Lcap=p.Lcap, W=p.W, offsets=offsets, total=p.total, launches=launches)
+
+
+LIMITS = dict(WARPS_PER_CTA=WARPS_PER_CTA, GRAD_WARPS=GRAD_WARPS, MAX_STATES=MAX_STATES, ALIGN=ALIGN)
+
+
+# ================================================================ the compiled torch route
+#
+# fastctc.torch's CUDA autograd route in one C call a direction, for FASTCTC_CUDA_LAUNCH=c:
+# torch_call() checks a plain call's operands (CUDA tensors on one device, the kinds the
+# kernels read in place), plans the workspace, allocates through torch (stream-ordered
+# caching allocator), packs the kernels' arguments into C slots and launches the trellis
+# (the log_softmax's row sums first in logits mode) and the reduction kernel on the
+# device's current stream; DeviceCall.backward() launches the gradient kernel from the
+# same slots.  Nothing reads a device value on the host.  Anything not plain (host-held
+# targets or lengths, unbatched or strided inputs, a tensor on another device, a device
+# whose context is not current, a kernel not loaded yet) returns None, and fastctc.torch
+# takes its Python route, which gives the same numbers and owns every error message.
+# Why: the Python route's operand checks, _Call set-up and the torch-op reduction cost
+# ~100 us of host time a tiny call (benchmarks/cuda_host_cost.py), twice the fixed-cost
+# budget of a whole forward+backward.
+
+cdef enum:  # FCTC_FIELDS indices
+    F_ACTS
+    F_ST_T
+    F_ST_N
+    F_T
+    F_N
+    F_C
+    F_TARGETS
+    F_TG64
+    F_CONCAT
+    F_TG_ST_N
+    F_TG_ST_S
+    F_TG_COUNT
+    F_SMAX
+    F_LCAP
+    F_WIDTH
+    F_IN_LEN
+    F_IL64
+    F_IL_ST
+    F_TG_LEN
+    F_TL64
+    F_TL_ST
+    F_BLANK
+    F_FROM_LOGITS
+    F_SEL_LO
+    F_SEL_HI
+    F_WEIGHTS
+    F_W_KIND
+    F_W_ST
+    F_W_MUL
+    F_MEAN
+    F_VEC
+    F_COSTS
+    F_GRAD
+    F_LOG_ALPHA
+    F_ALPHA_ROWS
+    F_ALPHA_COLS
+    F_WS_ALPHA
+    F_WS_BETA
+    F_WS_OFFA
+    F_WS_OFFB
+    F_WS_LSE
+    F_WS_LAB
+    F_WS_NXT
+    F_WS_FIRST
+    F_WS_INFO
+    F_WS_LL
+    F_END_MARKER
+    N_FIELDS
+
+# the kernels' argument names, in FCTC_FIELDS' order (checked against _cuda_launch.TRELLIS_ARGS)
+FIELD_NAMES = ('acts', 'st_t', 'st_n', 'T', 'N', 'C', 'targets', 'tg64', 'concat', 'tg_st_n', 'tg_st_s', 'tg_count', 'Smax', 'Lcap', 'W', 'in_len', 'il64', 'il_st', 'tg_len', 'tl64', 'tl_st', 'blank', 'from_logits', 'sel_lo', 'sel_hi', 'w', 'w_kind', 'w_st', 'w_mul', 'mean', 'vec', 'costs', 'grad', 'log_alpha', 'alpha_rows', 'alpha_cols', 'ws_alpha', 'ws_beta', 'ws_offa', 'ws_offb', 'ws_lse', 'ws_lab', 'ws_nxt', 'ws_first', 'ws_info', 'ws_ll', 'end_marker')
+
+cdef enum:
+    K_LSE = 0
+    K_W2 = 1
+    K_W4 = 2
+    K_W8 = 3
+    K_B4 = 4
+    K_B16 = 5
+    K_GRAD = 6
+    K_REDUCE = 7
+    N_KERNELS = 8
+    N_TYPES = 4
+    MAX_DEVICES = 64
+    LSE_ROWS = 8        # (frame, sequence) rows per CTA of fctc_lse (one warp a row)
+
+SUFFIXES = ("f32", "f64", "f16", "bf16")   # the kernels' input types, in type-index order
+_KERNEL_TAGS = ("lse", "w2", "w4", "w8", "b4", "b16", "grad", "reduce")
+
+ctypedef int (*ctx_device_fn_t)(int *device) noexcept nogil
+
+cdef uintptr_t _kernels[MAX_DEVICES][N_TYPES][N_KERNELS]  # CUkernel handles; 0: not loaded
+cdef ctx_device_fn_t _ctx_get_device = NULL                # the driver's cuCtxGetDevice
+cdef int _emulated = 0                                     # test hook: CPU tensors stand in
+cdef object _guard = None                                  # a context manager factory (ordinal)
+cdef object _torch = None
+cdef object _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream
+cdef tuple _in_dtypes
+
+
+def kernel_name(int type_index, int kernel):
+    """The ctc.cu entry point of kernel index `kernel` (K_*) for input type `type_index`."""
+    sfx = SUFFIXES[type_index]
+    tag = _KERNEL_TAGS[kernel]
+    if kernel == K_LSE or kernel == K_GRAD:
+        return f"fctc_{tag}_{sfx}"
+    if kernel == K_REDUCE:
+        return "fctc_reduce_" + ("f64" if sfx == "f64" else "f32")
+    return f"fctc_trellis_{sfx}_{tag}"
+
+
+def set_kernels(int ordinal, dict handles):
+    """Installs device `ordinal`'s kernel handles ({name: CUkernel address}); names that
+    are missing stay 0, and a call that needs one of them takes the Python route."""
+    cdef int t, k
+    if not 0 <= ordinal < MAX_DEVICES:
+        return
+    for t in range(N_TYPES):
+        for k in range(N_KERNELS):
+            _kernels[ordinal][t][k] = <uintptr_t>int(handles.get(kernel_name(t, k), 0))
+
+
+def set_driver_ctx_device(size_t address):
+    """Installs the driver's cuCtxGetDevice (checked before each compiled call: kernels
+    launch in the current context, which must be the tensors' device's)."""
+    global _ctx_get_device
+    _ctx_get_device = <ctx_device_fn_t><uintptr_t>address
+
+
+def set_device_guard(factory):
+    """factory(ordinal): a context manager making that device's context current (the
+    backward's launches use it when the autograd thread's context is another device's)."""
+    global _guard
+    _guard = factory
+
+
+def emulate(bint on):
+    """Test hook: CPU tensors stand in for one CUDA device (ordinal 0, stream 0, no
+    context check); the launches go to whatever set_driver_launch installed."""
+    global _emulated
+    _emulated = on
+
+
+cdef int _torch_init() except -1:
+    global _torch, _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _in_dtypes
+    import torch
+    _Tensor = torch.Tensor
+    _u8, _i32, _i64, _f32, _f64 = torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64
+    _in_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # SUFFIXES' order
+    getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # (ordinal) -> cudaStream_t as int
+    if getter is None:
+        def getter(int ordinal):
+            return torch.cuda.current_stream(ordinal).cuda_stream
+    _raw_stream = getter
+    _torch = torch
+    return 0
+
+
+cdef inline void _put_i(uint64_t *s, int f, long long v) noexcept nogil:
+    s[f] = 0
+    (<int32_t *>&s[f])[0] = <int32_t>v
+
+
+cdef inline void _put_q(uint64_t *s, int f, long long v) noexcept nogil:
+    (<int64_t *>&s[f])[0] = <int64_t>v
+
+
+cdef inline void _put_p(uint64_t *s, int f, uintptr_t v) noexcept nogil:
+    s[f] = <uint64_t>v
+
+
+cdef inline void _put_d(uint64_t *s, int f, double v) noexcept nogil:
+    memcpy(&s[f], &v, sizeof(double))
+
+
+cdef int _launch_slots(int type_index, int kernel, uintptr_t f, uintptr_t stream, unsigned int gx,
+                       unsigned int gy, unsigned int block, unsigned int shm, uint64_t *slots, int n) except -1:
+    cdef void *params[MAX_FIELDS + 1]
+    cdef int i, rc
+    for i in range(n):
+        params[i] = &slots[i]
+    params[n] = NULL  # not read by the driver; ends the list for the recorder
+    with nogil:
+        rc = _active(<void *>f, gx, gy, 1, block, 1, 1, shm, <void *>stream, params, NULL)
+    if rc != 0:
+        raise RuntimeError(f"CUDA launch of {kernel_name(type_index, kernel)} failed: {_error_text(rc)}")
+    return 0
+
+
+cdef inline int _dtype_index(object dt) noexcept:
+    cdef int i
+    for i in range(N_TYPES):
+        if dt is _in_dtypes[i]:
+            return i
+    return -1
+
+
+cdef inline int _int_kind(object x, int device) except -2:
+    # 1 for an int64 tensor on `device` (-1: the CPU), 0 for int32, -1 for anything else
+    if not isinstance(x, _Tensor) or x.get_device() != device:
+        return -1
+    dt = x.dtype
+    return 1 if dt is _i64 else (0 if dt is _i32 else -1)
+
+
+cdef class DeviceCall:
+    """One compiled forward's kernel arguments, kept for its backward (addresses only: the
+    caller keeps the arrays alive, as fastctc.torch's autograd does with saved tensors)."""
+    cdef uint64_t slots[N_FIELDS]
+    cdef int ordinal, type_index
+    cdef long long T, N, C
+    cdef uintptr_t grad_kernel
+    cdef object in_dtype
+
+    def backward(self, grad_out, bint mean, like=None):
+        """grad (T, N, C) in the input's dtype: grad_out[n] (or its one value; None: 1)
+        times d cost_n / d acts, divided by max(target_length_n, 1) N on the device when
+        mean; launched on the device's current stream (read again: a backward may run
+        on another stream than its forward)."""
+        cdef uintptr_t stream = 0
+        cdef int dev = -1, kind = 0
+        cdef long long st = 0
+        cdef object w = grad_out
+        cdef uint64_t *s = self.slots
+        if w is not None:
+            dt = w.dtype
+            if dt is not _f32 and dt is not _f64:
+                w = w.to(_f64)
+                dt = _f64
+            kind = 1 if dt is _f32 else 2
+            shape = tuple(w.shape)
+            if shape == (self.N,):
+                st = w.stride()[0]
+            elif shape != () and shape != (1,):
+                from ._validate import CTCValueError
+                raise CTCValueError(f"grad_weights must have shape (N,) = ({self.N},), got {shape}")
+            grad = w.new_empty((self.T, self.N, self.C), dtype=self.in_dtype)
+        else:
+            grad = like.new_empty((self.T, self.N, self.C), dtype=self.in_dtype)
+        if self.T == 0 or self.N == 0:
+            return grad
+        _put_p(s, F_WEIGHTS, 0 if w is None else <uintptr_t>w.data_ptr())
+        _put_i(s, F_W_KIND, kind)
+        _put_q(s, F_W_ST, st)
+        _put_i(s, F_MEAN, mean)
+        _put_p(s, F_GRAD, <uintptr_t>grad.data_ptr())
+        rows = self.T * self.N
+        gx = <unsigned int>((rows + GRAD_WARPS - 1) // GRAD_WARPS)
+        if not _emulated:
+            stream = <uintptr_t>_raw_stream(self.ordinal)
+            if _ctx_get_device == NULL or _ctx_get_device(&dev) != 0 or dev != self.ordinal:
+                with _guard(self.ordinal):
+                    _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0,
+                                  s, F_END_MARKER + 1)
+                _put_p(s, F_GRAD, 0)
+                _put_p(s, F_WEIGHTS, 0)
+                return grad
+        _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0, s,
+                      F_END_MARKER + 1)
+        _put_p(s, F_GRAD, 0)   # the gradient is the caller's: a later launch must not write it
+        _put_p(s, F_WEIGHTS, 0)
+        return grad
+
+
+def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int reduction, bint zero_infinity,
+               bint from_logits, bint want_grad):
+    """A plain fastctc.torch CUDA call, compiled: (loss, call, saved) or None.
+
+    reduction: 0 'none', 1 'sum', 2 'mean'.  loss: the reduced loss (the (N,) costs for
+    'none') in the accumulator dtype; call: a DeviceCall for the backward (None without
+    want_grad); saved: (targets, input_lengths, target_lengths, workspace), the arrays the
+    backward's launch reads besides log_probs (None without want_grad).  None: not a plain
+    call (see the section's comment); nothing was launched."""
+    cdef Plan p
+    cdef uint64_t lse_slots[7]
+    cdef uint64_t red_slots[8]
+    cdef DeviceCall call
+    cdef uint64_t *s
+    cdef int ordinal, dev = -1, want_dev, ti, tg64, il64, tl64, i, kernel, acc
+    cdef long long T, N, C, Smax, st_t, st_n, tg_st_n, tg_st_s, tg_count
+    cdef uintptr_t stream = 0, base, acts_ptr
+    cdef uintptr_t *handles
+    if _torch is None:
+        _torch_init()
+    if _active == NULL or not isinstance(log_probs, _Tensor):
+        return None
+    if _emulated:
+        if log_probs.is_cuda:
+            return None
+        ordinal, want_dev = 0, -1
+    else:
+        if not log_probs.is_cuda:
+            return None
+        ordinal = log_probs.get_device()
+        want_dev = ordinal
+    if not 0 <= ordinal < MAX_DEVICES:
+        return None
+    ti = _dtype_index(log_probs.dtype)
+    if ti < 0:
+        return None
+    shape = log_probs.shape
+    if len(shape) != 3:
+        return None
+    T, N, C = shape[0], shape[1], shape[2]
+    if T < 1 or N < 1 or C < 1 or T > 0x7FFFFFFF or N > 0x7FFFFFFF or C > 0x7FFFFFFF:
+        return None
+    strides = log_probs.stride()
+    st_t, st_n = strides[0], strides[1]
+    if strides[2] != 1:
+        return None
+    if type(blank) is not int or not 0 <= blank < C:
+        return None
+    tg64 = _int_kind(targets, want_dev)
+    il64 = _int_kind(input_lengths, want_dev)
+    tl64 = _int_kind(target_lengths, want_dev)
+    if tg64 < 0 or il64 < 0 or tl64 < 0:
+        return None
+    tshape = targets.shape
+    tstrides = targets.stride()
+    if len(tshape) == 2:
+        if tshape[0] != N:
+            return None
+        Smax, tg_st_n, tg_st_s, tg_count = tshape[1], tstrides[0], tstrides[1], 0
+    elif len(tshape) == 1:
+        Smax, tg_st_n, tg_st_s, tg_count = tshape[0], 0, tstrides[0], tshape[0]  # a bound without a sync
+    else:
+        return None
+    if Smax > 0x7FFFFFFF:
+        return None
+    if tuple(input_lengths.shape) != (N,) or tuple(target_lengths.shape) != (N,):
+        return None
+    acc = 8 if ti == 1 else 4
+    if not _plan(&p, T, N, Smax, want_grad, from_logits, acc):
+        return None
+    handles = &_kernels[ordinal][ti][0]
+    if (from_logits and handles[K_LSE] == 0) or (want_grad and handles[K_GRAD] == 0) \
+            or ((reduction != 0 or zero_infinity) and handles[K_REDUCE] == 0):
+        return None
+    for i in range(p.nlaunch):
+        kernel = _trellis_kernel(&p.launch[i])
+        if handles[kernel] == 0:
+            return None
+    if not _emulated:
+        if _ctx_get_device == NULL or _ctx_get_device(&dev) != 0 or dev != ordinal:
+            return None
+        stream = <uintptr_t>_raw_stream(ordinal)
+
+    acc_dtype = _f64 if acc == 8 else _f32
+    ws = log_probs.new_empty((p.total,), dtype=_u8)
+    costs = log_probs.new_empty((N,), dtype=acc_dtype)
+    call = DeviceCall.__new__(DeviceCall)
+    s = call.slots
+    memset(s, 0, sizeof(call.slots))
+    acts_ptr = <uintptr_t>log_probs.data_ptr()
+    _put_p(s, F_ACTS, acts_ptr)
+    _put_q(s, F_ST_T, st_t)
+    _put_q(s, F_ST_N, st_n)
+    _put_i(s, F_T, T)
+    _put_i(s, F_N, N)
+    _put_i(s, F_C, C)
+    _put_p(s, F_TARGETS, <uintptr_t>targets.data_ptr())
+    _put_i(s, F_TG64, tg64)
+    _put_i(s, F_CONCAT, len(tshape) == 1)
+    _put_q(s, F_TG_ST_N, tg_st_n)
+    _put_q(s, F_TG_ST_S, tg_st_s)
+    _put_q(s, F_TG_COUNT, tg_count)
+    _put_i(s, F_SMAX, Smax)
+    _put_i(s, F_LCAP, p.Lcap)
+    _put_i(s, F_WIDTH, p.W)
+    _put_p(s, F_IN_LEN, <uintptr_t>input_lengths.data_ptr())
+    _put_i(s, F_IL64, il64)
+    _put_q(s, F_IL_ST, input_lengths.stride()[0])
+    _put_p(s, F_TG_LEN, <uintptr_t>target_lengths.data_ptr())
+    _put_i(s, F_TL64, tl64)
+    _put_q(s, F_TL_ST, target_lengths.stride()[0])
+    _put_i(s, F_BLANK, blank)
+    _put_i(s, F_FROM_LOGITS, from_logits)
+    _put_d(s, F_W_MUL, 1.0)
+    _put_i(s, F_VEC, C % 4 == 0 and acts_ptr % 16 == 0 and st_t % 4 == 0 and st_n % 4 == 0)
+    _put_p(s, F_COSTS, <uintptr_t>costs.data_ptr())
+    _put_i(s, F_ALPHA_ROWS, T)
+    _put_i(s, F_ALPHA_COLS, 2 * Smax + 1)
+    base = <uintptr_t>ws.data_ptr()
+    for i in range(N_REGIONS):
+        _put_p(s, F_WS_ALPHA + i, 0 if p.offsets[i] < 0 else base + <uintptr_t>p.offsets[i])
+
+    if from_logits:
+        memcpy(lse_slots, s, 6 * sizeof(uint64_t))  # acts, st_t, st_n, T, N, C lead both lists
+        lse_slots[6] = s[F_WS_LSE]
+        _launch_slots(ti, K_LSE, handles[K_LSE], stream, <unsigned int>((T * N + LSE_ROWS - 1) // LSE_ROWS), 1,
+                      256, 0, lse_slots, 7)
+    for i in range(p.nlaunch):
+        kernel = _trellis_kernel(&p.launch[i])
+        _put_i(s, F_SEL_LO, p.launch[i].sel_lo)
+        _put_i(s, F_SEL_HI, p.launch[i].sel_hi)
+        _launch_slots(ti, kernel, handles[kernel], stream, p.launch[i].gx, p.launch[i].gy, p.launch[i].block,
+                      p.launch[i].shm, s, F_END_MARKER + 1)
+    _put_i(s, F_SEL_LO, 0)
+    _put_i(s, F_SEL_HI, 0)
+    _put_p(s, F_COSTS, 0)  # the costs are the caller's: a later launch must not write them
+
+    loss = costs
+    if reduction != 0:
+        loss = log_probs.new_empty((), dtype=acc_dtype)
+    if reduction != 0 or zero_infinity:
+        red_slots[0] = <uint64_t><uintptr_t>costs.data_ptr()
+        _put_i(red_slots, 1, N)
+        red_slots[2] = s[F_TG_LEN]
+        red_slots[3] = s[F_TL64]
+        red_slots[4] = s[F_TL_ST]
+        _put_i(red_slots, 5, reduction)
+        _put_i(red_slots, 6, zero_infinity)
+        red_slots[7] = <uint64_t><uintptr_t>loss.data_ptr()
+        _launch_slots(ti, K_REDUCE, handles[K_REDUCE], stream, 1, 1, 256, 0, red_slots, 8)
+    if not want_grad:
+        return loss, None, None
+    call.ordinal, call.type_index = ordinal, ti
+    call.T, call.N, call.C = T, N, C
+    call.grad_kernel = handles[K_GRAD]
+    call.in_dtype = log_probs.dtype
+    return loss, call, (targets, input_lengths, target_lengths, ws)
+
+
+cdef inline int _trellis_kernel(PlanLaunch *l) noexcept nogil:
+    if l.warp:
+        return K_W2 if l.K == 2 else (K_W4 if l.K == 4 else K_W8)
+    return K_B4 if l.K == 4 else K_B16

@@ -69,6 +69,7 @@ import warnings
 
 import numpy as np
 
+from . import _cuda_fast
 from ._reduction import reduce_losses
 from ._validate import (
     CTCTypeError,
@@ -110,10 +111,10 @@ KERNEL_TYPES = {
     "bfloat16": ("bf16", "float32"),
 }
 _ACC_SIZES = {"float32": 4, "float64": 8}
-_ALIGN = 256
-WARPS_PER_CTA = 4      # sequences per CTA in the warp kernels (launch bound 128 threads)
-GRAD_WARPS = 8         # rows per CTA in the gradient kernel (its shared array is sized for 8)
-MAX_STATES = 512 * 16  # the largest extended target a block kernel holds (L <= 4095)
+# the plan's constants (fastctc._cuda_fast holds the plan itself, shared with the compiled route)
+WARPS_PER_CTA = _cuda_fast.LIMITS["WARPS_PER_CTA"]  # sequences per CTA in the warp kernels
+GRAD_WARPS = _cuda_fast.LIMITS["GRAD_WARPS"]        # rows per CTA in the gradient kernel
+MAX_STATES = _cuda_fast.LIMITS["MAX_STATES"]        # the largest extended target a block kernel holds
 
 
 def acc_size(acc: str) -> int:
@@ -121,55 +122,27 @@ def acc_size(acc: str) -> int:
     return _ACC_SIZES[acc]
 
 
-def _up(x, m):
-    return -(-x // m) * m
-
-
 def group_bytes(K: int, warp: bool, Lcap: int, acc: str) -> int:
     """Bytes of dynamic shared memory of one group (mirrors fctc_trellis's layout)."""
-    lab_pad = _up(16 * K if warp else Lcap, 4)
-    return lab_pad * 4 + 32 * 8 + (0 if warp else (2 * 32 * 2 + 2 * 32) * acc_size(acc)) + 32
+    return _cuda_fast.group_bytes(K, warp, Lcap, acc_size(acc))
 
 
 def plan(T, N, C, Smax, *, want_grad, from_logits, acc):
-    """Workspace layout and launches of one call.
+    """Workspace layout and launches of one call (fastctc._cuda_fast.plan, the one copy).
 
     Returns dict(Lcap, W, offsets {region: byte offset or None}, total bytes, launches:
     [(kernel tag, grid (x, y), block, shared bytes, sel_lo, sel_hi)]).  Sequences with an
     extended target of up to 256 states go to the warp kernels, longer ones to a block
     kernel; both launches are made when the batch's bound allows both (each kernel skips
-    the other's sequences), so nothing on the host depends on device-resident lengths."""
-    Lcap = max(0, min(int(Smax), int(T)))
-    Scap = 2 * Lcap + 1
-    if Scap > MAX_STATES:
-        raise CTCValueError(f"targets of up to {min(int(Smax), int(T))} labels (2 L + 1 = {Scap} states) exceed "
+    the other's sequences), so nothing on the host depends on device-resident lengths.
+    C does not enter the layout (kept for the callers' symmetry)."""
+    found = _cuda_fast.plan(int(T), int(N), int(Smax), bool(want_grad), bool(from_logits), acc_size(acc))
+    if found is None:
+        L = min(int(Smax), int(T))
+        raise CTCValueError(f"targets of up to {L} labels (2 L + 1 = {2 * L + 1} states) exceed "
                             f"the GPU kernels' limit of {MAX_STATES} states (L <= {(MAX_STATES - 1) // 2}); "
                             "pass max_target_length when concatenated targets' lengths live on the device")
-    W = _up(Scap, 4)
-    a = acc_size(acc)
-    rows = N * T * W * a if want_grad else 0
-    regions = [("ws_alpha", rows), ("ws_beta", rows), ("ws_offa", N * T * 8 if want_grad else 0),
-               ("ws_offb", N * T * 8 if want_grad else 0), ("ws_lse", T * N * a if from_logits else 0),
-               ("ws_lab", N * Lcap * 4 if want_grad else 0), ("ws_nxt", N * Lcap * 4 if want_grad else 0),
-               ("ws_first", N * Lcap * 4 if want_grad else 0), ("ws_info", N * 4 * 4), ("ws_ll", N * 8)]
-    offsets, total = {}, 0
-    for name, size in regions:
-        if size == 0:
-            offsets[name] = None
-            continue
-        offsets[name] = total
-        total += _up(size, _ALIGN)
-    dirs = 2 if want_grad else 1
-    launches = []
-    Kw = 2 if Scap <= 64 else 4 if Scap <= 128 else 8
-    launches.append((f"w{Kw}", (-(-N // WARPS_PER_CTA), dirs), 32 * WARPS_PER_CTA,
-                     WARPS_PER_CTA * group_bytes(Kw, True, Lcap, acc), 0, 32 * Kw))
-    if Scap > 32 * Kw:
-        Kb = 4 if Scap <= 4096 else 16
-        threads = _up(-(-Scap // Kb), 32)
-        launches.append((f"b{Kb}", (N, dirs), threads, group_bytes(Kb, False, Lcap, acc), 32 * Kw, Scap))
-    return dict(Lcap=Lcap, W=W, offsets=offsets, total=max(total, _ALIGN), launches=launches)
-
+    return found
 
 
 _DTYPES = {"i": np.int32, "q": np.int64, "d": np.float64}
@@ -224,17 +197,25 @@ _specs = None      # (TRELLIS_ARGS, LSE_ARGS) as _cuda_fast.Spec
 _handles = {}      # device ordinal -> {kernel name: CUkernel address}
 
 
-def _driver_launch_address() -> int:
-    """The address of the driver's cuLaunchKernel (legacy default-stream semantics, as the
-    stream handles torch and CuPy give are), through cuda-bindings' cuGetProcAddress."""
+def _driver_address(symbol: str) -> int:
+    """The address of a driver entry point (legacy default-stream semantics, as the stream
+    handles torch and CuPy give are), through cuda-bindings' cuGetProcAddress."""
     from cuda.bindings import driver
     flags = driver.CUdriverProcAddress_flags.CU_GET_PROC_ADDRESS_LEGACY_STREAM
-    err, pfn, found = driver.cuGetProcAddress(b"cuLaunchKernel", 12000, flags)
+    err, pfn, found = driver.cuGetProcAddress(symbol.encode(), 12000, flags)
     ok = driver.CUdriverProcAddressQueryResult.CU_GET_PROC_ADDRESS_SUCCESS
     if int(err) != 0 or int(found) != int(ok) or not int(pfn):
-        raise RuntimeError(f"FASTCTC_CUDA_LAUNCH=c: the driver gives no cuLaunchKernel (cuGetProcAddress: {err}, "
+        raise RuntimeError(f"FASTCTC_CUDA_LAUNCH=c: the driver gives no {symbol} (cuGetProcAddress: {err}, "
                            f"{found}); unset FASTCTC_CUDA_LAUNCH to use cuda.core's launch")
     return int(pfn)
+
+
+def compiled_route():
+    """fastctc._cuda_fast when FASTCTC_CUDA_LAUNCH=c selects the compiled launcher (its
+    torch_call is fastctc.torch's compiled CUDA route), else None."""
+    if LAUNCH_MODE != "c":
+        return None
+    return _fast or _c_launcher()
 
 
 def _c_launcher():
@@ -243,11 +224,12 @@ def _c_launcher():
     global _fast, _specs
     if _fast is not None:
         return _fast
-    from . import _cuda_fast
     if _specs is None:
         _specs = (_cuda_fast.Spec(TRELLIS_ARGS), _cuda_fast.Spec(LSE_ARGS))
     if not _cuda_fast.driver_installed() and not _cuda_fast.recording():
-        _cuda_fast.set_driver_launch(_driver_launch_address())
+        _cuda_fast.set_driver_launch(_driver_address("cuLaunchKernel"))
+        _cuda_fast.set_driver_ctx_device(_driver_address("cuCtxGetDevice"))
+        _cuda_fast.set_device_guard(_DeviceGuard)
     if _cuda_fast.driver_installed():  # kept once the driver is in (not while only the test recorder is)
         _fast = _cuda_fast
     return _cuda_fast
@@ -261,6 +243,7 @@ def _kernel_handles(ordinal: int) -> dict:
     if found is None:
         from . import _cuda_build
         found = _handles[ordinal] = {name: int(k.handle) for name, k in _cuda_build.kernels(ordinal).items()}
+        _cuda_fast.set_kernels(ordinal, found)  # the compiled route launches them from here on
     return found
 
 

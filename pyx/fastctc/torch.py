@@ -352,6 +352,20 @@ def _launched(fn, *args, **kwargs):
         raise as_runtime_error(exc) from None
 
 
+_REDUCTION_CODES = {"none": 0, "sum": 1, "mean": 2}
+
+
+def _compiled_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits,
+                   want_grad):
+    """The compiled CUDA route (FASTCTC_CUDA_LAUNCH=c: fastctc._cuda_fast.torch_call): (loss,
+    call, saved tensors) for a plain call, else None (the Python route then runs)."""
+    fast = _launcher().compiled_route()
+    if fast is None:
+        return None
+    return fast.torch_call(log_probs, targets, input_lengths, target_lengths, blank, _REDUCTION_CODES[reduction],
+                           zero_infinity, from_logits, want_grad)
+
+
 def _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
     """(costs (N,) on the device, the launcher's call (its operands, plan and workspace: what
     the backward needs), operands): the trellis queued, nothing read back.  The launcher's
@@ -387,6 +401,14 @@ class _CudaCTCFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_probs, args):
         targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits = args
+        done = _compiled_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                              from_logits, True)
+        if done is not None:  # the compiled route: checks, launches and reduction in one C call
+            loss, call, saved = done
+            ctx.save_for_backward(log_probs, *saved)
+            ctx.call, ctx.mean, ctx.unbatched, ctx.compiled = call, reduction == "mean", False, True
+            return loss
+        ctx.compiled = False
         costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, True)
         # the arrays the call reads (activations, targets, lengths, workspace) become saved
         # tensors: freed after the backward like any (a graph kept alive by a loss tensor
@@ -401,7 +423,10 @@ class _CudaCTCFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         log_probs = ctx.saved_tensors[0]
         # grad_out: (N,) for 'none', () otherwise: the kernel reads it with its stride, on the device
-        grad = _cuda_grad(ctx.call, grad_out, ctx.mean, ctx.unbatched)
+        if ctx.compiled:
+            grad = ctx.call.backward(grad_out, ctx.mean)
+        else:
+            grad = _cuda_grad(ctx.call, grad_out, ctx.mean, ctx.unbatched)
         if torch.is_grad_enabled():  # create_graph=True: mark the result as not differentiable again
             grad = _NoSecondDerivative.apply(grad, log_probs)
         return grad, None
@@ -412,6 +437,10 @@ def _cuda_ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, red
     if log_probs.requires_grad and torch.is_grad_enabled():
         return _CudaCTCFunction.apply(log_probs, (targets, input_lengths, target_lengths, blank, reduction,
                                                   zero_infinity, from_logits))
+    done = _compiled_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                          from_logits, False)
+    if done is not None:
+        return done[0]
     costs, _, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, False)
     return _cuda_loss(costs, ops, reduction, zero_infinity)
 
@@ -426,6 +455,12 @@ def _cuda_forward(log_probs, args, want_grad):
 
 def _cuda_op(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
     """fastctc::ctc_loss's CUDA kernel: (costs (N,), gradient of their sum or an empty tensor)."""
+    done = _compiled_call(acts, targets, input_lengths, target_lengths, blank, "none", False, from_logits, want_grad)
+    if done is not None:
+        # the workspace and operands may be freed once launched: torch's allocator is
+        # stream-ordered, so their memory is reused only by work queued after these kernels
+        costs, call, _ = done
+        return costs, (call.backward(None, False, like=acts) if want_grad else acts.new_empty(0))
     costs, call, ops = _cuda_costs(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
     return costs, (_cuda_grad(call, None, False, ops[6]) if want_grad else acts.new_empty(0))
 

@@ -1,0 +1,284 @@
+"""fastctc._cuda_fast.torch_call, the compiled CUDA route of fastctc.torch (FASTCTC_CUDA_LAUNCH=c),
+checked without a GPU: CPU tensors stand in for one device (the module's emulate hook) and
+the C recorder stands in for cuLaunchKernel.
+
+* launch parity: for every input kind the route accepts, its lse / trellis / gradient
+  launches are byte for byte the ones the Python route's _Call makes through the same C
+  launcher for the same tensors and workspace (tests/test_cuda_fast_launch.py ties that
+  route to what cuda.core is given); the reduction launch's arguments are decoded and
+  checked field by field;
+* declines: everything that is not plain (host-held operands, other ranks and strides,
+  bad blanks, empty batches, kernels not loaded, targets over the kernels' limit) returns
+  None without a launch, so fastctc.torch's Python route (the owner of every error
+  message) takes the call;
+* the plan it reads is the one fastctc._cuda_launch.plan returns.
+The emulated-kernel run of the whole autograd route is in tests/test_gpu_emulation.py.
+"""
+import contextlib
+import struct
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from fastctc import _cuda_build  # noqa: E402
+from fastctc import _cuda_fast as F  # noqa: E402
+from fastctc import _cuda_launch as L  # noqa: E402
+
+NAMES = _cuda_build.kernel_names()
+HANDLES = {name: 0x1000 + 0x10 * i for i, name in enumerate(NAMES + ["fctc_reduce_f32", "fctc_reduce_f64"])}
+BY_HANDLE = {v: k for k, v in HANDLES.items()}
+REDUCE_ARGS = (("costs", "p"), ("N", "i"), ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"), ("mode", "i"),
+               ("zero_inf", "i"), ("out", "p"))
+_SIZE = {"p": 8, "i": 4, "q": 8, "d": 8}
+_FMT = {"p": "<Q", "i": "<i", "q": "<q", "d": "<d"}
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+
+
+def _spec(name):
+    if name.startswith("fctc_lse_"):
+        return L.LSE_ARGS
+    if name.startswith("fctc_reduce_"):
+        return REDUCE_ARGS
+    return L.TRELLIS_ARGS
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """CPU tensors as device 0, launches recorded; yields take() -> [(name, grid, block, shm, stream, {arg: value})]."""
+    F.emulate(True)
+    F.recorder_enable()
+    F.set_kernels(0, HANDLES)
+
+    def take():
+        out = []
+        for r in F.recorder_take():
+            name = BY_HANDLE[r["f"]]
+            spec = _spec(name)
+            assert len(r["params"]) == len(spec) and not r["extra"]
+            vals = {n: struct.unpack(_FMT[k], p[:_SIZE[k]])[0] for p, (n, k) in zip(r["params"], spec)}
+            raw = [p[:_SIZE[k]] for p, (_, k) in zip(r["params"], spec)]
+            out.append((name, r["grid"], r["block"], r["shm"], r["stream"], vals, raw))
+        return out
+
+    yield take
+    F.set_kernels(0, {})
+    F.emulate(False)
+    F.recorder_disable()
+
+
+@pytest.fixture
+def python_route(monkeypatch):
+    """_cuda_launch._Call on the same CPU tensors, launched by the same C launcher."""
+    class CpuTorch(L._Torch):
+        def __init__(self):
+            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
+
+        def refresh_stream(self):
+            pass
+
+    monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
+    monkeypatch.setattr(L, "is_cuda_array", lambda x: isinstance(x, torch.Tensor))
+    monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
+    monkeypatch.setattr(L, "_kernel_handles", lambda ordinal: HANDLES)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "c")
+    L._c_launcher()  # the specs (the recorder is on: no driver is asked for)
+
+
+def _case(seed, T=10, N=3, C=6, S=4, dtype=torch.float32, int_dtype=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(T, N, C, generator=g, dtype=torch.float64) * 2).to(dtype)
+    il = torch.randint(T // 2, T + 1, (N,), generator=g).to(int_dtype)
+    il[0] = T
+    tl = torch.randint(1, S + 1, (N,), generator=g).to(int_dtype)
+    tl[-1] = S
+    tg = torch.randint(1, C, (N, S), generator=g).to(int_dtype)
+    return x, tg, il, tl
+
+
+def _cases():
+    def concat(x, tg, il, tl):
+        return x, torch.cat([tg[n, : int(tl[n])] for n in range(tg.shape[0])]), il, tl
+
+    def strided(x, tg, il, tl):  # strided targets and lengths, activations with padded rows
+        big = torch.zeros(x.shape[0], x.shape[1], x.shape[2] + 3, dtype=x.dtype)
+        big[:, :, : x.shape[2]] = x
+        tgw = torch.zeros(tg.shape[0], 2 * tg.shape[1], dtype=tg.dtype)
+        tgw[:, ::2] = tg
+        ilw = torch.stack([il, il], 1)[:, 0]
+        tlw = torch.stack([tl, tl], 1)[:, 1]
+        return big[:, :, : x.shape[2]], tgw[:, ::2], ilw, tlw
+
+    out = {}
+    for dtype in ("float32", "float64", "float16", "bfloat16"):
+        out[dtype] = dict(case=_case(1, dtype=getattr(torch, dtype)))
+    out["int32 operands"] = dict(case=_case(2, int_dtype=torch.int32))
+    out["concatenated targets"] = dict(case=concat(*_case(3)))
+    out["strided operands"] = dict(case=strided(*_case(4)))
+    out["C % 4 == 0 (vector rows)"] = dict(case=_case(5, C=8))
+    out["warp and block kernels"] = dict(case=_case(6, T=300, N=2, C=7, S=140))
+    out["blank 3"] = dict(case=_case(7), blank=3)
+    return out
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("reduction,zero_infinity", [("none", False), ("none", True), ("sum", False),
+                                                     ("mean", True), ("mean", False)])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_launches_equal_the_python_routes(compiled, python_route, case, reduction, zero_infinity, from_logits):
+    x, tg, il, tl = CASES[case]["case"]
+    blank = CASES[case].get("blank", 0)
+    out = F.torch_call(x, tg, il, tl, blank, REDUCTIONS[reduction], zero_infinity, from_logits, True)
+    assert out is not None
+    loss, call, saved = out
+    assert [t is s for t, s in zip((tg, il, tl), saved[:3])] == [True] * 3
+    ws = saved[3]
+    w = torch.rand(x.shape[1], dtype=torch.float64) if reduction == "none" else torch.tensor(0.5)
+    grad = call.backward(w, reduction == "mean")
+    got = compiled()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    assert grad.dtype == x.dtype and grad.shape == x.shape and loss.dtype == acc
+    assert loss.shape == ((x.shape[1],) if reduction == "none" else ())
+
+    # the Python route: one _Call on the same tensors and workspace, through the C launcher
+    ref = L._Call(x, tg, il, tl, blank=blank, from_logits=from_logits, want_grad=True, workspace=ws)
+    costs_ptr = loss.data_ptr() if reduction == "none" else None
+    red = [r for r in got if r[0].startswith("fctc_reduce_")]
+    if reduction != "none" or zero_infinity:
+        assert len(red) == 1
+        costs_ptr = red[0][5]["costs"]
+    ref.values["costs"] = costs_ptr
+    ref.launch_forward()
+    ref.values.update(costs=0, grad=grad.data_ptr())
+    ref.set_weights(w, reduction == "mean")
+    ref.launch_grad()
+    want = compiled()
+    mine = [r for r in got if not r[0].startswith("fctc_reduce_")]
+    assert [r[:5] for r in mine] == [r[:5] for r in want]
+    for a, b in zip(mine, want):
+        assert a[6] == b[6], [(n, a[5][n], b[5][n]) for n in a[5] if a[5][n] != b[5][n]]
+    names = [r[0] for r in got]
+    sfx = L.KERNEL_TYPES[str(x.dtype).split(".")[1]][0]
+    assert names[0] == (f"fctc_lse_{sfx}" if from_logits else names[0])
+    assert names[-1] == f"fctc_grad_{sfx}"
+
+    # the reduction: after the trellis, before the gradient, on the costs the trellis wrote
+    if red:
+        (name, grid, block, shm, stream, v, _) = red[0]
+        assert names.index(name) == len(names) - 2
+        assert name == ("fctc_reduce_f64" if acc == torch.float64 else "fctc_reduce_f32")
+        assert grid == (1, 1, 1) and block == (256, 1, 1) and shm == 0 and stream == 0
+        trellis = [r for r in got if r[0].startswith("fctc_trellis_")]
+        assert all(r[5]["costs"] == v["costs"] for r in trellis)
+        assert v["N"] == x.shape[1] and v["tg_len"] == tl.data_ptr() and v["tl_st"] == tl.stride(0)
+        assert v["tl64"] == int(tl.dtype == torch.int64)
+        assert v["mode"] == REDUCTIONS[reduction] and v["zero_inf"] == int(zero_infinity)
+        assert v["out"] == loss.data_ptr()
+        assert (v["out"] == v["costs"]) == (reduction == "none")
+
+
+def test_loss_only_call_launches_no_gradient_and_keeps_nothing(compiled):
+    x, tg, il, tl = _case(8)
+    loss, call, saved = F.torch_call(x, tg, il, tl, 0, 2, False, True, False)
+    assert call is None and saved is None and loss.shape == ()
+    names = [r[0] for r in compiled()]
+    assert names == ["fctc_lse_f32", "fctc_trellis_f32_w2", "fctc_reduce_f32"]
+    got = L.plan(10, 3, 6, 4, want_grad=False, from_logits=True, acc="float32")
+    assert got["offsets"]["ws_alpha"] is None  # loss-only: no trellis rows
+
+
+def test_reads_the_plan_of_cuda_launch(compiled):
+    """The workspace size and every launch's geometry are fastctc._cuda_launch.plan's."""
+    for T, N, C, S in ((10, 3, 6, 4), (300, 2, 7, 140), (50, 9, 5, 0), (5, 2, 4, 30)):
+        x, tg, il, tl = _case(9, T=T, N=N, C=C, S=max(S, 1))
+        tg = tg[:, :S]
+        tl = tl.clamp(max=S)
+        p = L.plan(T, N, C, S, want_grad=True, from_logits=False, acc="float32")
+        loss, call, saved = F.torch_call(x, tg, il, tl, 0, 0, False, False, True)
+        assert saved[3].shape == (p["total"],)
+        trellis = [r for r in compiled() if r[0].startswith("fctc_trellis_")]
+        assert [(r[0].rsplit("_", 1)[1], r[1][:2], r[2][0], r[3], r[5]["sel_lo"], r[5]["sel_hi"])
+                for r in trellis] == [tuple(launch) for launch in p["launches"]]
+        v = trellis[0][5]
+        base = saved[3].data_ptr()
+        for region, off in p["offsets"].items():
+            assert v[region] == (0 if off is None else base + off), region
+
+
+def _declined():
+    x, tg, il, tl = _case(10)
+    host = torch.ones(3, dtype=torch.int64)
+    yield "unbatched log_probs", (x[:, 0], tg[:1], il[:1], tl[:1], 0)
+    yield "class axis strided", (x.transpose(0, 2).contiguous().transpose(0, 2), tg, il, tl, 0)
+    yield "empty batch", (x[:, :0], tg[:0], il[:0], tl[:0], 0)
+    yield "no frames", (x[:0], tg, il, tl, 0)
+    yield "int8 targets", (x, tg.to(torch.int8), il, tl, 0)
+    yield "float lengths", (x, tg, il.double(), tl, 0)
+    yield "lengths of the wrong shape", (x, tg, il[:2], tl, 0)
+    yield "lengths (N, 1)", (x, tg, il[:, None], tl, 0)
+    yield "targets of rank 3", (x, tg[:, :, None], il, tl, 0)
+    yield "targets of another batch", (x, tg[:2], il, tl, 0)
+    yield "a list of lengths", (x, tg, [10, 10, 10], tl, 0)
+    yield "a NumPy array of targets", (x, tg.numpy(), il, tl, 0)
+    yield "blank out of range", (x, tg, il, tl, 6)
+    yield "negative blank", (x, tg, il, tl, -1)
+    yield "blank as a bool", (x, tg, il, tl, True)
+    yield "blank as a NumPy integer", (x, tg, il, tl, np.int64(0))
+    yield "int32 activations", (x.to(torch.int32), tg, il, tl, 0)
+    yield "NumPy activations", (x.numpy(), tg, il, tl, 0)
+    yield "targets over the kernels' limit", (torch.zeros(5000, 1, 3), torch.ones(1, 4200, dtype=torch.int64),
+                                              host[:1], host[:1], 0)
+
+
+@pytest.mark.parametrize("label,args", list(_declined()), ids=[d[0] for d in _declined()])
+def test_declines_what_is_not_plain(compiled, label, args):
+    assert F.torch_call(*args, 2, False, True, True) is None
+    assert compiled() == []
+
+
+def test_declines_without_the_kernels_it_needs(compiled):
+    x, tg, il, tl = _case(11)
+    F.set_kernels(0, {k: v for k, v in HANDLES.items() if not k.startswith("fctc_reduce_")})
+    assert F.torch_call(x, tg, il, tl, 0, 2, False, True, True) is None  # 'mean' needs the reduction kernel
+    assert F.torch_call(x, tg, il, tl, 0, 0, False, True, True) is not None  # 'none' does not
+    F.set_kernels(0, {k: v for k, v in HANDLES.items() if not k.startswith("fctc_lse_")})
+    assert F.torch_call(x, tg, il, tl, 0, 0, False, True, True) is None  # logits need the row sums
+    F.set_kernels(0, {})
+    assert F.torch_call(x, tg, il, tl, 0, 0, False, False, False) is None
+    compiled()
+
+
+def test_declines_device_tensors_when_emulating_and_host_tensors_otherwise(compiled):
+    x, tg, il, tl = _case(12)
+    F.emulate(False)  # a real device is then required: CPU tensors are not plain
+    assert F.torch_call(x, tg, il, tl, 0, 2, False, True, True) is None
+    assert compiled() == []
+
+
+def test_backward_weights(compiled):
+    x, tg, il, tl = _case(13)
+    _, call, _ = F.torch_call(x, tg, il, tl, 0, 0, False, True, True)
+    compiled()
+    for w, kind, st in ((torch.ones(3), 1, 1), (torch.ones(3, dtype=torch.float64), 2, 1),
+                        (torch.ones(6)[::2], 1, 2), (torch.tensor(2.0), 1, 0), (torch.ones(1), 1, 0),
+                        (torch.ones(3, dtype=torch.float16), 2, 1), (None, 0, 0)):
+        grad = call.backward(w, False, like=x)
+        (r,) = compiled()
+        v = r[5]
+        assert r[0] == "fctc_grad_f32" and v["w_kind"] == kind and v["w_st"] == st
+        assert v["grad"] == grad.data_ptr() and v["costs"] == 0 and v["mean"] == 0
+        if w is not None and w.dtype != torch.float16:
+            assert v["w"] == w.data_ptr()
+    with pytest.raises(ValueError, match=r"grad_weights must have shape \(N,\) = \(3,\), got \(2,\)"):
+        call.backward(torch.ones(2), False)
+    assert compiled() == []
+
+
+def test_route_fields_are_the_kernels_arguments():
+    assert F.FIELD_NAMES == tuple(n for n, _ in L.TRELLIS_ARGS)
+    assert [F.kernel_name(t, k) for t in range(4) for k in (0, 6)] == [
+        f"fctc_{k}_{s}" for s in ("f32", "f64", "f16", "bf16") for k in ("lse", "grad")]
+    assert set(F.kernel_name(t, k) for t in range(4) for k in range(8)) <= set(HANDLES)
