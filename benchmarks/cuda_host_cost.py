@@ -45,7 +45,12 @@ def c_route(f, L):
 
 
 def stub(torch):
-    """fastctc.torch's CUDA route and fastctc._cuda_launch on CPU tensors, launches counted, not run."""
+    """fastctc.torch's CUDA route and fastctc._cuda_launch on CPU tensors, launches counted, not run;
+    returns (fastctc.torch, fastctc._cuda_launch, the launches, the host-held tensors' class)."""
+
+    class HostTensor(torch.Tensor):
+        """A CPU tensor standing for a host-held one (the other CPU tensors stand for device tensors)."""
+        __torch_function__ = torch._C._disabled_torch_function_impl  # as fast as a plain tensor
     import fastctc.torch as fct
     from fastctc import _cuda_launch as L
 
@@ -61,13 +66,13 @@ def stub(torch):
     L._kernel_handles = lambda ordinal, h={n: 0x1000 + i for i, n in enumerate(L_names())}: h
     from fastctc import _cuda_fast
     _cuda_fast.recorder_enable()  # the C route's launches go to the recorder (a ring of 64)
-    _cuda_fast.emulate(True)  # the compiled torch route takes CPU tensors as device 0's
+    _cuda_fast.emulate(True, HostTensor)  # the compiled route: CPU tensors are device 0's, HostTensor's the host's
     names = L_names() + ["fctc_reduce_f32", "fctc_reduce_f64"]
     _cuda_fast.set_kernels(0, {n: 0x1000 + i for i, n in enumerate(names)})
     fct._launcher = lambda: L
-    fct._on_device = lambda x: isinstance(x, torch.Tensor)
+    fct._on_device = lambda x: isinstance(x, torch.Tensor) and not isinstance(x, HostTensor)
     fct._upload = lambda arr, device: torch.from_numpy(arr)
-    return fct, L, launches
+    return fct, L, launches, HostTensor
 
 
 def main(argv=None):
@@ -76,12 +81,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args(argv)
     import torch
-    fct, L, launches = stub(torch)
+    fct, L, launches, HostTensor = stub(torch)
     x = torch.randn(8, 1, 5)
     tg, il, tl = torch.tensor([[1, 2]]), torch.tensor([8]), torch.tensor([2])
-    # held on the host (NumPy arrays here: in this stand-in every tensor counts as a device
-    # tensor): validated and uploaded by the Python route, which the compiled route leaves them to
-    host = [t.numpy().copy() for t in (tg, il, tl)]
+    host = [t.as_subclass(HostTensor) for t in (tg, il, tl)]  # validated and uploaded by the routes
     xl = x.clone().requires_grad_()
 
     def fwd_bwd(ints):

@@ -282,3 +282,81 @@ def test_route_fields_are_the_kernels_arguments():
     assert [F.kernel_name(t, k) for t in range(4) for k in (0, 6)] == [
         f"fctc_{k}_{s}" for s in ("f32", "f64", "f16", "bf16") for k in ("lse", "grad")]
     assert set(F.kernel_name(t, k) for t in range(4) for k in range(8)) <= set(HANDLES)
+
+
+class Host(torch.Tensor):
+    """A CPU tensor standing in for a host-held one (the other CPU tensors are the device's)."""
+
+
+@pytest.mark.parametrize("form", ["padded", "concatenated", "int32 strided"])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_host_operands_uploaded_once_in_the_python_routes_form(compiled, python_route, form, from_logits):
+    x, tg, il, tl = _case(14, T=12, N=4, C=7, S=5)
+    if form == "concatenated":
+        tg = torch.cat([tg[n, : int(tl[n])] for n in range(4)])
+    if form == "int32 strided":
+        tg = torch.stack([tg, tg], 2).to(torch.int32)[:, :, 1]
+        il, tl = il.to(torch.int32), torch.stack([tl, tl], 1)[:, 0]
+    F.emulate(True, Host)
+    h = lambda t: t.as_subclass(Host)  # noqa: E731
+    loss, call, saved = F.torch_call(x, h(tg), h(il), h(tl), 0, 2, False, from_logits, True)
+    upload, _, _, ws = saved
+    total = int(tl.sum())
+    labels = torch.cat([tg[n, : int(tl[n])] for n in range(4)]) if tg.dim() == 2 else tg
+    assert upload.dtype == torch.int64 and upload.shape == (total + 8,)
+    assert upload.tolist() == labels.tolist() + il.tolist() + tl.tolist()
+    w = torch.tensor(1.0)
+    grad = call.backward(w, True)
+    got = [r for r in compiled() if not r[0].startswith("fctc_reduce_")]
+    F.emulate(True)
+    ref = L._Call(x, upload[:total], upload[total:total + 4], upload[total + 4:], blank=0, from_logits=from_logits,
+                  want_grad=True, max_target_length=int(tl.max()), workspace=ws)
+    ref.values["costs"] = got[-2][5]["costs"]
+    ref.launch_forward()
+    ref.values.update(costs=0, grad=grad.data_ptr())
+    ref.set_weights(w, True)
+    ref.launch_grad()
+    want = compiled()
+    assert [r[:5] for r in got] == [r[:5] for r in want]
+    for a, b in zip(got, want):
+        assert a[6] == b[6], [(n, a[5][n], b[5][n]) for n in a[5] if a[5][n] != b[5][n]]
+
+
+def _declined_host():
+    x, tg, il, tl = _case(15, T=10, N=3, C=6, S=4)
+    h = lambda t: t.as_subclass(Host)  # noqa: E731
+    yield "mixed: device targets, host lengths", (tg, h(il), h(tl))
+    yield "mixed: host targets, device lengths", (h(tg), il, tl)
+    yield "input length > T", (h(tg), h(il + 20), h(tl))
+    yield "negative input length", (h(tg), h(il - 20), h(tl))
+    yield "target length > S", (h(tg), h(il), h(tl + 5))
+    yield "negative target length", (h(tg), h(il), h(tl - 9))
+    bad = tg.clone()
+    bad[0, 0] = 6
+    yield "label = C", (h(bad), h(il), h(tl))
+    bad = tg.clone()
+    bad[1, 0] = -1
+    yield "negative label", (h(bad), h(il), h(tl))
+    flat = torch.cat([tg[n, : int(tl[n])] for n in range(3)])
+    yield "concatenated: sum(target_lengths) != count", (h(flat[:-1]), h(il), h(tl))
+    yield "host float lengths", (h(tg), h(il.double()), h(tl))
+
+
+@pytest.mark.parametrize("label,ops", list(_declined_host()), ids=[d[0] for d in _declined_host()])
+def test_declines_host_operands_the_validator_rejects(compiled, label, ops):
+    x = _case(15, T=10, N=3, C=6, S=4)[0]
+    F.emulate(True, Host)
+    assert F.torch_call(x, *ops, 0, 2, False, True, True) is None
+    assert compiled() == []
+
+
+def test_host_labels_past_the_target_length_are_not_read(compiled):
+    """Padding past each target length may hold anything (the validator masks it too)."""
+    x, tg, il, tl = _case(16, T=10, N=3, C=6, S=4)
+    tl[:] = 2
+    tg[:, 2:] = 99
+    F.emulate(True, Host)
+    h = lambda t: t.as_subclass(Host)  # noqa: E731
+    loss, call, saved = F.torch_call(x, h(tg), h(il), h(tl), 0, 2, False, True, True)
+    assert saved[0][:6].tolist() == tg[:, :2].reshape(-1).tolist()
+    compiled()

@@ -458,6 +458,7 @@ cdef uintptr_t _kernels[MAX_DEVICES][N_TYPES][N_KERNELS]  # CUkernel handles; 0:
 cdef ctx_device_fn_t _ctx_get_device = NULL                # the driver's cuCtxGetDevice
 cdef int _emulated = 0                                     # test hook: CPU tensors stand in
 cdef object _guard = None                                  # a context manager factory (ordinal)
+cdef object _host_class = None                             # emulating: the host tensors' class
 cdef object _torch = None
 cdef object _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream
 cdef tuple _in_dtypes
@@ -499,11 +500,13 @@ def set_device_guard(factory):
     _guard = factory
 
 
-def emulate(bint on):
+def emulate(bint on, host_class=None):
     """Test hook: CPU tensors stand in for one CUDA device (ordinal 0, stream 0, no
-    context check); the launches go to whatever set_driver_launch installed."""
-    global _emulated
+    context check), except instances of host_class, which count as host-held; the
+    launches go to whatever set_driver_launch installed."""
+    global _emulated, _host_class
     _emulated = on
+    _host_class = host_class if on else None
 
 
 cdef int _torch_init() except -1:
@@ -560,12 +563,93 @@ cdef inline int _dtype_index(object dt) noexcept:
     return -1
 
 
-cdef inline int _int_kind(object x, int device) except -2:
-    # 1 for an int64 tensor on `device` (-1: the CPU), 0 for int32, -1 for anything else
-    if not isinstance(x, _Tensor) or x.get_device() != device:
+cdef inline int _where(object x, int device) except -2:
+    # 1: a tensor on `device`, 0: a host tensor, -1: anything else (emulating: CPU tensors are
+    # the device's but for the instances of the class emulate() was given)
+    if not isinstance(x, _Tensor):
         return -1
+    if _emulated:
+        if x.is_cuda:
+            return -1
+        return 0 if _host_class is not None and isinstance(x, _host_class) else 1
+    d = x.get_device()
+    return 1 if d == device else (0 if d == -1 else -1)
+
+
+cdef inline int _int_kind(object x) except -2:
+    # 1 for an int64 tensor, 0 for int32, -1 for anything else
     dt = x.dtype
     return 1 if dt is _i64 else (0 if dt is _i32 else -1)
+
+
+cdef struct HostInts:
+    const char *tg
+    const char *il
+    const char *tl
+    int tg64, il64, tl64, concat
+    long long tg_st_n, tg_st_s, il_st, tl_st
+    long long N, T, C, S
+    long long total, lmax       # out: labels in all, longest target
+
+
+cdef inline long long _read(const char *base, bint is64, long long i) noexcept nogil:
+    return (<const int64_t *>base)[i] if is64 else (<const int32_t *>base)[i]
+
+
+cdef bint _check_host(HostInts *h) noexcept nogil:
+    """The validator's conditions on host-held targets and lengths (fastctc._validate.
+    check_ctc_inputs): input lengths in [0, T]; target lengths in [0, S] (padded) or
+    summing to the label count (concatenated, each in [0, 2^30 - 9]); every label read in
+    [0, C).  Fills total and lmax; False for anything the validator would reject."""
+    cdef long long n, j, v, tl, total = 0, lmax = 0
+    for n in range(h.N):
+        v = _read(h.il, h.il64, n * h.il_st)
+        if v < 0 or v > h.T:
+            return False
+        tl = _read(h.tl, h.tl64, n * h.tl_st)
+        if tl < 0 or tl > (h.S if not h.concat else 0x7FFFFFFF // 2 - 8):
+            return False
+        if not h.concat:
+            for j in range(tl):
+                v = _read(h.tg, h.tg64, n * h.tg_st_n + j * h.tg_st_s)
+                if v < 0 or v >= h.C:
+                    return False
+        total += tl
+        if tl > lmax:
+            lmax = tl
+    if h.concat:
+        if total != h.S:
+            return False
+        for j in range(total):
+            v = _read(h.tg, h.tg64, j * h.tg_st_s)
+            if v < 0 or v >= h.C:
+                return False
+    h.total, h.lmax = total, lmax
+    return True
+
+
+cdef object _upload(HostInts *h, object like):
+    """(labels, input lengths, target lengths) as one int64 device array: written into
+    pinned memory, then copied without blocking the host on the current stream (torch's
+    caching host allocator keeps the pinned block until that copy has run)."""
+    cdef long long n, j, k = 0, tl
+    cdef int64_t *out
+    staged = _torch.empty((h.total + 2 * h.N,), dtype=_i64, pin_memory=not _emulated)
+    out = <int64_t *><uintptr_t>staged.data_ptr()
+    for n in range(h.N):
+        tl = _read(h.tl, h.tl64, n * h.tl_st)
+        if not h.concat:
+            for j in range(tl):
+                out[k] = _read(h.tg, h.tg64, n * h.tg_st_n + j * h.tg_st_s)
+                k += 1
+        out[h.total + n] = _read(h.il, h.il64, n * h.il_st)
+        out[h.total + h.N + n] = tl
+    if h.concat:
+        for j in range(h.total):
+            out[j] = _read(h.tg, h.tg64, j * h.tg_st_s)
+    if _emulated:
+        return staged
+    return staged.to(like.device, non_blocking=True)
 
 
 cdef class DeviceCall:
@@ -642,8 +726,11 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     cdef DeviceCall call
     cdef uint64_t *s
     cdef int ordinal, dev = -1, want_dev, ti, tg64, il64, tl64, i, kernel, acc
-    cdef long long T, N, C, Smax, st_t, st_n, tg_st_n, tg_st_s, tg_count
-    cdef uintptr_t stream = 0, base, acts_ptr
+    cdef long long T, N, C, Smax, st_t, st_n, tg_st_n, tg_st_s, tg_count, il_st, tl_st
+    cdef uintptr_t stream = 0, base, acts_ptr, tg_ptr, il_ptr, tl_ptr
+    cdef HostInts h
+    cdef bint host
+    cdef int where
     cdef uintptr_t *handles
     if _torch is None:
         _torch_init()
@@ -675,9 +762,12 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         return None
     if type(blank) is not int or not 0 <= blank < C:
         return None
-    tg64 = _int_kind(targets, want_dev)
-    il64 = _int_kind(input_lengths, want_dev)
-    tl64 = _int_kind(target_lengths, want_dev)
+    where = _where(targets, want_dev) + 3 * _where(input_lengths, want_dev) + 9 * _where(target_lengths, want_dev)
+    if where != 0 and where != 13:  # all three on the device (13) or all three host tensors (0)
+        return None
+    tg64 = _int_kind(targets)
+    il64 = _int_kind(input_lengths)
+    tl64 = _int_kind(target_lengths)
     if tg64 < 0 or il64 < 0 or tl64 < 0:
         return None
     tshape = targets.shape
@@ -694,6 +784,24 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         return None
     if tuple(input_lengths.shape) != (N,) or tuple(target_lengths.shape) != (N,):
         return None
+    il_st, tl_st = input_lengths.stride()[0], target_lengths.stride()[0]
+    host = where == 0
+    if host:
+        # host values: checked here as the validator would accept them (anything else is
+        # declined, and the Python route raises its error), then sent as one int64 upload of
+        # (concatenated labels, input lengths, target lengths): the Python route's form
+        h.tg = <const char *><uintptr_t>targets.data_ptr()
+        h.il = <const char *><uintptr_t>input_lengths.data_ptr()
+        h.tl = <const char *><uintptr_t>target_lengths.data_ptr()
+        h.tg64, h.il64, h.tl64 = tg64, il64, tl64
+        h.tg_st_n, h.tg_st_s, h.il_st, h.tl_st = tg_st_n, tg_st_s, il_st, tl_st
+        h.concat = len(tshape) == 1
+        h.N, h.T, h.C, h.S = N, T, C, Smax
+        if not _check_host(&h):
+            return None
+        Smax = h.lmax
+        tg64 = il64 = tl64 = 1
+        tg_st_n, tg_st_s, tg_count, il_st, tl_st = 0, 1, h.total, 1, 1
     acc = 8 if ti == 1 else 4
     if not _plan(&p, T, N, Smax, want_grad, from_logits, acc):
         return None
@@ -710,6 +818,17 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
             return None
         stream = <uintptr_t>_raw_stream(ordinal)
 
+    if host:
+        upload = _upload(&h, log_probs)
+        tg_ptr = <uintptr_t>upload.data_ptr()
+        il_ptr = tg_ptr + 8 * <uintptr_t>h.total
+        tl_ptr = il_ptr + 8 * <uintptr_t>N
+        targets = upload  # what the backward's launch reads (kept alive by the caller)
+        input_lengths = target_lengths = None
+    else:
+        tg_ptr = <uintptr_t>targets.data_ptr()
+        il_ptr = <uintptr_t>input_lengths.data_ptr()
+        tl_ptr = <uintptr_t>target_lengths.data_ptr()
     acc_dtype = _f64 if acc == 8 else _f32
     ws = log_probs.new_empty((p.total,), dtype=_u8)
     costs = log_probs.new_empty((N,), dtype=acc_dtype)
@@ -723,21 +842,21 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     _put_i(s, F_T, T)
     _put_i(s, F_N, N)
     _put_i(s, F_C, C)
-    _put_p(s, F_TARGETS, <uintptr_t>targets.data_ptr())
+    _put_p(s, F_TARGETS, tg_ptr)
     _put_i(s, F_TG64, tg64)
-    _put_i(s, F_CONCAT, len(tshape) == 1)
+    _put_i(s, F_CONCAT, host or len(tshape) == 1)
     _put_q(s, F_TG_ST_N, tg_st_n)
     _put_q(s, F_TG_ST_S, tg_st_s)
     _put_q(s, F_TG_COUNT, tg_count)
     _put_i(s, F_SMAX, Smax)
     _put_i(s, F_LCAP, p.Lcap)
     _put_i(s, F_WIDTH, p.W)
-    _put_p(s, F_IN_LEN, <uintptr_t>input_lengths.data_ptr())
+    _put_p(s, F_IN_LEN, il_ptr)
     _put_i(s, F_IL64, il64)
-    _put_q(s, F_IL_ST, input_lengths.stride()[0])
-    _put_p(s, F_TG_LEN, <uintptr_t>target_lengths.data_ptr())
+    _put_q(s, F_IL_ST, il_st)
+    _put_p(s, F_TG_LEN, tl_ptr)
     _put_i(s, F_TL64, tl64)
-    _put_q(s, F_TL_ST, target_lengths.stride()[0])
+    _put_q(s, F_TL_ST, tl_st)
     _put_i(s, F_BLANK, blank)
     _put_i(s, F_FROM_LOGITS, from_logits)
     _put_d(s, F_W_MUL, 1.0)
