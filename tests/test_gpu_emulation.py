@@ -443,7 +443,7 @@ def emu_launcher(emu, monkeypatch):
             return torch.from_numpy(np.ascontiguousarray(arr))
 
     def launch(self, name, grid, block, shm, args):
-        spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+        spec = gpu_emu.kernel_spec(name)
         gpu_emu.launch(emu, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
 
     monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
