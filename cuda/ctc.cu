@@ -719,6 +719,58 @@ template <class In, class A> FCTC_DEV void fctc_gradient(const fctc_args &a) {
 #undef FCTC_BASE
 }
 
+// ------------------------------------------------------------------ the loss reduction
+
+// torch's reduction of the per-sequence costs (fastctc/_reduction.py reduce_losses) in one
+// launch, so that a reduced loss costs the caller one kernel instead of a chain of framework
+// operations.  c_n = costs[n], +inf -> 0 when zero_inf (NaN and -inf stay):
+//   mode 0 ('none'): out[n] = c_n (out may be costs: each value is read, then written, by
+//                    the same thread);
+//   mode 1 ('sum'):  out[0] = sum_n c_n;
+//   mode 2 ('mean'): out[0] = sum_n c_n * w_n, w_n = 1 / (max(target_length_n, 1) * N), the
+//                    CPU engine's weight written the same way (pyx/fastctc/_fast.pyx
+//                    _mean_weight); N == 0 gives NaN (the mean of no losses), 'sum' gives 0.
+// The sums are in double, rounded once to A.  Their order depends on N only, not on the
+// launch (one block of up to 256 threads): virtual lane v < 256 sums n = v, v + 256, v + 512,
+// ... in that order (lanes are dealt to the threads, tid, tid + blockDim.x, ...), then the 256
+// partials meet in a fixed tree, part[v] += part[v + h] for h = 128, 64, ..., 1, one barrier
+// a level.  With --fmad=false the result is bit-identical across runs, streams and devices.
+enum { FCTC_REDUCE_LANES = 256 };
+
+template <class A>
+FCTC_DEV void fctc_reduce(const A *costs, int N, const void *tg_len, int tl64, fctc_i64 tl_st, int mode, int zero_inf,
+                          A *out) {
+    __shared__ double part[FCTC_REDUCE_LANES];
+    const int tid = threadIdx.x, nth = blockDim.x;
+    if (mode == 0) {
+        for (int n = tid; n < N; n += nth) {
+            const A c = costs[n];
+            out[n] = zero_inf && c == fctc_lim<A>::pinf() ? (A)0 : c;
+        }
+        return;
+    }
+    for (int v = tid; v < FCTC_REDUCE_LANES; v += nth) {
+        double s = 0;
+        for (int n = v; n < N; n += FCTC_REDUCE_LANES) {
+            double c = (double)costs[n];
+            if (zero_inf && c == fctc_lim<double>::pinf()) c = 0;
+            if (mode == 2) {
+                const fctc_i64 tl = fctc_load_int(tg_len, tl64, (fctc_i64)n * tl_st);
+                const double d = tl > 1 ? (double)tl : 1.0;
+                c *= 1.0 / (d * N);
+            }
+            s += c;
+        }
+        part[v] = s;
+    }
+    __syncthreads();
+    for (int h = FCTC_REDUCE_LANES / 2; h > 0; h >>= 1) {
+        for (int v = tid; v < h; v += nth) part[v] += part[v + h];
+        __syncthreads();
+    }
+    if (tid == 0) out[0] = mode == 2 && N == 0 ? fctc_lim<A>::nan() : (A)part[0];
+}
+
 // ------------------------------------------------------------------ entry points
 
 #define FCTC_PARAM(type, name) type name,
@@ -756,3 +808,13 @@ FCTC_KERNELS(f32, float, float)
 FCTC_KERNELS(f64, double, double)
 FCTC_KERNELS(f16, fctc_half, float)
 FCTC_KERNELS(bf16, fctc_bf16, float)
+
+// The reduction of the costs (fctc_reduce above): one block of 256 threads.
+#define FCTC_REDUCE(suffix, A)                                                                                         \
+    FCTC_ENTRY void __launch_bounds__(256) fctc_reduce_##suffix(const A *costs, int N, const void *tg_len, int tl64,   \
+                                                                fctc_i64 tl_st, int mode, int zero_inf, A *out) {      \
+        fctc_reduce<A>(costs, N, tg_len, tl64, tl_st, mode, zero_inf, out);                                            \
+    }
+
+FCTC_REDUCE(f32, float)
+FCTC_REDUCE(f64, double)

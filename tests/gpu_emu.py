@@ -12,7 +12,10 @@ instead of __syncwarp / __syncthreads is reported as a race.
 
 launch(lib, name, grid, block, shm, args) runs one kernel; run(lib, ...) is run_device's
 contract on NumPy arrays (fastctc._cuda_launch.plan decides the workspace and launches,
-exactly as on a device).
+exactly as on a device).  driver(lib) gives the emulated driver: the address of a C function
+with cuLaunchKernel's signature (emu_cuLaunchKernel, which runs the kernel before it returns)
+and the kernel handles it takes, so that a compiled launcher can be run against the
+emulation exactly as it calls the driver.
 """
 import ctypes
 import os
@@ -153,6 +156,79 @@ EMU_TYPE(f32, float, float)
 EMU_TYPE(f64, double, double)
 EMU_TYPE(f16, fctc_half, float)
 EMU_TYPE(bf16, fctc_bf16, float)
+#define EMU_REDUCE(suffix, A)                                                                     \
+    extern "C" void emu_fctc_reduce_##suffix(int gx, int gy, int block, int shm, const void *costs, int N, \
+                                             const void *tg_len, int tl64, long long tl_st, int mode, \
+                                             int zero_inf, void *out) {                            \
+        emu_launch(gx, gy, block, shm, [=] {                                                      \
+            fctc_reduce_##suffix((const A *)costs, N, tg_len, tl64, tl_st, mode, zero_inf, (A *)out); \
+        });                                                                                       \
+    }
+EMU_REDUCE(f32, float)
+EMU_REDUCE(f64, double)
+
+// ---- the emulated driver: cuLaunchKernel's signature, for launchers that pack arguments
+// the way the driver reads them (params[i] points at argument i, stored with its own type
+// and size).  A kernel handle is 1 + the kernel's index in emu_kernels; emu_kernel_name
+// lists them.  The launch runs synchronously (the stream is ignored).
+#define EMU_UNPACK(type, name) type name = *(type *)params[emu_i++];
+#define EMU_DRV_FIELDS(kname)                                                                     \
+    static void emu_drv_##kname(int gx, int gy, int block, int shm, void **params) {              \
+        int emu_i = 0;                                                                            \
+        FCTC_FIELDS(EMU_UNPACK)                                                                   \
+        int end_marker = *(int *)params[emu_i];                                                   \
+        emu_##kname(gx, gy, block, shm, FCTC_FIELDS(EMU_NAME) end_marker);                        \
+    }
+#define EMU_LSE_FIELDS(X) X(const void *, acts) X(long long, st_t) X(long long, st_n) X(int, T) X(int, N) \
+    X(int, C) X(void *, lse)
+#define EMU_REDUCE_FIELDS(X) X(const void *, costs) X(int, N) X(const void *, tg_len) X(int, tl64)   \
+    X(long long, tl_st) X(int, mode) X(int, zero_inf) X(void *, out)
+#define EMU_NAME_LAST(type, name) , name
+#define EMU_DRV_SHORT(kname, FIELDS)                                                              \
+    static void emu_drv_##kname(int gx, int gy, int block, int shm, void **params) {              \
+        int emu_i = 0;                                                                            \
+        FIELDS(EMU_UNPACK)                                                                        \
+        emu_##kname(gx, gy, block, shm FIELDS(EMU_NAME_LAST));                                    \
+    }
+#define EMU_DRV_TYPE(suffix)                                                                      \
+    EMU_DRV_SHORT(fctc_lse_##suffix, EMU_LSE_FIELDS) EMU_DRV_FIELDS(fctc_grad_##suffix)           \
+    EMU_DRV_FIELDS(fctc_trellis_##suffix##_w2) EMU_DRV_FIELDS(fctc_trellis_##suffix##_w4)         \
+    EMU_DRV_FIELDS(fctc_trellis_##suffix##_w8) EMU_DRV_FIELDS(fctc_trellis_##suffix##_b4)         \
+    EMU_DRV_FIELDS(fctc_trellis_##suffix##_b16)
+EMU_DRV_TYPE(f32)
+EMU_DRV_TYPE(f64)
+EMU_DRV_TYPE(f16)
+EMU_DRV_TYPE(bf16)
+EMU_DRV_SHORT(fctc_reduce_f32, EMU_REDUCE_FIELDS)
+EMU_DRV_SHORT(fctc_reduce_f64, EMU_REDUCE_FIELDS)
+
+struct emu_entry { const char *name; void (*run)(int, int, int, int, void **); };
+#define EMU_ENTRY(kname) {#kname, emu_drv_##kname},
+#define EMU_ENTRIES(suffix)                                                                       \
+    EMU_ENTRY(fctc_lse_##suffix) EMU_ENTRY(fctc_grad_##suffix) EMU_ENTRY(fctc_trellis_##suffix##_w2) \
+    EMU_ENTRY(fctc_trellis_##suffix##_w4) EMU_ENTRY(fctc_trellis_##suffix##_w8)                   \
+    EMU_ENTRY(fctc_trellis_##suffix##_b4) EMU_ENTRY(fctc_trellis_##suffix##_b16)
+static const emu_entry emu_kernels[] = {EMU_ENTRIES(f32) EMU_ENTRIES(f64) EMU_ENTRIES(f16) EMU_ENTRIES(bf16)
+                                        EMU_ENTRY(fctc_reduce_f32) EMU_ENTRY(fctc_reduce_f64)};
+static const int emu_nkernels = (int)(sizeof emu_kernels / sizeof emu_kernels[0]);
+
+extern "C" const char *emu_kernel_name(int handle) {
+    return handle >= 1 && handle <= emu_nkernels ? emu_kernels[handle - 1].name : nullptr;
+}
+
+// CUresult values: 0 success, 1 CUDA_ERROR_INVALID_VALUE, 400 CUDA_ERROR_INVALID_HANDLE
+extern "C" int emu_cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                  unsigned bz, unsigned shm, void *stream, void **params, void **extra) {
+    (void)stream;
+    const unsigned long long h = (unsigned long long)f;
+    if (h < 1 || h > (unsigned long long)emu_nkernels) return 400;
+    // what the emulation runs: x-only blocks of up to 1024 threads, a 2-D grid, arguments by params
+    if (gz != 1 || by != 1 || bz != 1 || bx < 1 || bx > 1024 || gx < 1 || gy < 1 || extra != nullptr ||
+        params == nullptr)
+        return 1;
+    emu_kernels[h - 1].run((int)gx, (int)gy, (int)bx, (int)shm, params);
+    return 0;
+}
 """
 
 
@@ -197,11 +273,39 @@ _CT = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "d": cty
 _HEAD = [ctypes.c_int] * 4
 
 
-def launch(lib, name, grid, block, shm, args, spec=L.TRELLIS_ARGS):
+def launch(lib, name, grid, block, shm, args, spec=None):
+    """Runs kernel `name` on args, given in the order of spec (default: the kernel's own list)."""
+    spec = kernel_spec(name) if spec is None else spec
     fn = getattr(lib, "emu_" + name)
     fn.argtypes = _HEAD + [_CT[k] for _, k in spec]
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
     fn(gx, gy, block, shm, *args)
+
+
+def driver(lib):
+    """The emulated driver: (address of emu_cuLaunchKernel, {kernel name: handle}).  The
+    function has cuLaunchKernel's signature and runs the kernel at once; a handle is the
+    kernel's index in the library's table plus one (any other handle: CUresult 400)."""
+    lib.emu_kernel_name.restype = ctypes.c_char_p
+    lib.emu_kernel_name.argtypes = [ctypes.c_int]
+    handles = {}
+    h = 1
+    while True:
+        name = lib.emu_kernel_name(h)
+        if name is None:
+            break
+        handles[name.decode()] = h
+        h += 1
+    return ctypes.cast(lib.emu_cuLaunchKernel, ctypes.c_void_p).value, handles
+
+
+def kernel_spec(name):
+    """The argument list (L.*_ARGS) of kernel `name`."""
+    if name.startswith("fctc_lse_"):
+        return L.LSE_ARGS
+    if name.startswith("fctc_reduce_"):
+        return L.REDUCE_ARGS
+    return L.TRELLIS_ARGS
 
 
 def _ptr(a):

@@ -23,6 +23,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastctc.torch as fct  # noqa: E402
+import gpu_emu  # noqa: E402  (kernel_spec only: the emulation is built by the tests that run it)
 from fastctc import _cuda_build  # noqa: E402
 from fastctc import _cuda_fast as F  # noqa: E402
 from fastctc import _cuda_launch as L  # noqa: E402
@@ -84,7 +85,7 @@ def standin(monkeypatch):
     py_launches = []
 
     def py_launch(self, name, grid, block, shm, args):
-        spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+        spec = gpu_emu.kernel_spec(name)
         assert len(args) == len(spec)
         model = _model_bytes(args, spec)
         if holder is not None:
@@ -114,7 +115,7 @@ def standin(monkeypatch):
         out = []
         for r in F.recorder_take():
             name = names[r["f"]]
-            spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+            spec = gpu_emu.kernel_spec(name)
             assert r["grid"][2] == 1 and r["block"][1:] == (1, 1) and not r["extra"]
             assert len(r["params"]) == len(spec)
             out.append((name, r["f"], r["grid"][:2], r["block"][0], r["shm"], r["stream"],
@@ -193,7 +194,7 @@ def test_c_route_packs_what_cuda_core_is_given(standin, flow):
     # and pointers by whether they are null; the same run's addresses are compared below
     for a, b in zip(py, c):
         assert a[:6] == b[:6], (a[:6], b[:6])
-        spec = L.LSE_ARGS if a[0].startswith("fctc_lse_") else L.TRELLIS_ARGS
+        spec = gpu_emu.kernel_spec(a[0])
         for (name, kind), pa, pb in zip(spec, a[6], b[6]):
             if kind == "p":
                 assert (pa == bytes(8)) == (pb == bytes(8)), name
@@ -230,7 +231,6 @@ def test_c_route_packs_the_same_addresses_as_the_python_route(standin, monkeypat
 def test_emulated_c_route_matches_cpu_route(standin, monkeypatch):
     """The C route's recorded launches, decoded and run by the emulated kernels as they are
     made: fastctc.torch's losses and gradients equal the CPU route's."""
-    import gpu_emu
     try:
         lib = gpu_emu.shared()
     except FileNotFoundError as exc:
@@ -242,7 +242,7 @@ def test_emulated_c_route_matches_cpu_route(standin, monkeypatch):
         real(name, f, stream, grid, block, shm, spec, values, lo, hi)
         (r,) = F.recorder_take()
         assert names[r["f"]] == name
-        kinds = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+        kinds = gpu_emu.kernel_spec(name)
         gpu_emu.launch(lib, name, r["grid"][:2], r["block"][0], r["shm"], _decode(r["params"], kinds), kinds)
 
     class Fast:  # the _Call route's C launches (the compiled torch route declines: tests/test_cuda_torch_call.py)

@@ -70,7 +70,7 @@ def test_device_checks_pass_on_the_emulated_kernels(tmp_path, monkeypatch):
                 return torch.from_numpy(np.ascontiguousarray(arr))
 
         def launch(self, name, grid, block, shm, args):
-            spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+            spec = gpu_emu.kernel_spec(name)
             gpu_emu.launch(lib, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
 
         data = gpu_check._data

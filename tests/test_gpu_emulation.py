@@ -401,13 +401,22 @@ for T, N, C, S, fl in [(9, 5, 6, 3, True), (20, 3, 7, 30, False), (40, 2, 5, 140
     c2, g2, _ = gpu_emu.run(lib, acts, tg, il, tl, blank=0, from_logits=fl, want_grad=True, force_block=True)
     assert c2.tobytes() == c.tobytes() and g2.tobytes() == g.tobytes()
     gpu_emu.run(lib, acts, tg, il, tl, blank=0, from_logits=fl, want_grad=False, want_alpha=True)
+costs = rng.uniform(0, 9, size=700); tl = rng.integers(0, 9, size=700)  # the reduction's tree
+outs = []
+for block in (256, 96):
+    for mode in (0, 1, 2):
+        out = np.zeros(700 if mode == 0 else 1)
+        gpu_emu.launch(lib, "fctc_reduce_f64", 1, block, 0,
+                       [costs.ctypes.data, 700, tl.ctypes.data, 1, 1, mode, 1, out.ctypes.data])
+        outs.append(out.tobytes())
+assert outs[:3] == outs[3:] and abs(np.frombuffer(outs[1])[0] - costs.sum()) < 1e-9
 print("tsan-ok")
 """
 
 
 @pytest.mark.slow
 def test_emulated_kernels_under_thread_sanitizer(tmp_path):
-    """The warp and block kernels under ThreadSanitizer: any shared-memory exchange that a
+    """The warp, block and reduction kernels under ThreadSanitizer: any shared-memory exchange that a
     barrier does not order (a shuffle is no fence) is reported as a data race."""
     import shutil
     gxx = shutil.which("g++")
@@ -443,7 +452,7 @@ def emu_launcher(emu, monkeypatch):
             return torch.from_numpy(np.ascontiguousarray(arr))
 
     def launch(self, name, grid, block, shm, args):
-        spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+        spec = gpu_emu.kernel_spec(name)
         gpu_emu.launch(emu, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
 
     monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))

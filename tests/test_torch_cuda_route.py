@@ -406,7 +406,7 @@ def emulated(monkeypatch):
             raise AssertionError("the torch route uploads host values itself, once")
 
     def launch(self, name, grid, block, shm, args):
-        spec = L.LSE_ARGS if name.startswith("fctc_lse_") else L.TRELLIS_ARGS
+        spec = gpu_emu.kernel_spec(name)
         gpu_emu.launch(lib, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
 
     monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))

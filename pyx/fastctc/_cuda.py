@@ -31,6 +31,7 @@ from ._cuda_build import (  # noqa: F401
 from ._cuda_launch import (  # noqa: F401
                           KERNEL_TYPES,
                           LSE_ARGS,
+                          REDUCE_ARGS,
                           TRELLIS_ARGS,
                           ctc_loss_device,
                           is_cuda_array,

@@ -149,12 +149,12 @@ def store_cubin(path: str, data: bytes) -> None:
 
 
 def kernel_names() -> list:
-    """Every entry point of ctc.cu (the FCTC_KERNELS instantiations)."""
+    """Every entry point of ctc.cu (the FCTC_KERNELS and FCTC_REDUCE instantiations)."""
     names = []
     for suffix in ("f32", "f64", "f16", "bf16"):
         names += [f"fctc_lse_{suffix}", f"fctc_grad_{suffix}"]
         names += [f"fctc_trellis_{suffix}_{tag}" for tag in ("w2", "w4", "w8", "b4", "b16")]
-    return names
+    return names + ["fctc_reduce_f32", "fctc_reduce_f64"]
 
 
 def _load(cubin: bytes) -> dict:

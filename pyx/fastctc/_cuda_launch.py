@@ -100,6 +100,11 @@ TRELLIS_ARGS = (
     ("end_marker", "i"),
 )
 LSE_ARGS = (("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"), ("C", "i"), ("lse", "p"))
+# fctc_reduce_*: the costs' reduction (mode REDUCE_MODES[reduction]; zero_inf: +inf -> 0)
+REDUCE_ARGS = (("costs", "p"), ("N", "i"), ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"), ("mode", "i"),
+               ("zero_inf", "i"), ("out", "p"))
+REDUCE_MODES = {"none": 0, "sum": 1, "mean": 2}
+REDUCE_BLOCK = 256  # fctc_reduce's one block (its result does not depend on it)
 
 # input dtype name -> (kernel suffix, accumulator dtype name).  Workspace, costs and
 # log_alpha hold accumulator values: their sizes come from the accumulator, never from
@@ -194,6 +199,7 @@ LAUNCH_MODE = _launch_mode_from_env()
 
 _fast = None       # fastctc._cuda_fast once the driver's cuLaunchKernel is installed
 _specs = None      # (TRELLIS_ARGS, LSE_ARGS) as _cuda_fast.Spec
+_reduce_spec = None  # REDUCE_ARGS as _cuda_fast.Spec
 _handles = {}      # device ordinal -> {kernel name: CUkernel address}
 
 
@@ -221,11 +227,12 @@ def compiled_route():
 def _c_launcher():
     """fastctc._cuda_fast with cuLaunchKernel installed (the driver is asked on first use
     only: importing the module touches no driver, so it imports on machines without CUDA)."""
-    global _fast, _specs
+    global _fast, _specs, _reduce_spec
     if _fast is not None:
         return _fast
     if _specs is None:
         _specs = (_cuda_fast.Spec(TRELLIS_ARGS), _cuda_fast.Spec(LSE_ARGS))
+        _reduce_spec = _cuda_fast.Spec(REDUCE_ARGS)
     if not _cuda_fast.driver_installed() and not _cuda_fast.recording():
         _cuda_fast.set_driver_launch(_driver_address("cuLaunchKernel"))
         _cuda_fast.set_driver_ctx_device(_driver_address("cuCtxGetDevice"))
@@ -605,6 +612,27 @@ class _Call:
             for tag, grid, block, shm, lo, hi in self.plan["launches"]:
                 name = f"fctc_trellis_{self.suffix}_{tag}"
                 fast.launch(name, handles[name], stream, grid, block, shm, trellis, v, lo, hi)
+
+    def launch_reduce(self, costs_ptr, out_ptr, mode, zero_inf):
+        """Queues fctc_reduce_<acc> on the call's stream: out = the reduction of the costs at
+        costs_ptr ((N,) accumulator values, e.g. the forward's costs) with this call's target
+        lengths; mode 0 'none' (out (N,), +inf -> 0 when zero_inf; out may be costs_ptr),
+        1 'sum', 2 'mean' (out: one value; see REDUCE_MODES).  Nothing is read on the host."""
+        if mode == 0 and self.N == 0:
+            return  # nothing to write
+        v = self.values
+        values = dict(costs=int(costs_ptr), N=self.N, tg_len=v["tg_len"], tl64=v["tl64"], tl_st=v["tl_st"],
+                      mode=int(mode), zero_inf=int(bool(zero_inf)), out=int(out_ptr))
+        name = "fctc_reduce_" + ("f64" if self.acc == "float64" else "f32")
+        ordinal = self.be.ordinal
+        if LAUNCH_MODE == "c":
+            fast = _fast or _c_launcher()
+            handle = _kernel_handles(ordinal)[name]
+            with _DeviceGuard(ordinal):
+                fast.launch(name, handle, int(self.be.stream), 1, REDUCE_BLOCK, 0, _reduce_spec, values)
+            return
+        with _DeviceGuard(ordinal):
+            self._launch(name, 1, REDUCE_BLOCK, 0, pack_args(values, REDUCE_ARGS))
 
     def _grad_c(self, rows):
         fast = _fast or _c_launcher()
