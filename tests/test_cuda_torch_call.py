@@ -26,20 +26,18 @@ from fastctc import _cuda_fast as F  # noqa: E402
 from fastctc import _cuda_launch as L  # noqa: E402
 
 NAMES = _cuda_build.kernel_names()
-HANDLES = {name: 0x1000 + 0x10 * i for i, name in enumerate(NAMES + ["fctc_reduce_f32", "fctc_reduce_f64"])}
+HANDLES = {name: 0x1000 + 0x10 * i for i, name in enumerate(NAMES)}
 BY_HANDLE = {v: k for k, v in HANDLES.items()}
-REDUCE_ARGS = (("costs", "p"), ("N", "i"), ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"), ("mode", "i"),
-               ("zero_inf", "i"), ("out", "p"))
 _SIZE = {"p": 8, "i": 4, "q": 8, "d": 8}
 _FMT = {"p": "<Q", "i": "<i", "q": "<q", "d": "<d"}
-REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+REDUCTIONS = L.REDUCE_MODES
 
 
 def _spec(name):
     if name.startswith("fctc_lse_"):
         return L.LSE_ARGS
     if name.startswith("fctc_reduce_"):
-        return REDUCE_ARGS
+        return L.REDUCE_ARGS
     return L.TRELLIS_ARGS
 
 
@@ -360,3 +358,111 @@ def test_host_labels_past_the_target_length_are_not_read(compiled):
     loss, call, saved = F.torch_call(x, h(tg), h(il), h(tl), 0, 2, False, True, True)
     assert saved[0][:6].tolist() == tg[:, :2].reshape(-1).tolist()
     compiled()
+
+
+# ---------------------------------------------------------------- through the emulated kernels
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """fastctc.torch's CUDA route with the compiled route on, its launches run by the emulated
+    kernels through gpu_emu's stand-in for cuLaunchKernel (CPU tensors as the device's,
+    Host instances as host-held); the Python route's _Call is unavailable, so a call the
+    compiled route declined would fail."""
+    import fastctc.torch as fct
+    import gpu_emu
+    try:
+        lib = gpu_emu.shared()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    address, handles = gpu_emu.driver(lib)
+    F.set_driver_launch(address)
+    F.emulate(True, Host)
+    F.set_kernels(0, handles)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "c")
+    monkeypatch.setattr(L, "_fast", F)
+    monkeypatch.setattr(fct, "_launcher", lambda: L)
+
+    class NoCall:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the compiled route declined a plain call")
+
+    monkeypatch.setattr(L, "_Call", NoCall)
+    yield fct
+    F.reset_driver()
+    F.emulate(False)
+    F.set_kernels(0, {})
+
+
+@pytest.mark.parametrize("form", ["device padded", "device concatenated int32", "host padded"])
+@pytest.mark.parametrize("reduction,zero_infinity", [("none", False), ("none", True), ("sum", False),
+                                                     ("mean", False), ("mean", True)])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_emulated_route_matches_cpu_route(emulated, form, reduction, zero_infinity, from_logits):
+    fct = emulated
+    x, tg, il, tl = _case(20, T=12, N=4, C=6, S=4, dtype=torch.float64)
+    il[1] = 3  # target 1 cannot fit: +inf (0 with zero_infinity), zero gradient
+    tl[1] = 4
+    if "concatenated" in form:
+        tg = torch.cat([tg[n, : int(tl[n])] for n in range(4)]).to(torch.int32)
+        il, tl = il.to(torch.int32), tl.to(torch.int32)
+    ops = [t.as_subclass(Host) for t in (tg, il, tl)] if "host" in form else [tg, il, tl]
+    xin = x if from_logits else x.log_softmax(-1)
+    up = torch.rand(4, dtype=torch.float64) if reduction == "none" else torch.tensor(0.7, dtype=torch.float64)
+    xd = xin.clone().requires_grad_()
+    ld = fct._cuda_ctc_loss(xd, *ops, 0, reduction, zero_infinity, from_logits)
+    ld.backward(up)
+    xc = xin.clone().requires_grad_()
+    lc = fct.ctc_loss(xc, tg.long(), il.long(), tl.long(), reduction=reduction, zero_infinity=zero_infinity,
+                      from_logits=from_logits)
+    lc.backward(up)
+    np.testing.assert_allclose(ld.detach().numpy(), lc.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(xd.grad.numpy(), xc.grad.numpy(), rtol=1e-9, atol=1e-12)
+    if reduction == "none":
+        assert np.isinf(ld[1].item()) != zero_infinity
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_emulated_route_reduced_precision(emulated, dtype):
+    fct = emulated
+    x, tg, il, tl = _case(21, T=10, N=3, C=5, S=3)
+    x = x.to(dtype)
+    xd = x.clone().requires_grad_()
+    ld = fct._cuda_ctc_loss(xd, tg, il, tl, 0, "mean", False, True)
+    ld.backward()
+    xc = x.float().clone().requires_grad_()
+    lc = fct.ctc_loss(xc, tg, il, tl, from_logits=True)
+    lc.backward()
+    assert ld.dtype == torch.float32 and xd.grad.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    np.testing.assert_allclose(ld.item(), lc.item(), rtol=tol)
+    np.testing.assert_allclose(xd.grad.float().numpy(), xc.grad.to(dtype).float().numpy(), rtol=tol, atol=tol)
+
+
+def test_emulated_route_retain_graph_and_no_grad(emulated):
+    fct = emulated
+    x, tg, il, tl = _case(22, dtype=torch.float64)
+    xd = x.clone().requires_grad_()
+    loss = fct._cuda_ctc_loss(xd, tg, il, tl, 0, "sum", False, True)
+    loss.backward(retain_graph=True)
+    first = xd.grad.clone()
+    loss.backward()
+    np.testing.assert_array_equal(xd.grad.numpy(), 2 * first.numpy())  # same bits a backward
+    with torch.no_grad():
+        again = fct._cuda_ctc_loss(xd, tg, il, tl, 0, "sum", False, True)
+    assert again.item() == loss.item()
+    with pytest.raises(RuntimeError):
+        xs = x.clone().requires_grad_()
+        g, = torch.autograd.grad(fct._cuda_ctc_loss(xs, tg, il, tl, 0, "sum", False, True), xs, create_graph=True)
+        g.sum().backward()
+
+
+def test_emulated_op_matches_cpu_op(emulated):
+    fct = emulated
+    x, tg, il, tl = _case(23, dtype=torch.float64)
+    costs, grad = fct._cuda_op(x, tg, il, tl, 0, True, True)
+    ref_costs, ref_grad = torch.ops.fastctc.ctc_loss(x, tg, il, tl, 0, True, True, 0)
+    np.testing.assert_allclose(costs.numpy(), ref_costs.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(grad.numpy(), ref_grad.numpy(), rtol=1e-9, atol=1e-12)
+    costs, empty = fct._cuda_op(x, tg, il, tl, 0, True, False)
+    assert empty.numel() == 0
+    np.testing.assert_allclose(costs.numpy(), ref_costs.numpy(), rtol=1e-10)

@@ -58,6 +58,16 @@ def set_driver_launch(size_t address):
         _active = _driver_launch
 
 
+def reset_driver():
+    """Test hook: forgets the installed driver entry points (a launch then raises until
+    set_driver_launch installs one; the recorder, when enabled, stays)."""
+    global _driver_launch, _active, _ctx_get_device
+    _driver_launch = NULL
+    _ctx_get_device = NULL
+    if not _recording:
+        _active = NULL
+
+
 def driver_installed():
     """True once set_driver_launch was called."""
     return _driver_launch != NULL

@@ -352,17 +352,15 @@ def _launched(fn, *args, **kwargs):
         raise as_runtime_error(exc) from None
 
 
-_REDUCTION_CODES = {"none": 0, "sum": 1, "mean": 2}
-
-
 def _compiled_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits,
                    want_grad):
     """The compiled CUDA route (FASTCTC_CUDA_LAUNCH=c: fastctc._cuda_fast.torch_call): (loss,
     call, saved tensors) for a plain call, else None (the Python route then runs)."""
-    fast = _launcher().compiled_route()
+    L = _launcher()
+    fast = L.compiled_route()
     if fast is None:
         return None
-    return fast.torch_call(log_probs, targets, input_lengths, target_lengths, blank, _REDUCTION_CODES[reduction],
+    return fast.torch_call(log_probs, targets, input_lengths, target_lengths, blank, L.REDUCE_MODES[reduction],
                            zero_infinity, from_logits, want_grad)
 
 
@@ -387,8 +385,17 @@ def _cuda_grad(call, weights, mean, unbatched):
     return grad[:, 0] if unbatched else grad
 
 
-def _cuda_loss(costs, ops, reduction, zero_infinity):
-    loss = _reduce(costs, ops[3], reduction, zero_infinity)
+def _cuda_loss(costs, call, ops, reduction, zero_infinity):
+    """The reduced loss: by the launcher's reduction kernel (one launch, the compiled
+    route's numbers) when the call has one, else by torch operations."""
+    reduce = getattr(call, "launch_reduce", None)
+    if reduce is None:
+        loss = _reduce(costs, ops[3], reduction, zero_infinity)
+    elif reduction == "none" and not zero_infinity:
+        loss = costs
+    else:
+        loss = costs if reduction == "none" else costs.new_empty(())
+        reduce(costs.data_ptr(), loss.data_ptr(), _launcher().REDUCE_MODES[reduction], zero_infinity)
     return loss.reshape(()) if ops[6] and reduction == "none" else loss
 
 
@@ -417,7 +424,7 @@ class _CudaCTCFunction(torch.autograd.Function):
         ctx.save_for_backward(log_probs, *call.arrays())
         call.release()
         ctx.call, ctx.mean, ctx.unbatched = call, reduction == "mean", ops[6]
-        return _cuda_loss(costs, ops, reduction, zero_infinity)
+        return _cuda_loss(costs, call, ops, reduction, zero_infinity)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -441,8 +448,8 @@ def _cuda_ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, red
                           from_logits, False)
     if done is not None:
         return done[0]
-    costs, _, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, False)
-    return _cuda_loss(costs, ops, reduction, zero_infinity)
+    costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, False)
+    return _cuda_loss(costs, call, ops, reduction, zero_infinity)
 
 
 def _cuda_forward(log_probs, args, want_grad):
@@ -450,7 +457,7 @@ def _cuda_forward(log_probs, args, want_grad):
     targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits, _ = args
     costs, call, ops = _cuda_costs(log_probs, targets, input_lengths, target_lengths, blank, from_logits, want_grad)
     grad = _cuda_grad(call, None, reduction == "mean", ops[6]) if want_grad else None
-    return _cuda_loss(costs, ops, reduction, zero_infinity), grad
+    return _cuda_loss(costs, call, ops, reduction, zero_infinity), grad
 
 
 def _cuda_op(acts, targets, input_lengths, target_lengths, blank, from_logits, want_grad):
