@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+import gpu_emu  # noqa: E402
 from fastctc import _cuda_build  # noqa: E402
 from fastctc import _cuda_fast as F  # noqa: E402
 from fastctc import _cuda_launch as L  # noqa: E402
@@ -31,14 +32,6 @@ BY_HANDLE = {v: k for k, v in HANDLES.items()}
 _SIZE = {"p": 8, "i": 4, "q": 8, "d": 8}
 _FMT = {"p": "<Q", "i": "<i", "q": "<q", "d": "<d"}
 REDUCTIONS = L.REDUCE_MODES
-
-
-def _spec(name):
-    if name.startswith("fctc_lse_"):
-        return L.LSE_ARGS
-    if name.startswith("fctc_reduce_"):
-        return L.REDUCE_ARGS
-    return L.TRELLIS_ARGS
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def compiled(monkeypatch):
         out = []
         for r in F.recorder_take():
             name = BY_HANDLE[r["f"]]
-            spec = _spec(name)
+            spec = gpu_emu.kernel_spec(name)
             assert len(r["params"]) == len(spec) and not r["extra"]
             vals = {n: struct.unpack(_FMT[k], p[:_SIZE[k]])[0] for p, (n, k) in zip(r["params"], spec)}
             raw = [p[:_SIZE[k]] for p, (_, k) in zip(r["params"], spec)]
@@ -369,7 +362,6 @@ def emulated(monkeypatch):
     Host instances as host-held); the Python route's _Call is unavailable, so a call the
     compiled route declined would fail."""
     import fastctc.torch as fct
-    import gpu_emu
     try:
         lib = gpu_emu.shared()
     except FileNotFoundError as exc:
