@@ -9,13 +9,12 @@ stubbed out (cuda.core's own launch cost and torch's CUDA dispatch come on top o
 Rounds alternate the variants; medians and minima per call.  The GPU fixed cost itself is
 measured by benchmarks/gpu_check.py ("fixed cost").
 
-Rows marked "C launch" run the opt-in compiled launcher (FASTCTC_CUDA_LAUNCH=c,
-fastctc._cuda_fast) with its C recorder standing in for cuLaunchKernel: fastctc.torch's
-calls with device-held targets and lengths then take the compiled route (_cuda_fast.torch_call:
-checks, workspace, argument packing, launches and the reduction kernel in one C call a
-direction); host-held ones and torch_ctc take the Python route with C launches.  They
-include the whole packing, while the default rows stop before cuda.core's launch() (whose
-own cost, which the C route also removes, only a GPU measures).
+The plain rows run the default launch mode, the compiled launcher (fastctc._cuda_fast) with
+its C recorder standing in for cuLaunchKernel: fastctc.torch's plain calls take the compiled
+route (_cuda_fast.torch_call: checks, workspace, argument packing, launches and the
+reduction kernel in one C call a direction), torch_ctc the Python route with C launches.
+They include the whole packing, while the FASTCTC_CUDA_LAUNCH=python rows stop before
+cuda.core's launch() (whose own cost only a GPU measures).
 """
 import argparse
 import contextlib
@@ -33,14 +32,15 @@ def L_names():
     return _cuda_build.kernel_names()
 
 
-def c_route(f, L):
-    """f run through the C launcher (the launch mode flipped for this call only)."""
+def with_mode(f, L, mode):
+    """f run with the launch mode `mode` ("c": the compiled launcher and torch route, the
+    default; "python": cuda.core's launch), set for this call only."""
     def g():
-        L.LAUNCH_MODE = "c"
+        before, L.LAUNCH_MODE = L.LAUNCH_MODE, mode
         try:
             f()
         finally:
-            L.LAUNCH_MODE = "python"
+            L.LAUNCH_MODE = before
     return g
 
 
@@ -67,8 +67,7 @@ def stub(torch):
     from fastctc import _cuda_fast
     _cuda_fast.recorder_enable()  # the C route's launches go to the recorder (a ring of 64)
     _cuda_fast.emulate(True, HostTensor)  # the compiled route: CPU tensors are device 0's, HostTensor's the host's
-    names = L_names() + ["fctc_reduce_f32", "fctc_reduce_f64"]
-    _cuda_fast.set_kernels(0, {n: 0x1000 + i for i, n in enumerate(names)})
+    _cuda_fast.set_kernels(0, {n: 0x1000 + i for i, n in enumerate(L_names())})
     fct._launcher = lambda: L
     fct._on_device = lambda x: isinstance(x, torch.Tensor) and not isinstance(x, HostTensor)
     fct._upload = lambda arr, device: torch.from_numpy(arr)
@@ -82,6 +81,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
     fct, L, launches, HostTensor = stub(torch)
+    from fastctc import _cuda_fast
+    names = L_names()
     x = torch.randn(8, 1, 5)
     tg, il, tl = torch.tensor([[1, 2]]), torch.tensor([8]), torch.tensor([2])
     host = [t.as_subclass(HostTensor) for t in (tg, il, tl)]  # validated and uploaded by the routes
@@ -99,8 +100,8 @@ def main(argv=None):
         "fastctc.torch forward only (no autograd)": lambda: fct._cuda_ctc_loss(x, tg, il, tl, 0, "mean", False, True),
         "_cuda_launch.torch_ctc (loss + gradient)": lambda: L.torch_ctc(x, tg, il, tl, from_logits=True),
     }
-    for name in list(variants):
-        variants[name + ", C launch"] = c_route(variants[name], L)
+    variants = {**{name: with_mode(f, L, "c") for name, f in variants.items()},
+                **{name + ", FASTCTC_CUDA_LAUNCH=python": with_mode(f, L, "python") for name, f in variants.items()}}
     times = {k: [] for k in variants}
     for f in variants.values():
         for _ in range(100):
@@ -112,7 +113,9 @@ def main(argv=None):
                 f()
             times[name].append((time.perf_counter() - t0) / args.calls * 1e6)
     launches.clear()
+    _cuda_fast.recorder_enable()  # empties the ring (recorder_take raises once it wrapped)
     variants["fastctc.torch forward+backward, device targets/lengths"]()
+    launches += [names[r["f"] - 0x1000] for r in _cuda_fast.recorder_take()]
     print(f"host cost per call, launches stubbed (torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"{args.rounds} rounds of {args.calls} calls)")
     for name, ts in times.items():

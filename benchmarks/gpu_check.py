@@ -15,9 +15,9 @@ compositions (a sequence alone, in its batch, in a batch with a wider padding th
 through the block kernel); CUDA-graph capture and replay (the entry points and
 fastctc.torch); torch's sync-debug mode "error" (the entry points and fastctc.torch, every
 reduction, device and host targets/lengths); the fixed cost of a tiny fastctc.torch
-forward+backward (device and host lengths, forward only; the default launch and the
-experimental compiled one, FASTCTC_CUDA_LAUNCH=c, whose results must be bit-identical to
-the default's, a CUDA graph included); T*N*C > 2^31; bad values living on
+forward+backward (device and host lengths, forward only; the default compiled launcher and
+route, and cuda.core's launch, FASTCTC_CUDA_LAUNCH=python, whose results must be
+bit-identical to each other's, a CUDA graph included); T*N*C > 2^31; bad values living on
 the device; float16/bfloat16 against the float32 kernel; the NaN rule; then
 benchmarks/bench_gpu.py.
 """
@@ -327,8 +327,10 @@ def check_fixed_cost(torch, rep):
                 ("fastctc.torch forward+backward, host targets/lengths", ours_host),
                 ("fastctc.torch forward only (no autograd)", ours_forward),
                 ("torch native forward+backward", native)]
-    # the opt-in compiled launcher (FASTCTC_CUDA_LAUNCH=c) on the same calls, rounds alternating
-    variants += [(name + ", C launch", _c_launch(L, f)) for name, f in variants[:4]]
+    # the default compiled launcher and route, and cuda.core's launch (FASTCTC_CUDA_LAUNCH=python)
+    # on the same calls, rounds alternating
+    variants = ([(name, _with_mode(L, "c", f)) for name, f in variants[:4]] + variants[4:]
+                + [(name + ", FASTCTC_CUDA_LAUNCH=python", _with_mode(L, "python", f)) for name, f in variants[:4]])
     times = {name: [] for name, _ in variants}
     for name, f in variants:
         for _ in range(20):
@@ -344,25 +346,27 @@ def check_fixed_cost(torch, rep):
     out = {k: sorted(v)[1] for k, v in times.items()}  # median of 3 rounds
     ok = out["fastctc.torch forward+backward"] < 50
     return ok, ("tiny case (T=8, N=1, C=5, S=2), wall time a call, median of 3 alternating rounds of 100 calls "
-                "(target < 50 us for fastctc.torch; \"C launch\": FASTCTC_CUDA_LAUNCH=c, experimental): "
+                "(target < 50 us for fastctc.torch, the default compiled route): "
                 + "; ".join(f"{k} {v:.1f} us" for k, v in out.items()))
 
 
-def _c_launch(L, f):
-    """f with the launch mode set to the compiled launcher for that call only."""
+def _with_mode(L, mode, f):
+    """f with the launch mode set to `mode` for that call only ("c": the compiled launcher and
+    torch route, the default; "python": cuda.core's launch)."""
     def g():
-        L.LAUNCH_MODE = "c"
+        before, L.LAUNCH_MODE = L.LAUNCH_MODE, mode
         try:
             return f()
         finally:
-            L.LAUNCH_MODE = "python"
+            L.LAUNCH_MODE = before
     return g
 
 
 def check_c_launch(torch, rep):
-    """FASTCTC_CUDA_LAUNCH=c against the default cuda.core launch: bit-identical costs and
-    gradients (same kernels, same arguments) on the entry point (logits and log-probs, a
-    batch that needs the block kernel too, float64) and through fastctc.torch's autograd,
+    """The compiled launcher and route (the default, "c") against cuda.core's launch
+    (FASTCTC_CUDA_LAUNCH=python): bit-identical costs and gradients (same kernels, same
+    arguments) on the entry point (logits and log-probs, a batch that needs the block kernel
+    too, float64) and through fastctc.torch's autograd (device and host targets/lengths),
     and a CUDA graph captured through the C route replays to the same numbers."""
     import fastctc.torch as ft
     from fastctc import _cuda_launch as L
@@ -372,41 +376,44 @@ def check_c_launch(torch, rep):
     for label, (T, N, C, S), fl, dt in cases:
         x, tg, il, tl = _data(torch, T, N, C, S, seed=9, dtype=dt)
         xin = x if fl else x.log_softmax(-1)
-        a = _ours(torch, xin, tg, il, tl, from_logits=fl)
-        b = _c_launch(L, lambda: _ours(torch, xin, tg, il, tl, from_logits=fl))()
+        a = _with_mode(L, "python", lambda: _ours(torch, xin, tg, il, tl, from_logits=fl))()
+        b = _with_mode(L, "c", lambda: _ours(torch, xin, tg, il, tl, from_logits=fl))()
         same = _digest(*a) == _digest(*b)
         ok &= same
         lines.append(f"{label} (T={T}, N={N}, C={C}, S={S}): {'bit-identical' if same else 'DIFFERENT'}")
     x, tg, il, tl = _data(torch, 50, 4, 20, 8, seed=10)
-    res = []
-    for f in (lambda g: g(), lambda g: _c_launch(L, g)()):
-        xl = x.clone().requires_grad_()
+    for where, ops in (("device", (tg, il, tl)), ("host", tuple(t.cpu() for t in (tg, il, tl)))):
+        for reduction in ("mean", "sum", "none"):
+            res = []
+            for mode in ("python", "c"):
+                xl = x.clone().requires_grad_()
 
-        def step():
-            loss = ft.ctc_loss(xl, tg, il, tl, from_logits=True)
-            loss.backward()
-            return loss
-        loss = f(step)
-        res.append((loss.detach(), xl.grad.detach().clone()))
-    same = _digest(*res[0]) == _digest(*res[1])
-    ok &= same
-    lines.append(f"fastctc.torch forward+backward: {'bit-identical' if same else 'DIFFERENT'}")
+                def step():
+                    loss = ft.ctc_loss(xl, *ops, reduction=reduction, zero_infinity=True, from_logits=True)
+                    loss.sum().backward()
+                    return loss
+                loss = _with_mode(L, mode, step)()
+                res.append((loss.detach(), xl.grad.detach().clone()))
+            same = _digest(*res[0]) == _digest(*res[1])
+            ok &= same
+            lines.append(f"fastctc.torch forward+backward, {where} targets/lengths, {reduction}: "
+                         f"{'bit-identical' if same else 'DIFFERENT'}")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        _c_launch(L, lambda: _ours(torch, x, tg, il, tl))()  # warm-up off the capture
+        _with_mode(L, "c", lambda: _ours(torch, x, tg, il, tl))()  # warm-up off the capture
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = _c_launch(L, lambda: _ours(torch, x, tg, il, tl))()
+        captured = _with_mode(L, "c", lambda: _ours(torch, x, tg, il, tl))()
     graph.replay()
     torch.cuda.synchronize()
-    eager = _ours(torch, x, tg, il, tl)
+    eager = _with_mode(L, "python", lambda: _ours(torch, x, tg, il, tl))()
     same = _digest(*captured) == _digest(*eager)
     ok &= same
     lines.append(f"CUDA graph captured through the C route, replayed: {'bit-identical' if same else 'DIFFERENT'}"
                  " to the default route")
-    return ok, "FASTCTC_CUDA_LAUNCH=c (experimental) against the default launch: " + "; ".join(lines)
+    return ok, "the compiled launcher and route (default) against FASTCTC_CUDA_LAUNCH=python: " + "; ".join(lines)
 
 
 def check_huge(torch, rep):
@@ -519,7 +526,7 @@ CHECKS = [  # name, function, seconds it may take (it is skipped when less is le
     ("CUDA graph capture", check_graph, 15),
     ("sync-debug mode", check_sync_debug, 10),
     ("fixed cost", check_fixed_cost, 20),
-    ("C launch (FASTCTC_CUDA_LAUNCH=c) parity", check_c_launch, 10),
+    ("C launch parity (compiled against FASTCTC_CUDA_LAUNCH=python)", check_c_launch, 10),
     ("bad device values", check_bad_values, 5),
     ("float16 / bfloat16", check_half, 10),
     ("NaN rule", check_nan_rule, 5),

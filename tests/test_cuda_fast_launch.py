@@ -1,4 +1,4 @@
-"""fastctc._cuda_fast, the opt-in compiled launcher (FASTCTC_CUDA_LAUNCH=c), checked without a
+"""fastctc._cuda_fast, the compiled launcher (the default launch mode), checked without a
 GPU: its C recorder stands in for cuLaunchKernel and keeps the bytes the driver would read.
 
 * byte parity: for real _Call flows (fastctc.torch forward+backward in every reduction,
@@ -315,9 +315,33 @@ def test_module_touches_no_driver_until_used():
 
 
 def test_launch_mode_from_env(monkeypatch):
-    for raw, mode in (("", "python"), ("c", "c"), (" C ", "c"), ("python", "python")):
+    for raw, mode in (("", "c"), ("c", "c"), (" C ", "c"), ("python", "python"), (" Python", "python")):
         monkeypatch.setenv("FASTCTC_CUDA_LAUNCH", raw)
         assert L._launch_mode_from_env() == mode
     monkeypatch.setenv("FASTCTC_CUDA_LAUNCH", "fast")
     with pytest.warns(RuntimeWarning, match="FASTCTC_CUDA_LAUNCH"):
-        assert L._launch_mode_from_env() == "python"
+        assert L._launch_mode_from_env() == "c"
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_default_mode_falls_back_when_the_driver_gives_no_entry_point(monkeypatch, explicit):
+    """The default ("c") becomes "python" with a warning when cuGetProcAddress gives nothing;
+    FASTCTC_CUDA_LAUNCH=c raises instead."""
+    def no_driver(symbol):
+        raise RuntimeError(f"the compiled CUDA launcher needs the driver's {symbol}")
+
+    F.recorder_disable()
+    F.reset_driver()
+    monkeypatch.setattr(L, "_driver_address", no_driver)
+    monkeypatch.setattr(L, "_fast", None)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "c")
+    monkeypatch.setattr(L, "_LAUNCH_EXPLICIT", explicit)
+    if explicit:
+        with pytest.raises(RuntimeError, match="cuLaunchKernel"):
+            L.compiled_route()
+        assert L.LAUNCH_MODE == "c"
+        return
+    with pytest.warns(RuntimeWarning, match="launching through cuda.core instead"):
+        assert L.compiled_route() is None
+    assert L.LAUNCH_MODE == "python" and not L._c_ready()
+    assert not F.driver_installed()

@@ -1,4 +1,4 @@
-"""fastctc._cuda_fast.torch_call, the compiled CUDA route of fastctc.torch (FASTCTC_CUDA_LAUNCH=c),
+"""fastctc._cuda_fast.torch_call, the compiled CUDA route of fastctc.torch (the default launch mode),
 checked without a GPU: CPU tensors stand in for one device (the module's emulate hook) and
 the C recorder stands in for cuLaunchKernel.
 

@@ -77,6 +77,7 @@ def test_device_checks_pass_on_the_emulated_kernels(tmp_path, monkeypatch):
         monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
         monkeypatch.setattr(L, "is_cuda_array", lambda x: isinstance(x, torch.Tensor))
         monkeypatch.setattr(L._Call, "_launch", launch)
+        monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
         monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
         monkeypatch.setattr(gpu_check, "_data", lambda *a, **k: data(*a, **dict(k, device="cpu")))
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)

@@ -303,6 +303,7 @@ def emu_calls(emu, monkeypatch):
     monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
     monkeypatch.setattr(L, "is_cuda_array", lambda x: bool(getattr(x, "_fake_cuda", False)))
     monkeypatch.setattr(L._Call, "_launch", launch)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
     monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
     return torch
 

@@ -412,6 +412,7 @@ def emulated(monkeypatch):
     monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
     monkeypatch.setattr(L, "is_cuda_array", lambda x: isinstance(x, torch.Tensor))
     monkeypatch.setattr(L._Call, "_launch", launch)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
     monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
     monkeypatch.setattr(fct, "_launcher", lambda: L)
     monkeypatch.setattr(fct, "_on_device", lambda x: isinstance(x, Dev))

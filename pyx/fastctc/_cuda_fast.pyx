@@ -1,12 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""fastctc._cuda_fast: the GPU path's opt-in compiled launcher (FASTCTC_CUDA_LAUNCH=c).
+"""fastctc._cuda_fast: the GPU path's compiled launcher and torch route (the default launch mode).
 
-The default launch (fastctc._cuda_launch._Call._launch) packs every kernel argument as a
-NumPy scalar and hands them to cuda.core's launch(), which re-packs them: tens of
-microseconds of Python per launch, which is most of a tiny call's fixed cost.  This module
-reads the argument values straight out of the call's value dict, writes them into one C
-buffer in the kernel's order (the same kind string as TRELLIS_ARGS / LSE_ARGS: p = pointer,
-i = int32, q = int64, d = double) and calls the driver's cuLaunchKernel.
+The Python launch (FASTCTC_CUDA_LAUNCH=python: fastctc._cuda_launch._Call._launch) packs
+every kernel argument as a NumPy scalar and hands them to cuda.core's launch(), which
+re-packs them: tens of microseconds of Python per launch, most of a tiny call's fixed
+cost.  This module reads the argument values straight out of the call's value dict (or,
+on the compiled torch route below, out of the tensors themselves), writes them into one C
+buffer in the kernel's order (the same kind string as TRELLIS_ARGS / LSE_ARGS /
+REDUCE_ARGS: p = pointer, i = int32, q = int64, d = double) and calls the driver's
+cuLaunchKernel.
 
 It needs nothing from CUDA at build time: the one driver prototype is declared below, and
 the function's address is handed over at run time (set_driver_launch, which
@@ -378,7 +380,7 @@ LIMITS = dict(WARPS_PER_CTA=WARPS_PER_CTA, GRAD_WARPS=GRAD_WARPS, MAX_STATES=MAX
 
 # ================================================================ the compiled torch route
 #
-# fastctc.torch's CUDA autograd route in one C call a direction, for FASTCTC_CUDA_LAUNCH=c:
+# fastctc.torch's CUDA autograd route in one C call a direction (launch mode "c", the default):
 # torch_call() checks a plain call's operands (CUDA tensors on one device, the kinds the
 # kernels read in place), plans the workspace, allocates through torch (stream-ordered
 # caching allocator), packs the kernels' arguments into C slots and launches the trellis

@@ -50,11 +50,13 @@ on the host, so torch_forward / torch_backward can be captured in a CUDA graph. 
 targets and lengths as CUDA tensors when capturing: host values are uploaded from a pinned
 buffer at capture time and a replay would reuse that buffer.
 
-Launch route: by default each launch packs its arguments as NumPy scalars and goes through
-cuda.core's launch().  FASTCTC_CUDA_LAUNCH=c (read at import; LAUNCH_MODE holds it) selects
-the experimental compiled launcher fastctc._cuda_fast instead: the arguments are packed in C
+Launch route (LAUNCH_MODE, from FASTCTC_CUDA_LAUNCH at import): by default ("c") the
+launches go through the compiled launcher fastctc._cuda_fast: the arguments are packed in C
 straight from the call's values and handed to the driver's cuLaunchKernel (its address from
-cuda-bindings' cuGetProcAddress, looked up on first use).  Same kernels, same arguments.
+cuda-bindings' cuGetProcAddress, looked up on first use), and fastctc.torch's plain calls
+take its compiled route (_cuda_fast.torch_call) before any of this module's Python runs.
+FASTCTC_CUDA_LAUNCH=python packs every argument as a NumPy scalar and launches through
+cuda.core's launch().  Same kernels, same arguments, same bits.
 
 Workspace: alpha and beta rows of W >= 2 Lcap + 1 states (W a multiple of 4), with Lcap
 = min(longest target, T); for concatenated targets whose lengths live on the device the
@@ -184,18 +186,22 @@ def pack_args(values: dict, spec=TRELLIS_ARGS):
 
 def _launch_mode_from_env():
     raw = os.environ.get("FASTCTC_CUDA_LAUNCH", "").strip().lower()
-    if raw in ("", "python", "default"):
-        return "python"
-    if raw == "c":
+    if raw in ("", "c"):
         return "c"
-    warnings.warn(f"FASTCTC_CUDA_LAUNCH={raw!r} is not one of 'c', 'python': using the default (cuda.core) launch",
+    if raw == "python":
+        return "python"
+    warnings.warn(f"FASTCTC_CUDA_LAUNCH={raw!r} is not one of 'c', 'python': using the default (c)",
                   RuntimeWarning, stacklevel=2)
-    return "python"
+    return "c"
 
 
-# "python": cuda.core's launch() (the default); "c": fastctc._cuda_fast (experimental).
-# Benchmarks flip it in one process to compare the two.
+# "c" (the default): fastctc._cuda_fast, the compiled launcher and torch route;
+# "python" (FASTCTC_CUDA_LAUNCH=python): cuda.core's launch() from Python.  When the driver
+# does not give the compiled launcher its entry points, the default falls back to
+# "python" (once, with a RuntimeWarning); FASTCTC_CUDA_LAUNCH=c then raises instead.
+# Benchmarks and the device check flip it in one process to compare the two.
 LAUNCH_MODE = _launch_mode_from_env()
+_LAUNCH_EXPLICIT = os.environ.get("FASTCTC_CUDA_LAUNCH", "").strip().lower() == "c"
 
 _fast = None       # fastctc._cuda_fast once the driver's cuLaunchKernel is installed
 _specs = None      # (TRELLIS_ARGS, LSE_ARGS) as _cuda_fast.Spec
@@ -211,31 +217,46 @@ def _driver_address(symbol: str) -> int:
     err, pfn, found = driver.cuGetProcAddress(symbol.encode(), 12000, flags)
     ok = driver.CUdriverProcAddressQueryResult.CU_GET_PROC_ADDRESS_SUCCESS
     if int(err) != 0 or int(found) != int(ok) or not int(pfn):
-        raise RuntimeError(f"FASTCTC_CUDA_LAUNCH=c: the driver gives no {symbol} (cuGetProcAddress: {err}, "
-                           f"{found}); unset FASTCTC_CUDA_LAUNCH to use cuda.core's launch")
+        raise RuntimeError(f"the compiled CUDA launcher needs the driver's {symbol}, which cuGetProcAddress does "
+                           f"not give ({err}, {found}); set FASTCTC_CUDA_LAUNCH=python to use cuda.core's launch")
     return int(pfn)
 
 
 def compiled_route():
-    """fastctc._cuda_fast when FASTCTC_CUDA_LAUNCH=c selects the compiled launcher (its
-    torch_call is fastctc.torch's compiled CUDA route), else None."""
+    """fastctc._cuda_fast when the compiled launcher is in use (LAUNCH_MODE "c", the
+    default; its torch_call is fastctc.torch's compiled CUDA route), else None."""
     if LAUNCH_MODE != "c":
         return None
     return _fast or _c_launcher()
 
 
+def _c_ready() -> bool:
+    """Whether this call's launches go through the compiled launcher."""
+    return LAUNCH_MODE == "c" and (_fast is not None or _c_launcher() is not None)
+
+
 def _c_launcher():
     """fastctc._cuda_fast with cuLaunchKernel installed (the driver is asked on first use
-    only: importing the module touches no driver, so it imports on machines without CUDA)."""
-    global _fast, _specs, _reduce_spec
+    only: importing the module touches no driver, so it imports on machines without CUDA).
+    None when the driver does not give the entry points under the default launch mode,
+    which then becomes "python"."""
+    global _fast, _specs, _reduce_spec, LAUNCH_MODE
     if _fast is not None:
         return _fast
     if _specs is None:
         _specs = (_cuda_fast.Spec(TRELLIS_ARGS), _cuda_fast.Spec(LSE_ARGS))
         _reduce_spec = _cuda_fast.Spec(REDUCE_ARGS)
     if not _cuda_fast.driver_installed() and not _cuda_fast.recording():
-        _cuda_fast.set_driver_launch(_driver_address("cuLaunchKernel"))
-        _cuda_fast.set_driver_ctx_device(_driver_address("cuCtxGetDevice"))
+        try:
+            launch, ctx_device = _driver_address("cuLaunchKernel"), _driver_address("cuCtxGetDevice")
+        except Exception as exc:
+            if _LAUNCH_EXPLICIT:
+                raise
+            warnings.warn(f"fastctc: {exc}; launching through cuda.core instead", RuntimeWarning, stacklevel=2)
+            LAUNCH_MODE = "python"
+            return None
+        _cuda_fast.set_driver_launch(launch)
+        _cuda_fast.set_driver_ctx_device(ctx_device)
         _cuda_fast.set_device_guard(_DeviceGuard)
     if _cuda_fast.driver_installed():  # kept once the driver is in (not while only the test recorder is)
         _fast = _cuda_fast
@@ -560,7 +581,7 @@ class _Call:
         v = self.values
         if self.N == 0:
             return
-        if LAUNCH_MODE == "c":
+        if _c_ready():
             return self._forward_c()
         todo = []
         if self.from_logits and self.T:
@@ -580,7 +601,7 @@ class _Call:
         if self.N == 0 or self.T == 0:
             return
         rows = self.T * self.N
-        if LAUNCH_MODE == "c":
+        if _c_ready():
             return self._grad_c(rows)
         with _DeviceGuard(self.be.ordinal):
             # the forward's arguments when this call made them (sel_lo / sel_hi unused here),
@@ -595,7 +616,7 @@ class _Call:
                 args = pack_args(self.values)
             self._launch("fctc_grad_" + self.suffix, -(-rows // GRAD_WARPS), 32 * GRAD_WARPS, 0, args)
 
-    # -- launches through fastctc._cuda_fast (FASTCTC_CUDA_LAUNCH=c): the arguments are
+    # -- launches through fastctc._cuda_fast (LAUNCH_MODE "c"): the arguments are
     # packed in C from self.values, which holds exactly what pack_args would pack at this
     # point (the forward's and the gradient's launches alike), so no NumPy scalar is made
     def _forward_c(self):
@@ -625,7 +646,7 @@ class _Call:
                       mode=int(mode), zero_inf=int(bool(zero_inf)), out=int(out_ptr))
         name = "fctc_reduce_" + ("f64" if self.acc == "float64" else "f32")
         ordinal = self.be.ordinal
-        if LAUNCH_MODE == "c":
+        if _c_ready():
             fast = _fast or _c_launcher()
             handle = _kernel_handles(ordinal)[name]
             with _DeviceGuard(ordinal):

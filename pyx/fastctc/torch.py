@@ -354,7 +354,7 @@ def _launched(fn, *args, **kwargs):
 
 def _compiled_call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, from_logits,
                    want_grad):
-    """The compiled CUDA route (FASTCTC_CUDA_LAUNCH=c: fastctc._cuda_fast.torch_call): (loss,
+    """The compiled CUDA route (the default launch mode: fastctc._cuda_fast.torch_call): (loss,
     call, saved tensors) for a plain call, else None (the Python route then runs)."""
     L = _launcher()
     fast = L.compiled_route()
