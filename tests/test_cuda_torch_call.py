@@ -458,3 +458,101 @@ def test_emulated_op_matches_cpu_op(emulated):
     costs, empty = fct._cuda_op(x, tg, il, tl, 0, True, False)
     assert empty.numel() == 0
     np.testing.assert_allclose(costs.numpy(), ref_costs.numpy(), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- the current context
+
+class FakeContexts:
+    """ctypes stand-ins for cuCtxGetDevice / cuCtxSetCurrent / cuDeviceGet /
+    cuDevicePrimaryCtxRetain: `current` is the device whose context is current (None: no
+    context on the thread); calls are logged."""
+
+    def __init__(self, current):
+        import ctypes
+        self.current, self.log = current, []
+        c_int_p, c_void_pp = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_void_p)
+
+        def get_device(dev):
+            self.log.append("get_device")
+            if self.current is None:
+                return 201  # CUDA_ERROR_INVALID_CONTEXT
+            dev[0] = self.current
+            return 0
+
+        def set_current(ctx):
+            self.log.append(("set_current", ctx))
+            self.current = ctx - 0xC000 if ctx else None
+            return 0
+
+        def device_get(dev, ordinal):
+            self.log.append(("device_get", ordinal))
+            dev[0] = ordinal
+            return 0
+
+        def retain(ctx, dev):
+            self.log.append(("retain", dev))
+            ctx[0] = 0xC000 + dev
+            return 0
+
+        self.fns = [ctypes.CFUNCTYPE(ctypes.c_int, c_int_p)(get_device),
+                    ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(set_current),
+                    ctypes.CFUNCTYPE(ctypes.c_int, c_int_p, ctypes.c_int)(device_get),
+                    ctypes.CFUNCTYPE(ctypes.c_int, c_void_pp, ctypes.c_int)(retain)]
+        F.set_driver_context(*[ctypes.cast(f, ctypes.c_void_p).value for f in self.fns])
+
+
+@pytest.fixture
+def contexts(compiled):
+    made = []
+
+    def make(current):
+        made.append(FakeContexts(current))
+        return made[-1]
+    yield make
+    F.set_driver_context(0, 0, 0, 0)
+
+
+def test_the_devices_context_current(contexts, compiled):
+    ctx = contexts(0)
+    x, tg, il, tl = _case(30)
+    _, call, _ = F.torch_call(x, tg, il, tl, 0, 2, False, True, True)
+    call.backward(torch.tensor(1.0), True)
+    assert ctx.log == ["get_device", "get_device"]  # one query a direction, nothing changed
+    assert len(compiled()) == 4  # lse, trellis, reduce, grad
+
+
+def test_no_context_on_the_thread_gets_the_primary_one(contexts, compiled):
+    """An autograd worker thread of device 0 has no current context before its first runtime
+    call: the route makes the primary context current (retained once) instead of declining."""
+    ctx = contexts(None)
+    x, tg, il, tl = _case(31)
+    _, call, _ = F.torch_call(x, tg, il, tl, 0, 2, False, True, True)
+    assert ctx.log == ["get_device", ("device_get", 0), ("retain", 0), ("set_current", 0xC000)]
+    ctx.current, ctx.log = None, []
+    call.backward(torch.tensor(1.0), True)
+    assert ctx.log == ["get_device", ("set_current", 0xC000)]  # retained once, reused
+    assert len(compiled()) == 4  # lse, trellis, reduce, grad
+
+
+def test_another_devices_context_declines_and_the_backward_switches(contexts, compiled, monkeypatch):
+    ctx = contexts(0)
+    x, tg, il, tl = _case(32)
+    _, call, _ = F.torch_call(x, tg, il, tl, 0, 2, False, True, True)
+    compiled()
+    ctx.current = 1
+    assert F.torch_call(x, tg, il, tl, 0, 2, False, True, True) is None
+    assert compiled() == []
+    entered = []
+
+    @contextlib.contextmanager
+    def guard(ordinal):
+        entered.append(ordinal)
+        yield
+
+    F.set_device_guard(guard)
+    try:
+        call.backward(torch.tensor(1.0), True)
+    finally:
+        F.set_device_guard(None)
+    assert entered == [0]
+    assert [r[0] for r in compiled()] == ["fctc_grad_f32"]

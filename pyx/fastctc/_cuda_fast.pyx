@@ -63,9 +63,12 @@ def set_driver_launch(size_t address):
 def reset_driver():
     """Test hook: forgets the installed driver entry points (a launch then raises until
     set_driver_launch installs one; the recorder, when enabled, stays)."""
-    global _driver_launch, _active, _ctx_get_device
+    global _driver_launch, _active, _ctx_get_device, _ctx_set_current, _device_get, _primary_retain
     _driver_launch = NULL
     _ctx_get_device = NULL
+    _ctx_set_current = NULL
+    _device_get = NULL
+    _primary_retain = NULL
     if not _recording:
         _active = NULL
 
@@ -465,9 +468,16 @@ SUFFIXES = ("f32", "f64", "f16", "bf16")   # the kernels' input types, in type-i
 _KERNEL_TAGS = ("lse", "w2", "w4", "w8", "b4", "b16", "grad", "reduce")
 
 ctypedef int (*ctx_device_fn_t)(int *device) noexcept nogil
+ctypedef int (*ctx_set_fn_t)(void *ctx) noexcept nogil
+ctypedef int (*device_get_fn_t)(int *device, int ordinal) noexcept nogil
+ctypedef int (*primary_retain_fn_t)(void **ctx, int device) noexcept nogil
 
 cdef uintptr_t _kernels[MAX_DEVICES][N_TYPES][N_KERNELS]  # CUkernel handles; 0: not loaded
-cdef ctx_device_fn_t _ctx_get_device = NULL                # the driver's cuCtxGetDevice
+cdef ctx_device_fn_t _ctx_get_device = NULL                # the driver's cuCtxGetDevice,
+cdef ctx_set_fn_t _ctx_set_current = NULL                  # cuCtxSetCurrent,
+cdef device_get_fn_t _device_get = NULL                    # cuDeviceGet,
+cdef primary_retain_fn_t _primary_retain = NULL            # cuDevicePrimaryCtxRetain
+cdef void *_primary[MAX_DEVICES]                           # retained primary contexts
 cdef int _emulated = 0                                     # test hook: CPU tensors stand in
 cdef object _guard = None                                  # a context manager factory (ordinal)
 cdef object _host_class = None                             # emulating: the host tensors' class
@@ -498,11 +508,45 @@ def set_kernels(int ordinal, dict handles):
             _kernels[ordinal][t][k] = <uintptr_t>int(handles.get(kernel_name(t, k), 0))
 
 
-def set_driver_ctx_device(size_t address):
-    """Installs the driver's cuCtxGetDevice (checked before each compiled call: kernels
-    launch in the current context, which must be the tensors' device's)."""
-    global _ctx_get_device
-    _ctx_get_device = <ctx_device_fn_t><uintptr_t>address
+def set_driver_context(size_t ctx_get_device, size_t ctx_set_current, size_t device_get,
+                       size_t primary_ctx_retain):
+    """Installs the driver's cuCtxGetDevice, cuCtxSetCurrent, cuDeviceGet and
+    cuDevicePrimaryCtxRetain (their addresses): kernels launch in the current context,
+    which each compiled call checks is the tensors' device's (see _context_ready)."""
+    global _ctx_get_device, _ctx_set_current, _device_get, _primary_retain
+    _ctx_get_device = <ctx_device_fn_t><uintptr_t>ctx_get_device
+    _ctx_set_current = <ctx_set_fn_t><uintptr_t>ctx_set_current
+    _device_get = <device_get_fn_t><uintptr_t>device_get
+    _primary_retain = <primary_retain_fn_t><uintptr_t>primary_ctx_retain
+    memset(_primary, 0, sizeof(_primary))
+
+
+cdef enum:
+    CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+cdef bint _context_ready(int ordinal) noexcept nogil:
+    """Whether device `ordinal`'s context is current on this thread, making its primary
+    context current when the thread has none.  Why the latter: torch's autograd worker
+    thread for device 0 skips cudaSetDevice (cudaGetDevice already answers 0), so no context
+    is current there until a runtime call makes the primary one current, which is what
+    this does (and what the runtime would do on that call).  False when another device's
+    context is current (the caller then declines, or launches under the device guard)."""
+    cdef int dev = -1, rc
+    cdef void *ctx = NULL
+    if _ctx_get_device == NULL:
+        return False
+    rc = _ctx_get_device(&dev)
+    if rc == 0:
+        return dev == ordinal
+    if rc != CUDA_ERROR_INVALID_CONTEXT or _ctx_set_current == NULL or _device_get == NULL \
+            or _primary_retain == NULL:
+        return False
+    if _primary[ordinal] == NULL:
+        if _device_get(&dev, ordinal) != 0 or _primary_retain(&ctx, dev) != 0:
+            return False
+        _primary[ordinal] = ctx  # kept retained for the process, as torch keeps it
+    return _ctx_set_current(_primary[ordinal]) == 0
 
 
 def set_device_guard(factory):
@@ -707,19 +751,22 @@ cdef class DeviceCall:
         _put_p(s, F_GRAD, <uintptr_t>grad.data_ptr())
         rows = self.T * self.N
         gx = <unsigned int>((rows + GRAD_WARPS - 1) // GRAD_WARPS)
+        ready = True
         if not _emulated:
             stream = <uintptr_t>_raw_stream(self.ordinal)
-            if _ctx_get_device == NULL or _ctx_get_device(&dev) != 0 or dev != self.ordinal:
+        if not _emulated or _ctx_get_device != NULL:
+            ready = _context_ready(self.ordinal)
+        try:
+            if ready:
+                _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0, s,
+                              F_END_MARKER + 1)
+            else:  # another device's context is current on this thread: switch for the launch
                 with _guard(self.ordinal):
                     _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0,
                                   s, F_END_MARKER + 1)
-                _put_p(s, F_GRAD, 0)
-                _put_p(s, F_WEIGHTS, 0)
-                return grad
-        _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0, s,
-                      F_END_MARKER + 1)
-        _put_p(s, F_GRAD, 0)   # the gradient is the caller's: a later launch must not write it
-        _put_p(s, F_WEIGHTS, 0)
+        finally:
+            _put_p(s, F_GRAD, 0)   # the gradient is the caller's: a later launch must not write it
+            _put_p(s, F_WEIGHTS, 0)
         return grad
 
 
@@ -825,9 +872,9 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         kernel = _trellis_kernel(&p.launch[i])
         if handles[kernel] == 0:
             return None
+    if (not _emulated or _ctx_get_device != NULL) and not _context_ready(ordinal):
+        return None
     if not _emulated:
-        if _ctx_get_device == NULL or _ctx_get_device(&dev) != 0 or dev != ordinal:
-            return None
         stream = <uintptr_t>_raw_stream(ordinal)
 
     if host:

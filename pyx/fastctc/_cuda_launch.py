@@ -248,7 +248,9 @@ def _c_launcher():
         _reduce_spec = _cuda_fast.Spec(REDUCE_ARGS)
     if not _cuda_fast.driver_installed() and not _cuda_fast.recording():
         try:
-            launch, ctx_device = _driver_address("cuLaunchKernel"), _driver_address("cuCtxGetDevice")
+            launch = _driver_address("cuLaunchKernel")
+            context = [_driver_address(name) for name in ("cuCtxGetDevice", "cuCtxSetCurrent", "cuDeviceGet",
+                                                          "cuDevicePrimaryCtxRetain")]
         except Exception as exc:
             if _LAUNCH_EXPLICIT:
                 raise
@@ -256,7 +258,7 @@ def _c_launcher():
             LAUNCH_MODE = "python"
             return None
         _cuda_fast.set_driver_launch(launch)
-        _cuda_fast.set_driver_ctx_device(ctx_device)
+        _cuda_fast.set_driver_context(*context)
         _cuda_fast.set_device_guard(_DeviceGuard)
     if _cuda_fast.driver_installed():  # kept once the driver is in (not while only the test recorder is)
         _fast = _cuda_fast
