@@ -482,7 +482,7 @@ cdef int _emulated = 0                                     # test hook: CPU tens
 cdef object _guard = None                                  # a context manager factory (ordinal)
 cdef object _host_class = None                             # emulating: the host tensors' class
 cdef object _torch = None
-cdef object _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream
+cdef object _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _strided
 cdef tuple _in_dtypes
 
 
@@ -566,9 +566,10 @@ def emulate(bint on, host_class=None):
 
 
 cdef int _torch_init() except -1:
-    global _torch, _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _in_dtypes
+    global _torch, _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _in_dtypes, _strided
     import torch
     _Tensor = torch.Tensor
+    _strided = torch.strided
     _u8, _i32, _i64, _f32, _f64 = torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64
     _in_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # SUFFIXES' order
     getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # (ordinal) -> cudaStream_t as int
@@ -621,15 +622,16 @@ cdef inline int _dtype_index(object dt) noexcept:
 
 cdef inline int _where(object x, int device) except -2:
     # 1: a tensor on `device`, 0: a host tensor, -1: anything else (emulating: CPU tensors are
-    # the device's but for the instances of the class emulate() was given)
-    if not isinstance(x, _Tensor):
+    # the device's but for the instances of the class emulate() was given).  Strided CUDA or
+    # CPU memory only: get_device() is -1 for meta tensors too (data_ptr() 0), and sparse
+    # tensors have no data_ptr(), so neither is read as host memory or handed to a kernel.
+    if not isinstance(x, _Tensor) or x.layout is not _strided:
         return -1
     if _emulated:
-        if x.is_cuda:
-            return -1
-        return 0 if _host_class is not None and isinstance(x, _host_class) else 1
-    d = x.get_device()
-    return 1 if d == device else (0 if d == -1 else -1)
+        return (0 if _host_class is not None and isinstance(x, _host_class) else 1) if x.is_cpu else -1
+    if x.is_cuda:
+        return 1 if x.get_device() == device else -1
+    return 0 if x.is_cpu else -1
 
 
 cdef inline int _int_kind(object x) except -2:
@@ -807,8 +809,8 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     if not 0 <= ordinal < MAX_DEVICES:
         return None
     ti = _dtype_index(log_probs.dtype)
-    if ti < 0:
-        return None
+    if ti < 0 or log_probs.layout is not _strided or log_probs.is_neg():
+        return None  # (a view with torch's negative bit holds -values in memory)
     shape = log_probs.shape
     if len(shape) != 3:
         return None
@@ -861,6 +863,8 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         Smax = h.lmax
         tg64 = il64 = tl64 = 1
         tg_st_n, tg_st_s, tg_count, il_st, tl_st = 0, 1, h.total, 1, 1
+    if Smax > (0x7FFFFFFF - 1) // 2:
+        return None  # alpha_cols = 2 Smax + 1, an int32 argument: the Python route's packing raises
     acc = 8 if ti == 1 else 4
     if not _plan(&p, T, N, Smax, want_grad, from_logits, acc):
         return None
