@@ -864,17 +864,12 @@ def _foreign_operands():
 
 
 @pytest.mark.parametrize("label,ops", list(_foreign_operands()), ids=[d[0] for d in _foreign_operands()])
-@pytest.mark.parametrize("host", [False, True], ids=["device", "host"])
-def test_declines_operands_that_are_not_strided_cpu_or_device_memory(compiled, label, ops, host):
+def test_declines_operands_that_are_not_strided_cpu_or_device_memory(compiled, label, ops):
     """Meta and sparse tensors have no memory a kernel or _check_host can read (a meta
     tensor's data_ptr() is 0, a sparse one's raises): the route declines them, and the
-    Python route (which copies host-side operands with .cpu()) says what is wrong."""
+    Python route (which copies host-side operands with .cpu()) says what is wrong.  As
+    host-held operands (no Host stand-in exists for them): the next test."""
     x = _case(35, T=10, N=3, C=6, S=4)[0]
-    if host:
-        F.emulate(True, Host)
-        if any(t.device.type == "meta" or t.layout != torch.strided for t in ops):
-            pytest.skip("no Host stand-in for these: see test_foreign_operands_with_a_device_log_probs_...")
-        ops = [t.as_subclass(Host) for t in ops]
     assert F.torch_call(x, *ops, 0, 2, False, True, True) is None
     assert compiled() == []
 
@@ -909,3 +904,24 @@ def test_foreign_operands_with_a_device_log_probs_are_declined_not_read():
                          env=env, timeout=120)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     assert run.stdout.split() == ["None", "0", "None", "0"]
+
+
+@pytest.mark.parametrize("T,N,S,dtype", [(2**31 - 1, 32902, 4095, torch.float64), (2**31 - 1, 268194, 1000, torch.float32),
+                                         (2**31 - 1, 9, 3, torch.float32)])
+def test_declines_batches_of_more_rows_than_the_kernels_grid(compiled, T, N, S, dtype):
+    """An expanded (stride 0) log_probs costs no memory whatever T and N: with T N past the
+    row-sum and gradient kernels' grid (8 rows a block, 2^31 - 1 blocks) the grid size was
+    truncated, and the first two cases' workspace size wrapped around to 256 bytes (the
+    kernels' regions then lay ~2^62 bytes past it).  Both routes share the plan, which now
+    refuses: the compiled route declines, the Python route raises a CTCValueError."""
+    x = torch.zeros(1, 1, 3, dtype=dtype).expand(T, N, 3)
+    tg = torch.ones(1, 1, dtype=torch.int64).expand(N, S)
+    il = torch.zeros(1, dtype=torch.int64).expand(N)
+    acc = "float64" if dtype == torch.float64 else "float32"
+    for want_grad, from_logits in ((True, False), (False, True)):
+        assert F.torch_call(x, tg, il, il, 0, 0, False, from_logits, want_grad) is None
+        assert compiled() == []
+        with pytest.raises(ValueError, match=r"T \* N = .* rows exceed the GPU kernels' limit"):
+            L.plan(T, N, 3, S, want_grad=want_grad, from_logits=from_logits, acc=acc)
+    p = L.plan(2**31 - 1, 8, 3, S, want_grad=True, from_logits=True, acc="float32")  # at the bound
+    assert p["total"] > 8 * (2**31 - 1) * 8
