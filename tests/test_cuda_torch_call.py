@@ -220,6 +220,7 @@ def _declined():
     yield "blank as a NumPy integer", (x, tg, il, tl, np.int64(0))
     yield "int32 activations", (x.to(torch.int32), tg, il, tl, 0)
     yield "NumPy activations", (x.numpy(), tg, il, tl, 0)
+    yield "T > int32 (expanded)", (x[:1].expand(2**31, -1, -1), tg, il, tl, 0)
     yield "targets over the kernels' limit", (torch.zeros(5000, 1, 3), torch.ones(1, 4200, dtype=torch.int64),
                                               host[:1], host[:1], 0)
 
@@ -774,6 +775,13 @@ def _parity_scenarios():
         return _loss_and_grad(fct, x, [t.as_subclass(Host) for t in (flat, il.to(torch.int32), tl)],
                               reduction="mean", zero_infinity=True)
     out["host concatenated int32"] = host_concat_int32
+
+    def registered_op(fct):  # fastctc::ctc_loss's CUDA kernel (torch.compile): costs and the gradient of their sum
+        x, tg, il, tl = case()
+        host = [t.as_subclass(Host) for t in (tg, il, tl)]
+        return (*fct._cuda_op(x, tg, il, tl, 0, True, True), *fct._cuda_op(x, *host, 0, False, True),
+                fct._cuda_op(x, tg, il, tl, 0, True, False)[0])
+    out["the registered op's CUDA kernel"] = registered_op
 
     for dtype in ("float32", "float16", "bfloat16"):
         def half(fct, dtype=getattr(torch, dtype)):
