@@ -914,7 +914,8 @@ def test_foreign_operands_with_a_device_log_probs_are_declined_not_read():
     assert run.stdout.split() == ["None", "0", "None", "0"]
 
 
-@pytest.mark.parametrize("T,N,S,dtype", [(2**31 - 1, 32902, 4095, torch.float64), (2**31 - 1, 268194, 1000, torch.float32),
+@pytest.mark.parametrize("T,N,S,dtype", [(2**31 - 1, 32902, 4095, torch.float64),
+                                         (2**31 - 1, 268194, 1000, torch.float32),
                                          (2**31 - 1, 9, 3, torch.float32)])
 def test_declines_batches_of_more_rows_than_the_kernels_grid(compiled, T, N, S, dtype):
     """An expanded (stride 0) log_probs costs no memory whatever T and N: with T N past the
