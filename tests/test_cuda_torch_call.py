@@ -220,6 +220,7 @@ def _declined():
     yield "blank as a NumPy integer", (x, tg, il, tl, np.int64(0))
     yield "int32 activations", (x.to(torch.int32), tg, il, tl, 0)
     yield "NumPy activations", (x.numpy(), tg, il, tl, 0)
+    yield "T > int32 (expanded)", (x[:1].expand(2**31, -1, -1), tg, il, tl, 0)
     yield "targets over the kernels' limit", (torch.zeros(5000, 1, 3), torch.ones(1, 4200, dtype=torch.int64),
                                               host[:1], host[:1], 0)
 
@@ -556,3 +557,380 @@ def test_another_devices_context_declines_and_the_backward_switches(contexts, co
         F.set_device_guard(None)
     assert entered == [0]
     assert [r[0] for r in compiled()] == ["fctc_grad_f32"]
+
+
+# ---------------------------------------------------------------- both routes, through the emulated kernels
+
+@pytest.fixture
+def both_routes(monkeypatch):
+    """fastctc.torch's CUDA route through the emulated kernels, the compiled route on or off:
+    yields (fct, state).  state['compiled'] False makes _compiled_call return None, so the
+    Python route (_cuda_operands, _Call, _cuda_loss, through the same C launcher) takes the
+    call; state['taken'] counts the calls the compiled route took.  CPU tensors are the
+    device's, Host instances host-held."""
+    import fastctc.torch as fct
+    try:
+        lib = gpu_emu.shared()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    address, handles = gpu_emu.driver(lib)
+
+    class CpuTorch(L._Torch):
+        def __init__(self):
+            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
+
+        def refresh_stream(self):
+            pass
+
+        def from_host(self, arr):
+            return torch.from_numpy(np.ascontiguousarray(arr))
+
+    device = lambda x: isinstance(x, torch.Tensor) and not isinstance(x, Host)  # noqa: E731
+    F.set_driver_launch(address)
+    F.emulate(True, Host)
+    F.set_kernels(0, handles)
+    monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
+    monkeypatch.setattr(L, "is_cuda_array", device)
+    monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
+    monkeypatch.setattr(L, "_kernel_handles", lambda ordinal: handles)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "c")
+    monkeypatch.setattr(L, "_fast", F)
+    monkeypatch.setattr(L, "_specs", (F.Spec(L.TRELLIS_ARGS), F.Spec(L.LSE_ARGS)))
+    monkeypatch.setattr(L, "_reduce_spec", F.Spec(L.REDUCE_ARGS))
+    monkeypatch.setattr(fct, "_launcher", lambda: L)
+    monkeypatch.setattr(fct, "_on_device", device)
+    monkeypatch.setattr(fct, "_upload", lambda arr, dev: torch.from_numpy(arr))
+    real = fct._compiled_call
+    state = dict(compiled=True, taken=0)
+
+    def compiled_call(*args):
+        if not state["compiled"]:
+            return None
+        out = real(*args)
+        state["taken"] += out is not None
+        return out
+
+    monkeypatch.setattr(fct, "_compiled_call", compiled_call)
+    yield fct, state
+    F.reset_driver()
+    F.emulate(False)
+    F.set_kernels(0, {})
+
+
+def _same(a, b):
+    """Same dtype, shape and bits (NaN equal to NaN)."""
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
+    np.testing.assert_array_equal(a.detach().float().numpy() if a.dtype == torch.bfloat16 else a.detach().numpy(),
+                                  b.detach().float().numpy() if b.dtype == torch.bfloat16 else b.detach().numpy())
+
+
+def _both(fct, state, scenario):
+    """scenario() -> tensors, run on the compiled route, then on the Python route; asserts
+    the compiled route took it and that every tensor is the same."""
+    state.update(compiled=True, taken=0)
+    got = scenario()
+    assert state["taken"] >= 1, "the compiled route declined"
+    state.update(compiled=False)
+    want = scenario()
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        _same(a, b)
+    return got
+
+
+def _loss_and_grad(fct, x, ops, blank=0, reduction="mean", zero_infinity=False, from_logits=True, up=None,
+                   leaf=None):
+    """(loss, d loss / d leaf) through fastctc.torch's eager CUDA entry; leaf: what requires
+    grad (default x, cloned)."""
+    if leaf is None:
+        leaf = x = x.detach().clone().requires_grad_()
+    loss = fct._cuda_ctc_loss(x, *ops, blank, reduction, zero_infinity, from_logits)
+    (grad,) = torch.autograd.grad(loss, leaf, up)
+    return loss, grad
+
+
+def _parity_scenarios():
+    """name -> scenario(fct): inputs the compiled route takes, with the forms the brief
+    singles out (strides, expanded operands, upstream gradients, bounds, empty targets)."""
+    def case(seed=30, **kw):
+        return _case(seed, **{**dict(T=9, N=3, C=5, S=3, dtype=torch.float64), **kw})
+
+    def plain(**kw):
+        def run(fct):
+            x, tg, il, tl = case()
+            up = torch.linspace(0.3, 1.7, 3, dtype=torch.float64) if kw["reduction"] == "none" else None
+            return _loss_and_grad(fct, x, (tg, il, tl), up=up, **kw)
+        return run
+
+    out = {}
+    for reduction in ("none", "sum", "mean"):
+        for zi in (False, True):
+            out[f"{reduction} zero_infinity={zi}"] = plain(reduction=reduction, zero_infinity=zi)
+
+    def expanded_log_probs(fct):  # stride 0 over the batch: one row of scores for every sequence
+        x, tg, il, tl = case()
+        base = x[:, :1].clone().requires_grad_()
+        return _loss_and_grad(fct, base.expand(-1, 3, -1), (tg, il, tl), reduction="sum", leaf=base)
+    out["log_probs expanded over N (stride 0)"] = expanded_log_probs
+
+    def expanded_time(fct):
+        x, tg, il, tl = case()
+        base = x[:1].clone().requires_grad_()
+        return _loss_and_grad(fct, base.expand(9, -1, -1), (tg, il, tl), reduction="none",
+                              up=torch.linspace(0.3, 1.7, 3, dtype=torch.float64), leaf=base)
+    out["log_probs expanded over T (stride 0)"] = expanded_time
+
+    def batch_first(fct):  # (N, T, C) model output, transposed: st_n > st_t
+        x, tg, il, tl = case()
+        y = x.transpose(0, 1).contiguous().requires_grad_()
+        return _loss_and_grad(fct, y.transpose(0, 1), (tg, il, tl), leaf=y)
+    out["batch-first log_probs, transposed"] = batch_first
+
+    def up_broadcast(fct):  # 'none' then .sum(): the upstream gradient is expanded (stride 0)
+        x, tg, il, tl = case()
+        x = x.clone().requires_grad_()
+        fct._cuda_ctc_loss(x, tg, il, tl, 0, "none", False, True).sum().backward()
+        return (x.grad,)
+    out["grad_out expanded (stride 0)"] = up_broadcast
+
+    def up_strided(fct):
+        x, tg, il, tl = case()
+        return _loss_and_grad(fct, x, (tg, il, tl), reduction="none",
+                              up=torch.arange(6, dtype=torch.float64)[::2] + 0.5)
+    out["grad_out (N,) strided"] = up_strided
+
+    def up_float32(fct):  # float32 upstream gradient of a float64 loss (autograd casts it)
+        x, tg, il, tl = case()
+        return _loss_and_grad(fct, x, (tg, il, tl), reduction="none", up=torch.linspace(0.3, 1.7, 3))
+    out["grad_out float32 for a float64 loss"] = up_float32
+
+    def parameter(fct):
+        x, tg, il, tl = case()
+        p = torch.nn.Parameter(x.clone())
+        loss = fct._cuda_ctc_loss(p, tg, il, tl, 0, "mean", False, True)
+        loss.backward()
+        return loss, p.grad
+    out["a Parameter as log_probs"] = parameter
+
+    def retain_graph(fct):
+        x, tg, il, tl = case()
+        x = x.clone().requires_grad_()
+        loss = fct._cuda_ctc_loss(x, tg, il, tl, 0, "sum", False, True)
+        loss.backward(retain_graph=True)
+        first = x.grad.clone()
+        loss.backward()
+        return loss, first, x.grad
+    out["retain_graph, two backwards"] = retain_graph
+
+    def no_grad(fct):
+        x, tg, il, tl = case()
+        x = x.clone().requires_grad_()
+        with torch.no_grad():
+            a = fct._cuda_ctc_loss(x, tg, il, tl, 0, "mean", False, True)
+        with torch.inference_mode():
+            b = fct._cuda_ctc_loss(x, tg, il, tl, 0, "none", True, True)
+        assert not a.requires_grad and not b.requires_grad
+        return a, b.clone()
+    out["no_grad and inference_mode"] = no_grad
+
+    def empty_padded(fct):  # padded targets of width 0: every target empty
+        x, tg, il, tl = case()
+        return _loss_and_grad(fct, x, (tg[:, :0], il, tl * 0), reduction="sum")
+    out["padded targets with S = 0 (device)"] = empty_padded
+
+    def empty_padded_host(fct):
+        x, tg, il, tl = case()
+        return _loss_and_grad(fct, x, (tg[:, :0].as_subclass(Host), il.as_subclass(Host),
+                                       (tl * 0).as_subclass(Host)), reduction="mean")
+    out["padded targets with S = 0 (host)"] = empty_padded_host
+
+    def empty_concat(fct):
+        x, tg, il, tl = case()
+        return _loss_and_grad(fct, x, (tg.reshape(-1)[:0], il, tl * 0), reduction="mean")
+    out["concatenated targets, no labels (device)"] = empty_concat
+
+    def bounds(fct):  # blank = C - 1, labels 0 and C - 2, a zero input length, lengths at T and S
+        x, tg, il, tl = case(C=4)
+        tg[:, 0], tg[:, 1] = 0, 2
+        il[1] = 0
+        tl[1] = 0
+        return _loss_and_grad(fct, x, (tg, il, tl), blank=3, reduction="none", zero_infinity=False,
+                              up=torch.ones(3, dtype=torch.float64))
+    out["bounds: blank C - 1, a zero input length"] = bounds
+
+    def one_class(fct):  # C = 1: blank only, empty targets
+        x = torch.randn(4, 2, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(31))
+        z = torch.zeros(2, dtype=torch.int64)
+        return _loss_and_grad(fct, x, (z[:, None][:, :0], torch.tensor([4, 2]), z), reduction="sum")
+    out["C = 1"] = one_class
+
+    def expanded_targets(fct):  # device targets and lengths with stride 0
+        x, tg, il, tl = case()
+        return _loss_and_grad(fct, x, (tg[:1].expand(3, -1), il[:1].expand(3), tl[:1].expand(3)))
+    out["device targets and lengths expanded (stride 0)"] = expanded_targets
+
+    def host_concat_int32(fct):
+        x, tg, il, tl = case()
+        flat = torch.cat([tg[n, : int(tl[n])] for n in range(3)]).to(torch.int32)
+        return _loss_and_grad(fct, x, [t.as_subclass(Host) for t in (flat, il.to(torch.int32), tl)],
+                              reduction="mean", zero_infinity=True)
+    out["host concatenated int32"] = host_concat_int32
+
+    def registered_op(fct):  # fastctc::ctc_loss's CUDA kernel (torch.compile): costs and the gradient of their sum
+        x, tg, il, tl = case()
+        host = [t.as_subclass(Host) for t in (tg, il, tl)]
+        return (*fct._cuda_op(x, tg, il, tl, 0, True, True), *fct._cuda_op(x, *host, 0, False, True),
+                fct._cuda_op(x, tg, il, tl, 0, True, False)[0])
+    out["the registered op's CUDA kernel"] = registered_op
+
+    for dtype in ("float32", "float16", "bfloat16"):
+        def half(fct, dtype=getattr(torch, dtype)):
+            x, tg, il, tl = case(dtype=dtype)
+            return _loss_and_grad(fct, x, (tg, il, tl), reduction="none", up=torch.linspace(0.3, 1.7, 3))
+        out[f"{dtype} 'none'"] = half
+    return out
+
+
+PARITY = _parity_scenarios()
+
+
+@pytest.mark.parametrize("name", list(PARITY))
+def test_compiled_route_gives_the_python_routes_results(both_routes, name):
+    fct, state = both_routes
+    _both(fct, state, lambda: PARITY[name](fct))
+
+
+def _neg_view(x):
+    """x's values held as a view with torch's negative bit (lazy negation, as z.conj().imag
+    gives): its memory holds -x.  The last axis keeps unit stride when it has one element."""
+    v = torch.complex(torch.zeros_like(x), -x).conj().imag
+    if x.dim() and x.shape[-1] == 1:
+        v = v.squeeze(-1).unsqueeze(-1)  # a trailing axis of one element gets stride 1
+    assert v.is_neg() and torch.equal(v, x)
+    return v
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled route", "Python route"])
+def test_negative_bit_log_probs_are_read_as_their_values(both_routes, compiled):
+    """A view with torch's negative bit holds -values in memory: both routes must read its
+    values, not the raw memory a kernel would see (C = 1: the class axis then has unit
+    stride, so neither route copies it)."""
+    fct, state = both_routes
+    state.update(compiled=compiled)
+    x = torch.linspace(-3.0, -0.5, 8, dtype=torch.float64).reshape(4, 2, 1)
+    ops = (torch.zeros(2, 0, dtype=torch.int64), torch.tensor([4, 3]), torch.zeros(2, dtype=torch.int64))
+    want = _loss_and_grad(fct, x, ops, reduction="none", from_logits=False, up=torch.ones(2, dtype=torch.float64))
+    np.testing.assert_allclose(want[0].detach().numpy(), [-x[:4, 0, 0].sum(), -x[:3, 1, 0].sum()])
+    xn = _neg_view(x).requires_grad_()
+    assert xn.stride(2) == 1
+    got = _loss_and_grad(fct, xn, ops, reduction="none", from_logits=False, up=torch.ones(2, dtype=torch.float64),
+                         leaf=xn)
+    for a, b in zip(got, want):
+        _same(a, b)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled route", "Python route"])
+def test_negative_bit_upstream_gradient_is_read_as_its_values(both_routes, compiled):
+    fct, state = both_routes
+    state.update(compiled=compiled, taken=0)
+    x, tg, il, tl = _case(33, T=9, N=3, C=5, S=3, dtype=torch.float64)
+    up = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64)
+    want = _loss_and_grad(fct, x, (tg, il, tl), reduction="none", up=up)
+    got = _loss_and_grad(fct, x, (tg, il, tl), reduction="none", up=_neg_view(up))
+    assert state["taken"] == (2 if compiled else 0)
+    for a, b in zip(got, want):
+        _same(a, b)
+
+
+@pytest.mark.parametrize("form", ["padded (N, 2**30)", "concatenated (2**30,)"])
+def test_declines_targets_whose_trellis_width_is_not_an_int32(compiled, python_route, form):
+    """alpha_cols = 2 Smax + 1 is an int32 kernel argument: for Smax >= 2**30 the Python
+    route's packing raises (OverflowError), so the compiled route must leave the call to it
+    rather than launch a truncated value (device targets: Smax is their width or count)."""
+    x, tg, il, tl = _case(34, T=10, N=2, C=5, S=3)
+    if form.startswith("padded"):
+        wide = tg[:, :1].expand(2, 2**30)  # stride 0: no memory
+        lengths = tl.clamp(max=1)
+    else:
+        wide = tg[0, :1].expand(2**30)
+        lengths = torch.tensor([2**29, 2**29])
+    with pytest.raises(OverflowError, match="alpha_cols"):
+        ref = L._Call(x, wide, il, lengths, blank=0, from_logits=True, want_grad=True)
+        ref.launch_forward()
+    compiled()
+    assert F.torch_call(x, wide, il, lengths, 0, 2, False, True, True) is None
+    assert compiled() == []
+
+
+def _foreign_operands():
+    x, tg, il, tl = _case(35, T=10, N=3, C=6, S=4)
+    meta = lambda t: torch.empty_like(t, device="meta")  # noqa: E731
+    yield "meta targets", (meta(tg), il, tl)
+    yield "meta lengths", (tg, meta(il), meta(tl))
+    yield "sparse input lengths", (tg, il.to_sparse(), tl)
+    yield "sparse targets", (tg.to_sparse(), il, tl)
+
+
+@pytest.mark.parametrize("label,ops", list(_foreign_operands()), ids=[d[0] for d in _foreign_operands()])
+def test_declines_operands_that_are_not_strided_cpu_or_device_memory(compiled, label, ops):
+    """Meta and sparse tensors have no memory a kernel or _check_host can read (a meta
+    tensor's data_ptr() is 0, a sparse one's raises): the route declines them, and the
+    Python route (which copies host-side operands with .cpu()) says what is wrong.  As
+    host-held operands (no Host stand-in exists for them): the next test."""
+    x = _case(35, T=10, N=3, C=6, S=4)[0]
+    assert F.torch_call(x, *ops, 0, 2, False, True, True) is None
+    assert compiled() == []
+
+
+_FOREIGN_ON_A_REAL_DEVICE = """
+import torch
+from fastctc import _cuda_fast as F
+class FakeCuda(torch.Tensor):  # what the route sees of a cuda:0 tensor
+    __torch_function__ = torch._C._disabled_torch_function_impl
+    is_cuda = property(lambda self: True)
+    def get_device(self):
+        return 0
+F.recorder_enable()
+F.set_kernels(0, {F.kernel_name(t, k): 0x1000 + 16 * (8 * t + k) for t in range(4) for k in range(8)})
+x = torch.randn(10, 2, 5).as_subclass(FakeCuda)
+meta = lambda *s: torch.ones(*s, dtype=torch.int64, device="meta")
+print(F.torch_call(x, meta(2, 3), meta(2), meta(2), 0, 0, False, False, True), len(F.recorder_take()))
+one = torch.ones(2, dtype=torch.int64)
+print(F.torch_call(x, one[:, None], one, one.to_sparse(), 0, 0, False, False, True), len(F.recorder_take()))
+"""
+
+
+def test_foreign_operands_with_a_device_log_probs_are_declined_not_read():
+    """Not emulating: a tensor whose get_device() is -1 is not necessarily a host one: a
+    meta tensor's is -1 too (its data_ptr() 0: reading it as host memory crashed), a sparse
+    CPU tensor's too (its data_ptr() raised instead of the route declining)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-c", _FOREIGN_ON_A_REAL_DEVICE], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.split() == ["None", "0", "None", "0"]
+
+
+@pytest.mark.parametrize("T,N,S,dtype", [(2**31 - 1, 32902, 4095, torch.float64),
+                                         (2**31 - 1, 268194, 1000, torch.float32),
+                                         (2**31 - 1, 9, 3, torch.float32)])
+def test_declines_batches_of_more_rows_than_the_kernels_grid(compiled, T, N, S, dtype):
+    """An expanded (stride 0) log_probs costs no memory whatever T and N: with T N past the
+    row-sum and gradient kernels' grid (8 rows a block, 2^31 - 1 blocks) the grid size was
+    truncated, and the first two cases' workspace size wrapped around to 256 bytes (the
+    kernels' regions then lay ~2^62 bytes past it).  Both routes share the plan, which now
+    refuses: the compiled route declines, the Python route raises a CTCValueError."""
+    x = torch.zeros(1, 1, 3, dtype=dtype).expand(T, N, 3)
+    tg = torch.ones(1, 1, dtype=torch.int64).expand(N, S)
+    il = torch.zeros(1, dtype=torch.int64).expand(N)
+    acc = "float64" if dtype == torch.float64 else "float32"
+    for want_grad, from_logits in ((True, False), (False, True)):
+        assert F.torch_call(x, tg, il, il, 0, 0, False, from_logits, want_grad) is None
+        assert compiled() == []
+        with pytest.raises(ValueError, match=r"T \* N = .* rows exceed the GPU kernels' limit"):
+            L.plan(T, N, 3, S, want_grad=want_grad, from_logits=from_logits, acc=acc)
+    p = L.plan(2**31 - 1, 8, 3, S, want_grad=True, from_logits=True, acc="float32")  # at the bound
+    assert p["total"] > 8 * (2**31 - 1) * 8

@@ -276,6 +276,15 @@ cdef enum:
     GRAD_WARPS = 8         # rows per CTA in the gradient kernel (its shared array is sized for 8)
     MAX_STATES = 512 * 16  # the largest extended target a block kernel holds (L <= 4095)
     N_REGIONS = 10
+    PLAN_OK = 0
+    PLAN_STATES = 1        # _plan: the longest target is over MAX_STATES
+    PLAN_ROWS = 2          # _plan: T N is over MAX_ROWS
+
+# The (frame, sequence) rows of one call: the row-sum and gradient kernels take 8 rows a block
+# (LSE_ROWS, GRAD_WARPS) in a grid of at most 2^31 - 1 blocks; past that the grid size (an
+# unsigned int) was truncated, and past ~2^63 bytes the workspace size wrapped around (to as
+# little as 256 bytes for an expanded, stride-0 log_probs of T = 2^31 - 1 frames).
+cdef long long MAX_ROWS = 8LL * 0x7FFFFFFF
 
 # the workspace's regions, in layout order (the kernels' ws_* arguments)
 REGIONS = ("ws_alpha", "ws_beta", "ws_offa", "ws_offb", "ws_lse", "ws_lab", "ws_nxt", "ws_first", "ws_info",
@@ -304,9 +313,10 @@ cdef inline long long _group_bytes(int K, bint warp, long long Lcap, int acc) no
             + (0 if warp else (2 * 32 * 2 + 2 * 32) * acc) + 32)
 
 
-cdef bint _plan(Plan *p, long long T, long long N, long long Smax, bint want_grad, bint from_logits,
-                int acc) noexcept nogil:
-    """Fills p; False when the longest target exceeds the kernels' MAX_STATES."""
+cdef int _plan(Plan *p, long long T, long long N, long long Smax, bint want_grad, bint from_logits,
+               int acc) noexcept nogil:
+    """Fills p and returns PLAN_OK; PLAN_STATES when the longest target exceeds the kernels'
+    MAX_STATES, PLAN_ROWS when T N exceeds MAX_ROWS."""
     cdef long long Lcap = Smax if Smax < T else T
     cdef long long Scap, rows, size
     cdef long long sizes[N_REGIONS]
@@ -315,7 +325,9 @@ cdef bint _plan(Plan *p, long long T, long long N, long long Smax, bint want_gra
         Lcap = 0
     Scap = 2 * Lcap + 1
     if Scap > MAX_STATES:
-        return False
+        return PLAN_STATES
+    if T * N > MAX_ROWS:  # (T, N <= 2^31 - 1: no overflow here; below the bound none in the sizes)
+        return PLAN_ROWS
     p.Lcap = Lcap
     p.W = _up(Scap, 4)
     rows = N * T * p.W * acc if want_grad else 0
@@ -354,7 +366,7 @@ cdef bint _plan(Plan *p, long long T, long long N, long long Smax, bint want_gra
         p.launch[1].block = <unsigned int>_up((Scap + Kb - 1) // Kb, 32)
         p.launch[1].shm = <unsigned int>_group_bytes(Kb, False, Lcap, acc)
         p.launch[1].sel_lo, p.launch[1].sel_hi = 32 * Kw, <int>Scap
-    return True
+    return PLAN_OK
 
 
 def group_bytes(int K, bint warp, long long Lcap, int acc_bytes):
@@ -364,11 +376,17 @@ def group_bytes(int K, bint warp, long long Lcap, int acc_bytes):
 
 def plan(long long T, long long N, long long Smax, bint want_grad, bint from_logits, int acc_bytes):
     """The plan of one call as a dict (see fastctc._cuda_launch.plan), or None when the
-    longest target exceeds the kernels' limit of MAX_STATES extended states."""
+    longest target exceeds the kernels' limit of MAX_STATES extended states; CTCValueError
+    when T N exceeds the kernels' MAX_ROWS."""
     cdef Plan p
     cdef int i
-    if not _plan(&p, T, N, Smax, want_grad, from_logits, acc_bytes):
+    cdef int found = _plan(&p, T, N, Smax, want_grad, from_logits, acc_bytes)
+    if found == PLAN_STATES:
         return None
+    if found == PLAN_ROWS:
+        from ._validate import CTCValueError
+        raise CTCValueError(f"T * N = {T} * {N} = {T * N} (frame, sequence) rows exceed the GPU kernels' limit of "
+                            f"{MAX_ROWS} (8 rows a block, at most 2^31 - 1 blocks)")
     launches = []
     for i in range(p.nlaunch):
         launches.append((f"{'w' if p.launch[i].warp else 'b'}{p.launch[i].K}",
@@ -482,7 +500,7 @@ cdef int _emulated = 0                                     # test hook: CPU tens
 cdef object _guard = None                                  # a context manager factory (ordinal)
 cdef object _host_class = None                             # emulating: the host tensors' class
 cdef object _torch = None
-cdef object _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream
+cdef object _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _strided
 cdef tuple _in_dtypes
 
 
@@ -566,9 +584,10 @@ def emulate(bint on, host_class=None):
 
 
 cdef int _torch_init() except -1:
-    global _torch, _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _in_dtypes
+    global _torch, _Tensor, _u8, _i32, _i64, _f32, _f64, _raw_stream, _in_dtypes, _strided
     import torch
     _Tensor = torch.Tensor
+    _strided = torch.strided
     _u8, _i32, _i64, _f32, _f64 = torch.uint8, torch.int32, torch.int64, torch.float32, torch.float64
     _in_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # SUFFIXES' order
     getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # (ordinal) -> cudaStream_t as int
@@ -621,15 +640,16 @@ cdef inline int _dtype_index(object dt) noexcept:
 
 cdef inline int _where(object x, int device) except -2:
     # 1: a tensor on `device`, 0: a host tensor, -1: anything else (emulating: CPU tensors are
-    # the device's but for the instances of the class emulate() was given)
-    if not isinstance(x, _Tensor):
+    # the device's but for the instances of the class emulate() was given).  Strided CUDA or
+    # CPU memory only: get_device() is -1 for meta tensors too (data_ptr() 0), and sparse
+    # tensors have no data_ptr(), so neither is read as host memory or handed to a kernel.
+    if not isinstance(x, _Tensor) or x.layout is not _strided:
         return -1
     if _emulated:
-        if x.is_cuda:
-            return -1
-        return 0 if _host_class is not None and isinstance(x, _host_class) else 1
-    d = x.get_device()
-    return 1 if d == device else (0 if d == -1 else -1)
+        return (0 if _host_class is not None and isinstance(x, _host_class) else 1) if x.is_cpu else -1
+    if x.is_cuda:
+        return 1 if x.get_device() == device else -1
+    return 0 if x.is_cpu else -1
 
 
 cdef inline int _int_kind(object x) except -2:
@@ -807,8 +827,8 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     if not 0 <= ordinal < MAX_DEVICES:
         return None
     ti = _dtype_index(log_probs.dtype)
-    if ti < 0:
-        return None
+    if ti < 0 or log_probs.layout is not _strided or log_probs.is_neg():
+        return None  # (a view with torch's negative bit holds -values in memory)
     shape = log_probs.shape
     if len(shape) != 3:
         return None
@@ -861,8 +881,10 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         Smax = h.lmax
         tg64 = il64 = tl64 = 1
         tg_st_n, tg_st_s, tg_count, il_st, tl_st = 0, 1, h.total, 1, 1
+    if Smax > (0x7FFFFFFF - 1) // 2:
+        return None  # alpha_cols = 2 Smax + 1, an int32 argument: the Python route's packing raises
     acc = 8 if ti == 1 else 4
-    if not _plan(&p, T, N, Smax, want_grad, from_logits, acc):
+    if _plan(&p, T, N, Smax, want_grad, from_logits, acc) != PLAN_OK:
         return None
     handles = &_kernels[ordinal][ti][0]
     if (from_logits and handles[K_LSE] == 0) or (want_grad and handles[K_GRAD] == 0) \

@@ -267,7 +267,7 @@ def _cuda_operands(log_probs, targets, input_lengths, target_lengths, blank, fro
     except (CTCValueError, CTCTypeError) as exc:
         raise as_runtime_error(exc) from None
     unbatched = log_probs.dim() == 2
-    acts = log_probs.detach()
+    acts = log_probs.detach().resolve_neg()  # a negative-bit view holds -values: the kernels read memory
     if unbatched:
         acts = acts.unsqueeze(1)
     N = acts.shape[1]
@@ -429,7 +429,9 @@ class _CudaCTCFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         log_probs = ctx.saved_tensors[0]
-        # grad_out: (N,) for 'none', () otherwise: the kernel reads it with its stride, on the device
+        # grad_out: (N,) for 'none', () otherwise: the kernel reads it with its stride, on the
+        # device, as memory (so a view with torch's negative bit is resolved first)
+        grad_out = grad_out.resolve_neg()
         if ctx.compiled:
             grad = ctx.call.backward(grad_out, ctx.mean)
         else:
