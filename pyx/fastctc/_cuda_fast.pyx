@@ -743,10 +743,15 @@ cdef class DeviceCall:
         mean; launched on the device's current stream (read again: a backward may run
         on another stream than its forward)."""
         cdef uintptr_t stream = 0
-        cdef int dev = -1, kind = 0
+        cdef int kind = 0
         cdef long long st = 0
+        cdef bint ready = True
         cdef object w = grad_out
-        cdef uint64_t *s = self.slots
+        # this launch's arguments on the stack: the forward's, with this backward's weights and
+        # output (the call's own slots never hold a caller's gradient, and two threads running
+        # backwards of one call cannot overwrite each other's arguments)
+        cdef uint64_t s[N_FIELDS]
+        memcpy(s, self.slots, sizeof(s))
         if w is not None:
             dt = w.dtype
             if dt is not _f32 and dt is not _f64:
@@ -771,22 +776,17 @@ cdef class DeviceCall:
         _put_p(s, F_GRAD, <uintptr_t>grad.data_ptr())
         rows = self.T * self.N
         gx = <unsigned int>((rows + GRAD_WARPS - 1) // GRAD_WARPS)
-        ready = True
         if not _emulated:
             stream = <uintptr_t>_raw_stream(self.ordinal)
         if not _emulated or _ctx_get_device != NULL:
             ready = _context_ready(self.ordinal)
-        try:
-            if ready:
+        if ready:
+            _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0, s,
+                          F_END_MARKER + 1)
+        else:  # another device's context is current on this thread: switch for the launch
+            with _guard(self.ordinal):
                 _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0, s,
                               F_END_MARKER + 1)
-            else:  # another device's context is current on this thread: switch for the launch
-                with _guard(self.ordinal):
-                    _launch_slots(self.type_index, K_GRAD, self.grad_kernel, stream, gx, 1, 32 * GRAD_WARPS, 0,
-                                  s, F_END_MARKER + 1)
-        finally:
-            _put_p(s, F_GRAD, 0)   # the gradient is the caller's: a later launch must not write it
-            _put_p(s, F_WEIGHTS, 0)
         return grad
 
 
