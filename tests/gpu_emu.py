@@ -373,3 +373,27 @@ def run(lib, acts, targets, input_lengths, target_lengths, *, blank, from_logits
         launch(lib, "fctc_grad_" + suffix, -(-T * N // L.GRAD_WARPS), 32 * L.GRAD_WARPS, 0,
                [values[n] for n, _ in L.TRELLIS_ARGS])
     return costs, grad, la
+
+
+def install_python_route(monkeypatch, lib, torch, is_cuda):
+    """fastctc._cuda_launch's Python route on CPU torch tensors, every launch run by the
+    emulated kernels of `lib` as it is made: the real argument packing, plan, workspace
+    offsets, weights and entry points, checked without a GPU.  is_cuda(x): whether an
+    operand counts as living on the device (its values are then not read on the host)."""
+    import contextlib
+
+    class CpuTorch(L._Torch):
+        def __init__(self):
+            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
+
+        def from_host(self, arr):
+            return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def run(self, name, grid, block, shm, args):
+        launch(lib, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], kernel_spec(name))
+
+    monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
+    monkeypatch.setattr(L, "is_cuda_array", is_cuda)
+    monkeypatch.setattr(L._Call, "_launch", run)
+    monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
+    monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())

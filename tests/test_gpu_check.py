@@ -1,7 +1,6 @@
 """benchmarks/gpu_check.py and benchmarks/bench_gpu.py on a machine without a GPU: the check
 says why nothing ran and exits 0 (the one-command device check must never fail a CPU-only
 machine), and both scripts at least import and parse their arguments."""
-import contextlib
 import os
 import subprocess
 import sys
@@ -54,31 +53,13 @@ def test_device_checks_pass_on_the_emulated_kernels(tmp_path, monkeypatch):
     emulation (CPU torch tensors standing in for CUDA ones, launches emulated): the check
     code itself is exercised before it ever meets a GPU."""
     torch = pytest.importorskip("torch")
-    import numpy as np
     sys.path[:0] = [os.path.join(ROOT, "benchmarks"), os.path.dirname(__file__)]
     try:
         import gpu_check
         import gpu_emu
-        from fastctc import _cuda_launch as L
         lib = gpu_emu.build(str(tmp_path))
-
-        class CpuTorch(L._Torch):
-            def __init__(self):
-                self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
-
-            def from_host(self, arr):
-                return torch.from_numpy(np.ascontiguousarray(arr))
-
-        def launch(self, name, grid, block, shm, args):
-            spec = gpu_emu.kernel_spec(name)
-            gpu_emu.launch(lib, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
-
         data = gpu_check._data
-        monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
-        monkeypatch.setattr(L, "is_cuda_array", lambda x: isinstance(x, torch.Tensor))
-        monkeypatch.setattr(L._Call, "_launch", launch)
-        monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
-        monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
+        gpu_emu.install_python_route(monkeypatch, lib, torch, lambda x: isinstance(x, torch.Tensor))
         monkeypatch.setattr(gpu_check, "_data", lambda *a, **k: data(*a, **dict(k, device="cpu")))
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
         for check in (gpu_check.check_nan_rule, gpu_check.check_bad_values, gpu_check.check_half):

@@ -5,7 +5,6 @@ exchanges, workspace plan, NaN rule and determinism, checked on every machine (n
 Each launch runs one host thread per CUDA thread (32-lane warps, blocks of the size the
 launcher picks), so the cases are small; the slow test reruns a set under ThreadSanitizer.
 """
-import contextlib
 import os
 import subprocess
 import sys
@@ -443,23 +442,7 @@ def emu_launcher(emu, monkeypatch):
     entry points, checked without a GPU.  A tensor with `_fake_cuda = True` counts as
     living on the device (its values are then not checked on the host)."""
     torch = pytest.importorskip("torch")
-
-    class CpuTorch(L._Torch):
-        def __init__(self):
-            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
-
-        def from_host(self, arr):
-            return torch.from_numpy(np.ascontiguousarray(arr))
-
-    def launch(self, name, grid, block, shm, args):
-        spec = gpu_emu.kernel_spec(name)
-        gpu_emu.launch(emu, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args], spec)
-
-    monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
-    monkeypatch.setattr(L, "is_cuda_array", lambda x: bool(getattr(x, "_fake_cuda", False)))
-    monkeypatch.setattr(L._Call, "_launch", launch)
-    monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
-    monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
+    gpu_emu.install_python_route(monkeypatch, emu, torch, lambda x: bool(getattr(x, "_fake_cuda", False)))
     return torch
 
 

@@ -20,7 +20,6 @@
   routes (cuda.core's, redirected to gpu_emu, and the compiled one, whose packed bytes are
   run by the emulated driver), gives reduce_losses' value.
 """
-import contextlib
 import ctypes
 import math
 import os
@@ -289,22 +288,7 @@ def emu_calls(emu, monkeypatch):
     """fastctc._cuda_launch on CPU torch tensors, its launches run by the emulated kernels
     (a tensor with `_fake_cuda = True` counts as living on the device)."""
     torch = pytest.importorskip("torch")
-
-    class CpuTorch(L._Torch):
-        def __init__(self):
-            self.torch, self.device, self.ordinal, self.stream = torch, torch.device("cpu"), 0, 0
-
-        def from_host(self, arr):
-            return torch.from_numpy(np.ascontiguousarray(arr))
-
-    def launch(self, name, grid, block, shm, args):
-        gpu_emu.launch(emu, name, grid, block, shm, [a.item() if hasattr(a, "item") else a for a in args])
-
-    monkeypatch.setattr(L, "_backend_for", lambda acts: (CpuTorch(), acts, lambda r: r))
-    monkeypatch.setattr(L, "is_cuda_array", lambda x: bool(getattr(x, "_fake_cuda", False)))
-    monkeypatch.setattr(L._Call, "_launch", launch)
-    monkeypatch.setattr(L, "LAUNCH_MODE", "python")  # _Call._launch is the Python launch
-    monkeypatch.setattr(L, "_DeviceGuard", lambda ordinal: contextlib.nullcontext())
+    gpu_emu.install_python_route(monkeypatch, emu, torch, lambda x: bool(getattr(x, "_fake_cuda", False)))
     return torch
 
 
