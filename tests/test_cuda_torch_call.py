@@ -115,6 +115,16 @@ def _cases():
 CASES = _cases()
 
 
+def _planned(ws, reduction, x):
+    """The planned part of the compiled route's workspace: a reduced loss's costs follow it
+    (N accumulators, rounded up to 256 bytes)."""
+    if reduction == "none":
+        return ws
+    acc = 8 if x.dtype == torch.float64 else 4
+    extra = -(-x.shape[1] * acc // 256) * 256
+    return ws[: ws.shape[0] - extra]
+
+
 @pytest.mark.parametrize("reduction,zero_infinity", [("none", False), ("none", True), ("sum", False),
                                                      ("mean", True), ("mean", False)])
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -135,7 +145,8 @@ def test_launches_equal_the_python_routes(compiled, python_route, case, reductio
     assert loss.shape == ((x.shape[1],) if reduction == "none" else ())
 
     # the Python route: one _Call on the same tensors and workspace, through the C launcher
-    ref = L._Call(x, tg, il, tl, blank=blank, from_logits=from_logits, want_grad=True, workspace=ws)
+    ref = L._Call(x, tg, il, tl, blank=blank, from_logits=from_logits, want_grad=True,
+                  workspace=_planned(ws, reduction, x))
     costs_ptr = loss.data_ptr() if reduction == "none" else None
     red = [r for r in got if r[0].startswith("fctc_reduce_")]
     if reduction != "none" or zero_infinity:
@@ -169,6 +180,10 @@ def test_launches_equal_the_python_routes(compiled, python_route, case, reductio
         assert v["mode"] == REDUCTIONS[reduction] and v["zero_inf"] == int(zero_infinity)
         assert v["out"] == loss.data_ptr()
         assert (v["out"] == v["costs"]) == (reduction == "none")
+        if reduction != "none":  # the costs sit past the planned workspace, clear of its regions
+            planned = _planned(ws, reduction, x)
+            assert v["costs"] == ws.data_ptr() + planned.shape[0]
+            assert v["costs"] + (8 if acc == torch.float64 else 4) * x.shape[1] <= ws.data_ptr() + ws.shape[0]
 
 
 def test_loss_only_call_launches_no_gradient_and_keeps_nothing(compiled):
@@ -302,7 +317,7 @@ def test_host_operands_uploaded_once_in_the_python_routes_form(compiled, python_
     got = [r for r in compiled() if not r[0].startswith("fctc_reduce_")]
     F.emulate(True)
     ref = L._Call(x, upload[:total], upload[total:total + 4], upload[total + 4:], blank=0, from_logits=from_logits,
-                  want_grad=True, max_target_length=int(tl.max()), workspace=ws)
+                  want_grad=True, max_target_length=int(tl.max()), workspace=_planned(ws, "mean", x))
     ref.values["costs"] = got[-2][5]["costs"]
     ref.launch_forward()
     ref.values.update(costs=0, grad=grad.data_ptr())

@@ -806,7 +806,7 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     cdef uint64_t *s
     cdef int ordinal, dev = -1, want_dev, ti, tg64, il64, tl64, i, kernel, acc
     cdef long long T, N, C, Smax, st_t, st_n, tg_st_n, tg_st_s, tg_count, il_st, tl_st
-    cdef uintptr_t stream = 0, base, acts_ptr, tg_ptr, il_ptr, tl_ptr
+    cdef uintptr_t stream = 0, base, acts_ptr, tg_ptr, il_ptr, tl_ptr, costs_ptr
     cdef HostInts h
     cdef bint host
     cdef int where
@@ -911,8 +911,15 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         il_ptr = <uintptr_t>input_lengths.data_ptr()
         tl_ptr = <uintptr_t>target_lengths.data_ptr()
     acc_dtype = _f64 if acc == 8 else _f32
-    ws = log_probs.new_empty((p.total,), dtype=_u8)
-    costs = log_probs.new_empty((N,), dtype=acc_dtype)
+    # a reduced loss's per-sequence costs live past the workspace (one allocation fewer);
+    # 'none' returns them, so they get their own tensor
+    ws = log_probs.new_empty((p.total + (_up(N * acc, ALIGN) if reduction != 0 else 0),), dtype=_u8)
+    base = <uintptr_t>ws.data_ptr()
+    if reduction != 0:
+        costs, costs_ptr = None, base + <uintptr_t>p.total
+    else:
+        costs = log_probs.new_empty((N,), dtype=acc_dtype)
+        costs_ptr = <uintptr_t>costs.data_ptr()
     call = DeviceCall.__new__(DeviceCall)
     s = call.slots
     memset(s, 0, sizeof(call.slots))
@@ -942,10 +949,9 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     _put_i(s, F_FROM_LOGITS, from_logits)
     _put_d(s, F_W_MUL, 1.0)
     _put_i(s, F_VEC, C % 4 == 0 and acts_ptr % 16 == 0 and st_t % 4 == 0 and st_n % 4 == 0)
-    _put_p(s, F_COSTS, <uintptr_t>costs.data_ptr())
+    _put_p(s, F_COSTS, costs_ptr)
     _put_i(s, F_ALPHA_ROWS, T)
     _put_i(s, F_ALPHA_COLS, 2 * Smax + 1)
-    base = <uintptr_t>ws.data_ptr()
     for i in range(N_REGIONS):
         _put_p(s, F_WS_ALPHA + i, 0 if p.offsets[i] < 0 else base + <uintptr_t>p.offsets[i])
 
@@ -968,7 +974,7 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     if reduction != 0:
         loss = log_probs.new_empty((), dtype=acc_dtype)
     if reduction != 0 or zero_infinity:
-        red_slots[0] = <uint64_t><uintptr_t>costs.data_ptr()
+        red_slots[0] = <uint64_t>costs_ptr
         _put_i(red_slots, 1, N)
         red_slots[2] = s[F_TG_LEN]
         red_slots[3] = s[F_TL64]
