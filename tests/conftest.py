@@ -62,3 +62,14 @@ def jax_x64():
     jax.config.update("jax_enable_x64", True)
     yield jax
     jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture(scope="session")
+def emu():
+    """The host emulation of cuda/ctc.cu (tests/gpu_emu.py), built once a session; the test
+    is skipped where no g++ can build it."""
+    import gpu_emu
+    try:
+        return gpu_emu.shared()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))

@@ -372,16 +372,13 @@ def test_host_labels_past_the_target_length_are_not_read(compiled):
 # ---------------------------------------------------------------- through the emulated kernels
 
 @pytest.fixture
-def emulated(monkeypatch):
+def emulated(monkeypatch, emu):
     """fastctc.torch's CUDA route with the compiled route on, its launches run by the emulated
     kernels through gpu_emu's stand-in for cuLaunchKernel (CPU tensors as the device's,
     Host instances as host-held); the Python route's _Call is unavailable, so a call the
     compiled route declined would fail."""
     import fastctc.torch as fct
-    try:
-        lib = gpu_emu.shared()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    lib = emu
     address, handles = gpu_emu.driver(lib)
     F.set_driver_launch(address)
     F.emulate(True, Host)
@@ -577,17 +574,14 @@ def test_another_devices_context_declines_and_the_backward_switches(contexts, co
 # ---------------------------------------------------------------- both routes, through the emulated kernels
 
 @pytest.fixture
-def both_routes(monkeypatch):
+def both_routes(monkeypatch, emu):
     """fastctc.torch's CUDA route through the emulated kernels, the compiled route on or off:
     yields (fct, state).  state['compiled'] False makes _compiled_call return None, so the
     Python route (_cuda_operands, _Call, _cuda_loss, through the same C launcher) takes the
     call; state['taken'] counts the calls the compiled route took.  CPU tensors are the
     device's, Host instances host-held."""
     import fastctc.torch as fct
-    try:
-        lib = gpu_emu.shared()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    lib = emu
     address, handles = gpu_emu.driver(lib)
 
     class CpuTorch(L._Torch):

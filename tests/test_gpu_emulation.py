@@ -17,14 +17,6 @@ from fastctc import _cuda_launch as L
 from reference import random_case, random_log_probs
 
 
-@pytest.fixture(scope="module")
-def emu():
-    try:
-        return gpu_emu.shared()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
 def _cpu(acts, tg, il, tl, blank, from_logits, weights=None):
     """The CPU engine in its plain loss + gradient mode (never its log_alpha mode)."""
     batch, blank = fastctc._validate.check_ctc_inputs(acts, tg, il, tl, blank)

@@ -37,14 +37,6 @@ from reference import random_case
 LANES = 256
 
 
-@pytest.fixture(scope="module")
-def emu():
-    try:
-        return gpu_emu.shared()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
 def _costs(rng, N, dtype, special):
     """Non-negative losses (as the engine gives) with special values mixed in."""
     c = rng.uniform(0.0, 50.0, size=N) * rng.choice([1e-3, 1.0, 1e3], size=N)

@@ -386,14 +386,11 @@ def test_launcher_is_asked_for_status_once(monkeypatch):
 # ---------------------------------------------------------------- through the emulated kernels
 
 @pytest.fixture
-def emulated(monkeypatch):
+def emulated(monkeypatch, emu):
     """The CUDA route on the real fastctc._cuda_launch, its launches run by the emulated
     kernels and its arrays stand-in device tensors."""
     import gpu_emu
-    try:
-        lib = gpu_emu.shared()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    lib = emu
 
     class CpuTorch(L._Torch):
         def __init__(self):
