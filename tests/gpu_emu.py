@@ -358,7 +358,8 @@ def run(lib, acts, targets, input_lengths, target_lengths, *, blank, from_logits
         return costs, grad, la
     if from_logits and T:
         lse_vals = dict(values, lse=values["ws_lse"])
-        launch(lib, "fctc_lse_" + suffix, -(-T * N // 8), 256, 0, [lse_vals[n] for n, _ in L.LSE_ARGS], L.LSE_ARGS)
+        launch(lib, "fctc_lse_" + suffix, -(-T * N // L.LSE_ROWS), 32 * L.LSE_ROWS, 0,
+               [lse_vals[n] for n, _ in L.LSE_ARGS], L.LSE_ARGS)
     launches = p["launches"]
     if force_block:
         Scap = 2 * p["Lcap"] + 1

@@ -274,6 +274,8 @@ cdef enum:
     ALIGN = 256
     WARPS_PER_CTA = 4      # sequences per CTA in the warp kernels (launch bound 128 threads)
     GRAD_WARPS = 8         # rows per CTA in the gradient kernel (its shared array is sized for 8)
+    LSE_ROWS = 8           # (frame, sequence) rows per CTA of fctc_lse (a warp a row, 256 threads)
+    REDUCE_BLOCK = 256     # fctc_reduce's one block (its result does not depend on it)
     MAX_STATES = 512 * 16  # the largest extended target a block kernel holds (L <= 4095)
     N_REGIONS = 10
     PLAN_OK = 0
@@ -396,7 +398,8 @@ def plan(long long T, long long N, long long Smax, bint want_grad, bint from_log
     return dict(Lcap=p.Lcap, W=p.W, offsets=offsets, total=p.total, launches=launches)
 
 
-LIMITS = dict(WARPS_PER_CTA=WARPS_PER_CTA, GRAD_WARPS=GRAD_WARPS, MAX_STATES=MAX_STATES, ALIGN=ALIGN)
+LIMITS = dict(WARPS_PER_CTA=WARPS_PER_CTA, GRAD_WARPS=GRAD_WARPS, LSE_ROWS=LSE_ROWS, REDUCE_BLOCK=REDUCE_BLOCK,
+              MAX_STATES=MAX_STATES, ALIGN=ALIGN)
 
 
 # ================================================================ the compiled torch route
@@ -480,7 +483,6 @@ cdef enum:
     N_KERNELS = 8
     N_TYPES = 4
     MAX_DEVICES = 64
-    LSE_ROWS = 8        # (frame, sequence) rows per CTA of fctc_lse (one warp a row)
 
 SUFFIXES = ("f32", "f64", "f16", "bf16")   # the kernels' input types, in type-index order
 _KERNEL_TAGS = ("lse", "w2", "w4", "w8", "b4", "b16", "grad", "reduce")
@@ -804,7 +806,7 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
     cdef uint64_t red_slots[8]
     cdef DeviceCall call
     cdef uint64_t *s
-    cdef int ordinal, dev = -1, want_dev, ti, tg64, il64, tl64, i, kernel, acc
+    cdef int ordinal, want_dev, ti, tg64, il64, tl64, i, kernel, acc
     cdef long long T, N, C, Smax, st_t, st_n, tg_st_n, tg_st_s, tg_count, il_st, tl_st
     cdef uintptr_t stream = 0, base, acts_ptr, tg_ptr, il_ptr, tl_ptr, costs_ptr
     cdef HostInts h
@@ -959,7 +961,7 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         memcpy(lse_slots, s, 6 * sizeof(uint64_t))  # acts, st_t, st_n, T, N, C lead both lists
         lse_slots[6] = s[F_WS_LSE]
         _launch_slots(ti, K_LSE, handles[K_LSE], stream, <unsigned int>((T * N + LSE_ROWS - 1) // LSE_ROWS), 1,
-                      256, 0, lse_slots, 7)
+                      32 * LSE_ROWS, 0, lse_slots, 7)
     for i in range(p.nlaunch):
         kernel = _trellis_kernel(&p.launch[i])
         _put_i(s, F_SEL_LO, p.launch[i].sel_lo)
@@ -982,7 +984,7 @@ def torch_call(log_probs, targets, input_lengths, target_lengths, blank, int red
         _put_i(red_slots, 5, reduction)
         _put_i(red_slots, 6, zero_infinity)
         red_slots[7] = <uint64_t><uintptr_t>loss.data_ptr()
-        _launch_slots(ti, K_REDUCE, handles[K_REDUCE], stream, 1, 1, 256, 0, red_slots, 8)
+        _launch_slots(ti, K_REDUCE, handles[K_REDUCE], stream, 1, 1, REDUCE_BLOCK, 0, red_slots, 8)
     if not want_grad:
         return loss, None, None
     call.ordinal, call.type_index = ordinal, ti

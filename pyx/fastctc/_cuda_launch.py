@@ -106,7 +106,7 @@ LSE_ARGS = (("acts", "p"), ("st_t", "q"), ("st_n", "q"), ("T", "i"), ("N", "i"),
 REDUCE_ARGS = (("costs", "p"), ("N", "i"), ("tg_len", "p"), ("tl64", "i"), ("tl_st", "q"), ("mode", "i"),
                ("zero_inf", "i"), ("out", "p"))
 REDUCE_MODES = {"none": 0, "sum": 1, "mean": 2}
-REDUCE_BLOCK = 256  # fctc_reduce's one block (its result does not depend on it)
+REDUCE_BLOCK = _cuda_fast.LIMITS["REDUCE_BLOCK"]  # fctc_reduce's one block (its result does not depend on it)
 
 # input dtype name -> (kernel suffix, accumulator dtype name).  Workspace, costs and
 # log_alpha hold accumulator values: their sizes come from the accumulator, never from
@@ -121,6 +121,7 @@ _ACC_SIZES = {"float32": 4, "float64": 8}
 # the plan's constants (fastctc._cuda_fast holds the plan itself, shared with the compiled route)
 WARPS_PER_CTA = _cuda_fast.LIMITS["WARPS_PER_CTA"]  # sequences per CTA in the warp kernels
 GRAD_WARPS = _cuda_fast.LIMITS["GRAD_WARPS"]        # rows per CTA in the gradient kernel
+LSE_ROWS = _cuda_fast.LIMITS["LSE_ROWS"]            # rows per CTA in the row-sum kernel (a warp a row)
 MAX_STATES = _cuda_fast.LIMITS["MAX_STATES"]        # the largest extended target a block kernel holds
 
 
@@ -589,7 +590,7 @@ class _Call:
         if self.from_logits and self.T:
             rows = self.T * self.N
             v["lse"] = v["ws_lse"]
-            todo.append(("fctc_lse_" + self.suffix, -(-rows // 8), 256, 0, pack_args(v, LSE_ARGS)))
+            todo.append(("fctc_lse_" + self.suffix, -(-rows // LSE_ROWS), 32 * LSE_ROWS, 0, pack_args(v, LSE_ARGS)))
         args = self._args = self._fwd_args = pack_args(v)
         for tag, grid, block, shm, lo, hi in self.plan["launches"]:
             a = list(args)
@@ -631,7 +632,7 @@ class _Call:
             if self.from_logits and self.T:
                 v["lse"] = v["ws_lse"]
                 name = "fctc_lse_" + self.suffix
-                fast.launch(name, handles[name], stream, -(-(self.T * self.N) // 8), 256, 0, lse, v)
+                fast.launch(name, handles[name], stream, -(-(self.T * self.N) // LSE_ROWS), 32 * LSE_ROWS, 0, lse, v)
             for tag, grid, block, shm, lo, hi in self.plan["launches"]:
                 name = f"fctc_trellis_{self.suffix}_{tag}"
                 fast.launch(name, handles[name], stream, grid, block, shm, trellis, v, lo, hi)
